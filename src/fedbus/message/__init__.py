@@ -1,0 +1,40 @@
+"""Messages and their content: the lowest layer of fedbus, importing nothing else of it.
+
+``message`` holds ``Message``, ``Metadata`` and ``Error``; ``records`` and ``array`` the typed
+content; ``clock`` the replaceable clock that stamps ``created_at``.
+"""
+
+from fedbus.message.array import DTYPE_NAMES, MAX_RANK, Array
+from fedbus.message.clock import now, use_clock
+from fedbus.message.message import (
+    DEFAULT_TTL,
+    UNSET_NODE_ID,
+    Error,
+    ErrorCode,
+    Message,
+    Metadata,
+    check_message_type,
+    mark_sent,
+)
+from fedbus.message.records import ArrayRecord, ConfigRecord, MetricRecord, Record, RecordDict
+
+__all__ = [
+    "DEFAULT_TTL",
+    "DTYPE_NAMES",
+    "MAX_RANK",
+    "UNSET_NODE_ID",
+    "Array",
+    "ArrayRecord",
+    "ConfigRecord",
+    "Error",
+    "ErrorCode",
+    "Message",
+    "Metadata",
+    "MetricRecord",
+    "Record",
+    "RecordDict",
+    "check_message_type",
+    "mark_sent",
+    "now",
+    "use_clock",
+]

@@ -1,0 +1,224 @@
+"""``Array``: one named tensor's dtype, shape and bytes, held without copying.
+
+An ``Array`` wraps a C-contiguous, little-endian NumPy array. Built from a NumPy array or a CPU
+torch tensor that already has that layout it shares the caller's memory; built by the codec it is
+a read-only view into the received buffer. Nothing here copies data unless the input's layout
+forces it (non-contiguous or big-endian input, or a tensor on an accelerator).
+
+Supported dtypes (the names used on the wire)::
+
+    bool  int8 int16 int32 int64  uint8 uint16 uint32 uint64  float16 float32 float64  bfloat16
+
+``bfloat16`` has no NumPy dtype: such an array is held as its raw 16-bit patterns, ``numpy()``
+refuses it, and ``torch()`` (with torch installed) returns the bfloat16 tensor.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedbus.errors import InvalidArgumentError, InvalidTypeError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DTYPE_NAMES", "MAX_RANK", "Array", "is_torch_tensor"]
+
+#: Wire names of the supported dtypes, mapped to the NumPy dtype that holds their bytes.
+DTYPE_NAMES: dict[str, np.dtype[Any]] = {
+    "bool": np.dtype("bool"),
+    "int8": np.dtype("<i1"),
+    "int16": np.dtype("<i2"),
+    "int32": np.dtype("<i4"),
+    "int64": np.dtype("<i8"),
+    "uint8": np.dtype("<u1"),
+    "uint16": np.dtype("<u2"),
+    "uint32": np.dtype("<u4"),
+    "uint64": np.dtype("<u8"),
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    # bfloat16 bit patterns travel as 16-bit words.
+    "bfloat16": np.dtype("<u2"),
+}
+
+#: Highest number of dimensions an Array may have (the codec enforces it on decode too).
+MAX_RANK = 32
+
+# NumPy kind letter and item size -> wire name; byte order is normalised separately.
+_NAME_OF_NUMPY_KIND = {
+    f"{dtype.kind}{dtype.itemsize}": name for name, dtype in DTYPE_NAMES.items() if name != "bfloat16"
+}
+
+
+def _dtype_name(values: np.ndarray[Any, Any]) -> str:
+    name = _NAME_OF_NUMPY_KIND.get(f"{values.dtype.kind}{values.dtype.itemsize}")
+    if name is None:
+        supported = ", ".join(DTYPE_NAMES)
+        raise InvalidTypeError(
+            f"dtype {values.dtype} is not supported by fedbus records; supported: {supported}"
+        )
+    return name
+
+
+def _torch_module() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is installed by `make test`
+        raise MissingDependencyError(
+            "this needs PyTorch: pip install 'torch==2.13.0' then pip install 'fedbus[torch]'"
+        ) from exc
+    return torch
+
+
+def is_torch_tensor(value: object) -> bool:
+    """Return True if ``value`` is a torch.Tensor, without importing torch when it is absent."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+class Array:
+    """One tensor: a dtype name, a shape and its bytes.
+
+    Parameters
+    ----------
+    values
+        A NumPy array or a torch tensor. C-contiguous little-endian input (the usual case) is
+        shared, not copied; other layouts are copied once into that layout.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> weights = np.zeros((2, 3), dtype=np.float32)
+    >>> array = Array(weights)
+    >>> array.dtype, array.shape, array.nbytes
+    ('float32', (2, 3), 24)
+    >>> np.shares_memory(array.numpy(), weights)
+    True
+    """
+
+    __slots__ = ("_dtype", "_values")
+
+    def __init__(self, values: npt.ArrayLike | torch.Tensor | Array) -> None:
+        if isinstance(values, Array):
+            self._values, self._dtype = values._values, values._dtype
+            return
+        if is_torch_tensor(values):
+            self._values, self._dtype = _from_torch(values)
+            return
+        if not isinstance(values, np.ndarray | np.generic):
+            raise InvalidTypeError(
+                f"Array: expected numpy.ndarray or torch.Tensor, got {type(values).__name__}"
+            )
+        array = np.asarray(values)
+        self._dtype = _dtype_name(array)
+        if array.ndim > MAX_RANK:
+            raise InvalidArgumentError(f"Array: rank {array.ndim} exceeds the limit {MAX_RANK}")
+        # One copy at most, and only when the layout is not already the wire layout.
+        self._values = np.ascontiguousarray(array, dtype=DTYPE_NAMES[self._dtype])
+
+    @classmethod
+    def from_buffer(cls, dtype: str, shape: tuple[int, ...], buffer: Any) -> Array:
+        """Build an Array that views ``buffer`` (little-endian bytes) without copying.
+
+        Raises ``InvalidArgumentError`` if the dtype is unknown or the buffer's length is not
+        ``prod(shape) * itemsize``.
+        """
+        numpy_dtype = DTYPE_NAMES.get(dtype)
+        if numpy_dtype is None:
+            raise InvalidArgumentError(f"Array: unknown dtype name {dtype!r}")
+        if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+            raise InvalidArgumentError(f"Array: invalid shape {shape}")
+        view = memoryview(buffer).cast("B")
+        expected = int(np.prod(shape, dtype=np.uint64)) * numpy_dtype.itemsize
+        if view.nbytes != expected:
+            raise InvalidArgumentError(
+                f"Array: shape {shape} of {dtype} needs {expected} bytes, buffer has {view.nbytes}"
+            )
+        array = object.__new__(cls)
+        array._dtype = dtype
+        array._values = np.frombuffer(view, dtype=numpy_dtype).reshape(shape)
+        return array
+
+    @property
+    def dtype(self) -> str:
+        """The dtype's wire name, e.g. ``"float32"``."""
+        return self._dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return tuple(self._values.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Number of bytes of data."""
+        return int(self._values.nbytes)
+
+    @property
+    def data(self) -> memoryview:
+        """The data as a flat, read-only byte view (no copy)."""
+        return self._values.reshape(-1).view(np.uint8).data.toreadonly()
+
+    def numpy(self) -> np.ndarray[Any, Any]:
+        """Return the values as a NumPy array that shares this Array's memory.
+
+        Arrays decoded from the wire are read-only views; copy before changing them in place.
+        """
+        if self._dtype == "bfloat16":
+            raise InvalidTypeError(
+                "Array: bfloat16 has no NumPy dtype; use Array.torch() (needs fedbus[torch])"
+            )
+        return self._values
+
+    def torch(self) -> torch.Tensor:
+        """Return the values as a CPU torch tensor sharing this Array's memory where possible."""
+        torch = _torch_module()
+        values = self._values
+        if not values.flags.writeable:
+            # torch.from_numpy warns on read-only arrays: tensors are writable by contract.
+            values = values.copy()
+        tensor = torch.from_numpy(values)
+        if self._dtype == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Array):
+            return NotImplemented
+        return (
+            self._dtype == other._dtype
+            and self._values.shape == other._values.shape
+            and self.data == other.data
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable container: not hashable
+
+    def __repr__(self) -> str:
+        return f"Array({self._dtype}, {self.shape})"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Array:
+        clone = object.__new__(Array)
+        clone._dtype = self._dtype
+        clone._values = self._values.copy()
+        return clone
+
+    def __copy__(self) -> Array:
+        return Array(self)
+
+
+def _from_torch(tensor: torch.Tensor) -> tuple[np.ndarray[Any, Any], str]:
+    torch = _torch_module()
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(np.uint16), "bfloat16"
+    values = tensor.numpy()
+    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")), _dtype_name(values)

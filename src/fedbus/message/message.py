@@ -1,0 +1,485 @@
+"""``Message``: what nodes exchange. Content or an error, plus metadata.
+
+A message is built in one of three forms::
+
+    Message(content, dst_node_id, message_type, *, ttl=None, group_id=None)   # a new message
+    Message(content, *, reply_to=msg, ttl=None)                              # a reply
+    Message(error, *, reply_to=msg, ttl=None)                                # an error reply
+
+and, in the handler style, ``Message(sender=..., receiver=..., msg_type=..., content=...)``
+builds the same message as the first form.
+
+``created_at`` is stamped from the runtime's clock (``fedbus.message.clock``) when the message
+is built and never changes: the message expires at ``created_at + ttl``. The runtime fills
+``run_id``, ``message_id`` and ``src_node_id`` when the message is sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final, overload
+
+from fedbus.errors import InvalidArgumentError, InvalidTypeError, MessageFieldError
+from fedbus.message.clock import now
+from fedbus.message.records import RecordDict
+
+__all__ = [
+    "DEFAULT_TTL",
+    "MAX_MESSAGE_TYPE_LENGTH",
+    "UNSET_NODE_ID",
+    "Error",
+    "ErrorCode",
+    "Message",
+    "Metadata",
+    "check_message_type",
+    "mark_sent",
+]
+
+#: Seconds a message lives when no ttl is given (12 hours).
+DEFAULT_TTL: Final = 43200.0
+#: ``src_node_id`` of a message that has not been sent yet (the runtime fills it on send).
+UNSET_NODE_ID: Final = -1
+#: Longest message type accepted.
+MAX_MESSAGE_TYPE_LENGTH: Final = 128
+
+_MESSAGE_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % MAX_MESSAGE_TYPE_LENGTH)
+_FORMS = (
+    "Message(content, dst_node_id, message_type), Message(content, reply_to=msg), "
+    "Message(error, reply_to=msg) or Message(sender=..., receiver=..., msg_type=..., content=...)"
+)
+
+
+class ErrorCode(IntEnum):
+    """Error codes fedbus itself uses. Values are stable; user code may use other integers.
+
+    ======================  =====  ==============================================================
+    name                    value  meaning
+    ======================  =====  ==============================================================
+    UNKNOWN                 0      an error without a more precise code
+    UNKNOWN_MESSAGE_TYPE    1      the receiver has no handler for the message's type
+    HANDLER_EXCEPTION       2      the receiver's handler raised; the reason has the exception
+    MESSAGE_EXPIRED         3      the message's TTL passed before it was delivered
+    NODE_UNAVAILABLE        4      the receiving node is offline, dropped out or unknown
+    DECODE_ERROR            5      the receiver could not decode the message's bytes
+    UNAUTHENTICATED         6      the sender did not prove who it is, or claimed another id
+    MESSAGE_TOO_LARGE       7      the message exceeds the receiver's size limit
+    ======================  =====  ==============================================================
+    """
+
+    UNKNOWN = 0
+    UNKNOWN_MESSAGE_TYPE = 1
+    HANDLER_EXCEPTION = 2
+    MESSAGE_EXPIRED = 3
+    NODE_UNAVAILABLE = 4
+    DECODE_ERROR = 5
+    UNAUTHENTICATED = 6
+    MESSAGE_TOO_LARGE = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """What went wrong while processing a message: an integer code and an optional reason.
+
+    >>> Error(ErrorCode.MESSAGE_EXPIRED, "ttl passed")
+    Error(code=3 (MESSAGE_EXPIRED), reason='ttl passed')
+    """
+
+    code: int
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, int) or isinstance(self.code, bool):
+            raise InvalidTypeError(f"Error: code must be int, got {type(self.code).__name__}")
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise InvalidTypeError(
+                f"Error: reason must be str or None, got {type(self.reason).__name__}"
+            )
+
+    def __repr__(self) -> str:
+        try:
+            code = f"{int(self.code)} ({ErrorCode(self.code).name})"
+        except ValueError:
+            code = str(int(self.code))
+        return f"Error(code={code}, reason={self.reason!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """Everything about a message except its content.
+
+    Attributes
+    ----------
+    run_id
+        The run (federation) the message belongs to; filled by the runtime on send.
+    message_id
+        Unique within a run; ``""`` until the message is sent.
+    src_node_id
+        The sender; ``UNSET_NODE_ID`` (-1) until sent, unless the sender was given.
+    dst_node_id
+        The receiver.
+    reply_to_message_id
+        For a reply, the ``message_id`` of the message it answers; ``""`` otherwise.
+    group_id
+        Groups messages; the FL layer uses the round number.
+    created_at
+        Seconds on the runtime's clock when the message was built.
+    ttl
+        Seconds the message lives after ``created_at``.
+    message_type
+        What the receiver should do; selects the receiver's handler.
+    """
+
+    run_id: int
+    message_id: str
+    src_node_id: int
+    dst_node_id: int
+    reply_to_message_id: str
+    group_id: str
+    created_at: float
+    ttl: float
+    message_type: str
+
+    @property
+    def expires_at(self) -> float:
+        """``created_at + ttl``: the clock time after which the message is not delivered."""
+        return self.created_at + self.ttl
+
+
+def check_message_type(message_type: object) -> str:
+    """Return ``message_type`` if it is a valid type name, else raise with what is allowed."""
+    if not isinstance(message_type, str):
+        raise InvalidTypeError(
+            f"Message: message_type must be str, got {type(message_type).__name__}"
+        )
+    if _MESSAGE_TYPE.fullmatch(message_type) is None:
+        raise InvalidArgumentError(
+            f"Message: invalid message_type {message_type!r}: use 1 to "
+            f"{MAX_MESSAGE_TYPE_LENGTH} characters from A-Z a-z 0-9 _ . -"
+        )
+    return message_type
+
+
+def _check_node_id(name: str, node_id: object) -> int:
+    if not isinstance(node_id, int) or isinstance(node_id, bool):
+        raise InvalidTypeError(f"Message: {name} must be int, got {type(node_id).__name__}")
+    if not 0 <= node_id < 2**63:
+        raise InvalidArgumentError(f"Message: {name} must be in [0, 2**63), got {node_id}")
+    return node_id
+
+
+def _check_ttl(ttl: object) -> float:
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+        raise InvalidTypeError(f"Message: ttl must be a number of seconds, got {ttl!r}")
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise InvalidArgumentError(f"Message: ttl must be a finite number > 0, got {ttl!r}")
+    return float(ttl)
+
+
+def _check_content(content: object) -> RecordDict:
+    if not isinstance(content, RecordDict):
+        raise InvalidTypeError(
+            f"Message: content must be a RecordDict, got {type(content).__name__}"
+        )
+    return content
+
+
+class Message:
+    """A message between two nodes: content (a ``RecordDict``) or an ``Error``, plus metadata.
+
+    Parameters
+    ----------
+    content
+        The records to send; in the error-reply form, the ``Error`` may be given here.
+    dst_node_id
+        The receiving node (new messages only).
+    message_type
+        The receiver's handler to run (new messages only): 1-128 characters of
+        ``[A-Za-z0-9_.-]``.
+    ttl
+        Seconds to live. Default: 43,200 for a new message; for a reply, what the message it
+        answers has left: ``reply_to.ttl - (reply.created_at - reply_to.created_at)``.
+    group_id
+        Groups messages, e.g. by FL round (new messages only; replies inherit it).
+    reply_to
+        The message this one answers: run_id, group_id and message_type are inherited,
+        source and destination swapped, ``reply_to_message_id`` set.
+    error
+        The error to report (error replies only).
+    sender, receiver, msg_type
+        The handler style's spelling: ``Message(sender=..., receiver=..., msg_type=...,
+        content=...)``; ``payload`` is accepted for ``content`` in this form. The sender given
+        is checked against the sending worker when the message is sent.
+
+    Examples
+    --------
+    >>> from fedbus import ConfigRecord, RecordDict
+    >>> ask = Message(RecordDict({"cfg": ConfigRecord({"lr": 0.1})}), 3, "train")
+    >>> reply = ask.create_reply(RecordDict())
+    >>> reply.metadata.dst_node_id == ask.metadata.src_node_id, reply.metadata.message_type
+    (True, 'train')
+    """
+
+    __slots__ = ("_content", "_error", "_metadata")
+
+    @overload
+    def __init__(
+        self,
+        content: RecordDict,
+        dst_node_id: int,
+        message_type: str,
+        *,
+        ttl: float | None = None,
+        group_id: str | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, content: RecordDict, *, reply_to: Message, ttl: float | None = None
+    ) -> None: ...
+    @overload
+    def __init__(self, error: Error, /, *, reply_to: Message, ttl: float | None = None) -> None: ...
+    @overload
+    def __init__(self, *, error: Error, reply_to: Message, ttl: float | None = None) -> None: ...
+    @overload
+    def __init__(
+        self,
+        *,
+        receiver: int,
+        msg_type: str,
+        content: RecordDict | None = None,
+        payload: RecordDict | None = None,
+        sender: int | None = None,
+        ttl: float | None = None,
+        group_id: str | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        content: RecordDict | Error | None = None,
+        dst_node_id: int | None = None,
+        message_type: str | None = None,
+        *,
+        ttl: float | None = None,
+        group_id: str | None = None,
+        reply_to: Message | None = None,
+        error: Error | None = None,
+        sender: int | None = None,
+        receiver: int | None = None,
+        msg_type: str | None = None,
+        payload: RecordDict | None = None,
+    ) -> None:
+        if isinstance(content, Error):
+            if error is not None:
+                raise InvalidTypeError(f"Message: the error was given twice; use one of {_FORMS}")
+            content, error = None, content
+        if (sender, receiver, msg_type, payload) != (None, None, None, None):
+            if dst_node_id is not None or message_type is not None or reply_to is not None:
+                raise InvalidTypeError(
+                    "Message: sender/receiver/msg_type cannot be mixed with dst_node_id, "
+                    f"message_type or reply_to; use one of {_FORMS}"
+                )
+            if content is not None and payload is not None:
+                raise InvalidTypeError("Message: give content or payload, not both")
+            if receiver is None or msg_type is None:
+                raise InvalidTypeError(
+                    "Message: the form Message(sender=..., receiver=..., msg_type=..., "
+                    "content=...) needs receiver and msg_type"
+                )
+            content = content if content is not None else payload
+            dst_node_id, message_type = receiver, msg_type
+        if reply_to is not None:
+            self._init_reply(content, error, reply_to, ttl, dst_node_id, message_type, group_id)
+        else:
+            self._init_new(content, error, dst_node_id, message_type, ttl, group_id, sender)
+
+    def _init_new(
+        self,
+        content: RecordDict | None,
+        error: Error | None,
+        dst_node_id: int | None,
+        message_type: str | None,
+        ttl: float | None,
+        group_id: str | None,
+        sender: int | None,
+    ) -> None:
+        if error is not None:
+            raise InvalidTypeError(
+                "Message: an error message must answer another message; use "
+                "Message(error, reply_to=msg) or msg.create_error_reply(error)"
+            )
+        if content is None or dst_node_id is None or message_type is None:
+            missing = [
+                name
+                for name, value in (
+                    ("content", content),
+                    ("dst_node_id", dst_node_id),
+                    ("message_type", message_type),
+                )
+                if value is None
+            ]
+            raise InvalidTypeError(
+                f"Message: missing {', '.join(missing)}; a new message is "
+                "Message(content, dst_node_id, message_type); a reply needs reply_to=msg"
+            )
+        if group_id is not None and not isinstance(group_id, str):
+            raise InvalidTypeError(f"Message: group_id must be str, got {type(group_id).__name__}")
+        self._content = _check_content(content)
+        self._error = None
+        self._metadata = Metadata(
+            run_id=0,
+            message_id="",
+            src_node_id=UNSET_NODE_ID if sender is None else _check_node_id("sender", sender),
+            dst_node_id=_check_node_id("dst_node_id", dst_node_id),
+            reply_to_message_id="",
+            group_id=group_id or "",
+            created_at=now(),
+            ttl=DEFAULT_TTL if ttl is None else _check_ttl(ttl),
+            message_type=check_message_type(message_type),
+        )
+
+    def _init_reply(
+        self,
+        content: RecordDict | None,
+        error: Error | None,
+        reply_to: Message,
+        ttl: float | None,
+        dst_node_id: int | None,
+        message_type: str | None,
+        group_id: str | None,
+    ) -> None:
+        if not isinstance(reply_to, Message):
+            raise InvalidTypeError(
+                f"Message: reply_to must be a Message, got {type(reply_to).__name__}"
+            )
+        if dst_node_id is not None or message_type is not None or group_id is not None:
+            raise InvalidTypeError(
+                "Message: a reply takes its destination, type and group from reply_to; "
+                "drop dst_node_id, message_type and group_id"
+            )
+        if (content is None) == (error is None):
+            raise InvalidTypeError(
+                "Message: a reply carries exactly one of content or error: "
+                "Message(content, reply_to=msg) or Message(error, reply_to=msg)"
+            )
+        if content is not None:
+            _check_content(content)
+        elif not isinstance(error, Error):
+            raise InvalidTypeError(f"Message: error must be an Error, got {type(error).__name__}")
+        original = reply_to._metadata
+        created_at = now()
+        self._content, self._error = content, error
+        self._metadata = Metadata(
+            run_id=original.run_id,
+            message_id="",
+            src_node_id=original.dst_node_id,
+            dst_node_id=original.src_node_id,
+            reply_to_message_id=original.message_id,
+            group_id=original.group_id,
+            created_at=created_at,
+            # May be <= 0 when the original has expired: built, but refused when sent.
+            ttl=_check_ttl(ttl)
+            if ttl is not None
+            else original.ttl - (created_at - original.created_at),
+            message_type=original.message_type,
+        )
+
+    @classmethod
+    def from_metadata(
+        cls, metadata: Metadata, content: RecordDict | None = None, error: Error | None = None
+    ) -> Message:
+        """Rebuild a message exactly as described, for the codec and runtimes.
+
+        No clock is read and no default applied; exactly one of ``content`` and ``error``.
+        """
+        if (content is None) == (error is None):
+            raise InvalidTypeError("Message.from_metadata: give exactly one of content or error")
+        message = object.__new__(cls)
+        message._metadata, message._content, message._error = metadata, content, error
+        return message
+
+    @property
+    def metadata(self) -> Metadata:
+        """The message's ``Metadata``."""
+        return self._metadata
+
+    @property
+    def content(self) -> RecordDict:
+        """The content of this message; raises ``MessageFieldError`` for an error message."""
+        if self._content is None:
+            raise MessageFieldError(
+                f"this message carries an error, not content ({self._error!r}); "
+                "check message.has_content() or has_error() first"
+            )
+        return self._content
+
+    @property
+    def error(self) -> Error:
+        """The error this message reports; raises ``MessageFieldError`` for a content message."""
+        if self._error is None:
+            raise MessageFieldError(
+                "this message carries content, not an error; check message.has_error() first"
+            )
+        return self._error
+
+    def has_content(self) -> bool:
+        """Return True if the message has content, else False."""
+        return self._content is not None
+
+    def has_error(self) -> bool:
+        """Return True if the message has an error, else False."""
+        return self._error is not None
+
+    @property
+    def sender(self) -> int:
+        """Alias of ``metadata.src_node_id`` (handler style)."""
+        return self._metadata.src_node_id
+
+    @property
+    def receiver(self) -> int:
+        """Alias of ``metadata.dst_node_id`` (handler style)."""
+        return self._metadata.dst_node_id
+
+    @property
+    def msg_type(self) -> str:
+        """Alias of ``metadata.message_type`` (handler style)."""
+        return self._metadata.message_type
+
+    def create_reply(self, content: RecordDict, ttl: float | None = None) -> Message:
+        """Create a reply to this message with the given content (see the class docstring)."""
+        return Message(content, reply_to=self, ttl=ttl)
+
+    def create_error_reply(self, error: Error, ttl: float | None = None) -> Message:
+        """Create a reply to this message that reports ``error``."""
+        return Message(error, reply_to=self, ttl=ttl)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self._metadata == other._metadata
+            and self._content == other._content
+            and self._error == other._error
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # content is mutable: not hashable
+
+    def __repr__(self) -> str:
+        meta = self._metadata
+        body = f"content={self._content!r}" if self._content is not None else f"{self._error!r}"
+        return (
+            f"Message({meta.message_type!r}, {meta.src_node_id} -> {meta.dst_node_id}, "
+            f"group={meta.group_id!r}, {body})"
+        )
+
+
+def mark_sent(message: Message, *, run_id: int, message_id: str, src_node_id: int) -> None:
+    """Fill the fields a runtime owns when it sends ``message`` (for runtime authors).
+
+    ``created_at`` and ``ttl`` are never changed.
+    """
+    message._metadata = dataclasses.replace(
+        message._metadata, run_id=run_id, message_id=message_id, src_node_id=src_node_id
+    )

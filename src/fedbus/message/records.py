@@ -1,0 +1,341 @@
+"""Typed records: what a message's content is made of.
+
+A ``RecordDict`` maps names to records of three kinds:
+
+- ``ArrayRecord``: ordered names -> ``Array`` (model weights, gradients, control variates).
+- ``MetricRecord``: names -> int | float, or a homogeneous list of them (losses, accuracies).
+- ``ConfigRecord``: names -> int | float | str | bytes | bool, or a homogeneous list of one of
+  them (learning rates, round numbers, flags).
+
+Every value is checked when it is set; a wrong type raises ``InvalidTypeError`` (a ``TypeError``)
+naming the key, what was expected and what was given. Integers must fit in 64 bits, the width
+they have on the wire.
+
+Examples
+--------
+>>> import numpy as np
+>>> content = RecordDict({
+...     "model": ArrayRecord([np.ones(3, dtype=np.float32)]),
+...     "train": ConfigRecord({"lr": 0.1, "epochs": 1}),
+... })
+>>> content["model"].to_numpy_ndarrays()[0].tolist()
+[1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
+
+import numpy as np
+
+from fedbus.errors import InvalidArgumentError, InvalidTypeError
+from fedbus.message.array import Array, is_torch_tensor
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "ArrayRecord",
+    "ConfigRecord",
+    "ConfigValue",
+    "MetricRecord",
+    "MetricValue",
+    "Record",
+    "RecordDict",
+]
+
+MetricScalar: TypeAlias = int | float
+MetricValue: TypeAlias = int | float | list[int] | list[float]
+ConfigScalar: TypeAlias = int | float | str | bytes | bool
+ConfigValue: TypeAlias = (
+    int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]
+)
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_V = TypeVar("_V")
+
+
+def _check_key(owner: str, key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidTypeError(f"{owner}: keys must be non-empty str, got {key!r}")
+    return key
+
+
+class _Record(MutableMapping[str, _V], Generic[_V]):
+    """A dict whose values are validated on the way in; subclasses define ``_convert``."""
+
+    __slots__ = ("_data",)
+    _kind = "record"
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
+        self._data: dict[str, _V] = {}
+        if items is not None:
+            pairs = items.items() if isinstance(items, Mapping) else items
+            for key, value in pairs:
+                self[key] = value
+
+    def _convert(self, key: str, value: Any) -> _V:
+        raise NotImplementedError
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[_check_key(type(self).__name__, key)] = self._convert(key, value)
+
+    def __getitem__(self, key: str) -> _V:
+        return self._data[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _Record)
+        return self._data == other._data
+
+    __hash__ = None  # type: ignore[assignment]  # mutable container: not hashable
+
+    def copy(self) -> _Record[_V]:
+        """A shallow copy: a new record holding the same values (arrays share their buffers)."""
+        clone = object.__new__(type(self))
+        clone._data = dict(self._data)
+        return clone
+
+    def __copy__(self) -> _Record[_V]:
+        return self.copy()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Record[_V]:
+        clone = object.__new__(type(self))
+        clone._data = copy.deepcopy(self._data, memo)
+        return clone
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+
+def _scalar_kind(value: object, allowed: tuple[type, ...]) -> type | None:
+    """The accepted scalar type of ``value`` (bool before int: bool is a subclass of int)."""
+    for kind in allowed:
+        if type(value) is kind:
+            return kind
+    return None
+
+
+def _normalise_scalar(value: Any) -> Any:
+    """NumPy scalars (e.g. a loss computed as np.float32) become the Python value they hold."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    return value
+
+
+def _check_scalar(owner: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    value = _normalise_scalar(value)
+    kind = _scalar_kind(value, allowed)
+    if kind is None:
+        names = " | ".join(t.__name__ for t in allowed)
+        raise InvalidTypeError(
+            f"{owner} key {key!r}: expected {names} or a list of one of them, "
+            f"got {type(value).__name__}"
+        )
+    if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidArgumentError(f"{owner} key {key!r}: int {value} does not fit in 64 bits")
+    return value
+
+
+def _check_value(owner: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    if not isinstance(value, list | tuple):
+        return _check_scalar(owner, key, value, allowed)
+    items = [_check_scalar(owner, key, item, allowed) for item in value]
+    kinds = {type(item) for item in items}
+    if len(kinds) > 1:
+        found = ", ".join(sorted(k.__name__ for k in kinds))
+        raise InvalidTypeError(
+            f"{owner} key {key!r}: a list must hold values of one type, got a mix of {found}"
+        )
+    return items
+
+
+class MetricRecord(_Record[MetricValue]):
+    """Named metrics: int | float values, or homogeneous lists of them (bool is refused).
+
+    >>> MetricRecord({"loss": 0.25, "num_examples": 64})
+    MetricRecord({'loss': 0.25, 'num_examples': 64})
+    """
+
+    __slots__ = ()
+
+    def _convert(self, key: str, value: Any) -> MetricValue:
+        return _check_value("MetricRecord", key, value, (int, float))  # type: ignore[no-any-return]
+
+
+class ConfigRecord(_Record[ConfigValue]):
+    """Named settings: int | float | str | bytes | bool, or homogeneous lists of one of them.
+
+    >>> ConfigRecord({"lr": 0.1, "local_epochs": 2, "optimizer": "sgd"})["optimizer"]
+    'sgd'
+    """
+
+    __slots__ = ()
+
+    def _convert(self, key: str, value: Any) -> ConfigValue:
+        return _check_value(  # type: ignore[no-any-return]
+            "ConfigRecord", key, value, (bool, int, float, str, bytes)
+        )
+
+
+class ArrayRecord(_Record[Array]):
+    """Ordered named arrays, held without copying where the input allows it.
+
+    Build it from a list of arrays (keys ``"0"``, ``"1"``, ...), from a dict of arrays, or from
+    a torch ``state_dict``; values may be NumPy arrays, torch tensors or ``Array``.
+
+    >>> import numpy as np
+    >>> record = ArrayRecord({"w": np.zeros((2, 2), dtype=np.float32)})
+    >>> record
+    ArrayRecord({'w': Array(float32, (2, 2))})
+    >>> record.count_bytes()
+    16
+    """
+
+    __slots__ = ()
+
+    @overload
+    def __init__(self, arrays: None = None) -> None: ...
+    @overload
+    def __init__(self, arrays: Mapping[str, Any]) -> None: ...
+    @overload
+    def __init__(self, arrays: Iterable[Any]) -> None: ...
+
+    def __init__(self, arrays: Mapping[str, Any] | Iterable[Any] | None = None) -> None:
+        if arrays is None or isinstance(arrays, Mapping):
+            super().__init__(arrays)
+            return
+        if isinstance(arrays, np.ndarray) or is_torch_tensor(arrays):
+            raise InvalidTypeError(
+                "ArrayRecord: expected a list or dict of arrays, got a single array; "
+                "wrap it: ArrayRecord([array])"
+            )
+        super().__init__((str(index), value) for index, value in enumerate(arrays))
+
+    def _convert(self, key: str, value: Any) -> Array:
+        if isinstance(value, Array):
+            return value
+        if isinstance(value, np.ndarray) or is_torch_tensor(value):
+            return Array(value)
+        raise InvalidTypeError(
+            f"ArrayRecord key {key!r}: expected numpy.ndarray, torch.Tensor or fedbus.Array, "
+            f"got {type(value).__name__}"
+        )
+
+    def to_numpy_ndarrays(self) -> list[np.ndarray[Any, Any]]:
+        """The arrays in order, as NumPy arrays sharing this record's memory."""
+        return [array.numpy() for array in self._data.values()]
+
+    def to_numpy_dict(self) -> dict[str, np.ndarray[Any, Any]]:
+        """The arrays by name, as NumPy arrays sharing this record's memory."""
+        return {key: array.numpy() for key, array in self._data.items()}
+
+    def to_torch_state_dict(self) -> OrderedDict[str, torch.Tensor]:
+        """The arrays as a torch ``state_dict`` (CPU tensors; shared memory where writable)."""
+        return OrderedDict((key, array.torch()) for key, array in self._data.items())
+
+    def count_bytes(self) -> int:
+        """Total bytes of array data (keys and headers not included)."""
+        return sum(array.nbytes for array in self._data.values())
+
+
+Record: TypeAlias = ArrayRecord | MetricRecord | ConfigRecord
+_RECORD_TYPES = (ArrayRecord, MetricRecord, ConfigRecord)
+_R = TypeVar("_R", ArrayRecord, MetricRecord, ConfigRecord)
+
+
+class _TypedView(MutableMapping[str, _R]):
+    """A live view of the records of one kind inside a RecordDict."""
+
+    __slots__ = ("_kind", "_owner")
+
+    def __init__(self, owner: RecordDict, kind: type[_R]) -> None:
+        self._owner, self._kind = owner, kind
+
+    def __getitem__(self, key: str) -> _R:
+        value = self._owner[key]
+        if not isinstance(value, self._kind):
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: _R) -> None:
+        if not isinstance(value, self._kind):
+            raise InvalidTypeError(
+                f"RecordDict key {key!r}: this view holds {self._kind.__name__}, "
+                f"got {type(value).__name__}"
+            )
+        self._owner[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # noqa: B018  # raises KeyError for a key of another kind
+        del self._owner[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, value in self._owner.items() if isinstance(value, self._kind))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"{dict(self.items())!r}"
+
+
+class RecordDict(_Record[Record]):
+    """A message's content: names -> ArrayRecord | MetricRecord | ConfigRecord.
+
+    ``array_records``, ``metric_records`` and ``config_records`` are live views of one kind.
+
+    >>> content = RecordDict({"metrics": MetricRecord({"accuracy": 0.9})})
+    >>> list(content.metric_records), list(content.array_records)
+    (['metrics'], [])
+    """
+
+    __slots__ = ()
+
+    def _convert(self, key: str, value: Any) -> Record:
+        if isinstance(value, _RECORD_TYPES):
+            return value
+        raise InvalidTypeError(
+            f"RecordDict key {key!r}: expected ArrayRecord, MetricRecord or ConfigRecord, "
+            f"got {type(value).__name__}"
+        )
+
+    @property
+    def array_records(self) -> MutableMapping[str, ArrayRecord]:
+        """The ArrayRecords in this RecordDict (a live view)."""
+        return _TypedView(self, ArrayRecord)
+
+    @property
+    def metric_records(self) -> MutableMapping[str, MetricRecord]:
+        """The MetricRecords in this RecordDict (a live view)."""
+        return _TypedView(self, MetricRecord)
+
+    @property
+    def config_records(self) -> MutableMapping[str, ConfigRecord]:
+        """The ConfigRecords in this RecordDict (a live view)."""
+        return _TypedView(self, ConfigRecord)
+
+    def count_bytes(self) -> int:
+        """Total bytes of array data in all ArrayRecords."""
+        return sum(record.count_bytes() for record in self.array_records.values())
+
+    def copy(self) -> RecordDict:
+        """A new RecordDict holding copies of the records; arrays share their buffers."""
+        clone = object.__new__(RecordDict)
+        clone._data = {key: record.copy() for key, record in self._data.items()}  # type: ignore[misc]
+        return clone
