@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The stamp is rebuilt when the project's dependencies change, so an existing .venv is reused.
 STAMP  := $(VENV)/.fedbus-installed
 
-.PHONY: install run test lint typecheck unit bench bench-codec clean
+.PHONY: install run test lint typecheck unit bench bench-codec docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ run: install
 	$(BIN)/fedbus run $(ARGS)
 
 lint: install
-	$(BIN)/ruff format --check src tests bench examples
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples docs
+	$(BIN)/ruff check src tests bench examples docs
 
 typecheck: install
 	$(BIN)/mypy
@@ -34,6 +34,9 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/simulation.py
+
+docs: install
+	$(BIN)/python docs/update_config_reference.py
 
 bench-codec: install
 	$(BIN)/python bench/codec.py

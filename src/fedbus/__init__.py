@@ -13,7 +13,7 @@ Layers, each importing only those below it::
     train | data   trainers on arrays | datasets and partitioners
 """
 
-from fedbus.errors import FedbusError
+from fedbus.errors import DecodeError, FedbusError
 from fedbus.message import (
     DEFAULT_TTL,
     Array,
@@ -25,6 +25,8 @@ from fedbus.message import (
     Metadata,
     MetricRecord,
     RecordDict,
+    decode_message,
+    encode_message,
 )
 
 __version__ = "0.1.0"
@@ -34,6 +36,7 @@ __all__ = [
     "Array",
     "ArrayRecord",
     "ConfigRecord",
+    "DecodeError",
     "Error",
     "ErrorCode",
     "FedbusError",
@@ -41,4 +44,6 @@ __all__ = [
     "Metadata",
     "MetricRecord",
     "RecordDict",
+    "decode_message",
+    "encode_message",
 ]

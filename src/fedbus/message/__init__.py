@@ -1,11 +1,13 @@
 """Messages and their content: the lowest layer of fedbus, importing nothing else of it.
 
 ``message`` holds ``Message``, ``Metadata`` and ``Error``; ``records`` and ``array`` the typed
-content; ``clock`` the replaceable clock that stamps ``created_at``.
+content; ``clock`` the replaceable clock that stamps ``created_at``; ``codec`` the binary
+format that carries a whole message between processes.
 """
 
 from fedbus.message.array import DTYPE_NAMES, MAX_RANK, Array
 from fedbus.message.clock import now, use_clock
+from fedbus.message.codec import DecodeLimits, decode_message, encode_message, encoded_size
 from fedbus.message.message import (
     DEFAULT_TTL,
     UNSET_NODE_ID,
@@ -26,6 +28,7 @@ __all__ = [
     "Array",
     "ArrayRecord",
     "ConfigRecord",
+    "DecodeLimits",
     "Error",
     "ErrorCode",
     "Message",
@@ -34,6 +37,9 @@ __all__ = [
     "Record",
     "RecordDict",
     "check_message_type",
+    "decode_message",
+    "encode_message",
+    "encoded_size",
     "mark_sent",
     "now",
     "use_clock",

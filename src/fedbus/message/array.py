@@ -15,11 +15,11 @@ refuses it, and ``torch()`` (with torch installed) returns the bfloat16 tensor.
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
-import numpy.typing as npt
 
 from fedbus.errors import InvalidArgumentError, InvalidTypeError, MissingDependencyError
 
@@ -51,7 +51,9 @@ MAX_RANK = 32
 
 # NumPy kind letter and item size -> wire name; byte order is normalised separately.
 _NAME_OF_NUMPY_KIND = {
-    f"{dtype.kind}{dtype.itemsize}": name for name, dtype in DTYPE_NAMES.items() if name != "bfloat16"
+    f"{dtype.kind}{dtype.itemsize}": name
+    for name, dtype in DTYPE_NAMES.items()
+    if name != "bfloat16"
 }
 
 
@@ -65,6 +67,10 @@ def _dtype_name(values: np.ndarray[Any, Any]) -> str:
     return name
 
 
+# torch dtype name (``str(torch.float32)`` is ``"torch.float32"``) -> wire name.
+_NAME_OF_TORCH_DTYPE = {f"torch.{name}": name for name in DTYPE_NAMES}
+
+
 def _torch_module() -> Any:
     try:
         import torch
@@ -75,7 +81,7 @@ def _torch_module() -> Any:
     return torch
 
 
-def is_torch_tensor(value: object) -> bool:
+def is_torch_tensor(value: object) -> TypeGuard[torch.Tensor]:
     """Return True if ``value`` is a torch.Tensor, without importing torch when it is absent."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(value, torch.Tensor)
@@ -102,8 +108,10 @@ class Array:
     """
 
     __slots__ = ("_dtype", "_values")
+    _dtype: str
+    _values: np.ndarray[Any, Any]
 
-    def __init__(self, values: npt.ArrayLike | torch.Tensor | Array) -> None:
+    def __init__(self, values: np.ndarray[Any, Any] | np.generic | torch.Tensor | Array) -> None:
         if isinstance(values, Array):
             self._values, self._dtype = values._values, values._dtype
             return
@@ -116,25 +124,33 @@ class Array:
             )
         array = np.asarray(values)
         self._dtype = _dtype_name(array)
-        if array.ndim > MAX_RANK:
-            raise InvalidArgumentError(f"Array: rank {array.ndim} exceeds the limit {MAX_RANK}")
-        # One copy at most, and only when the layout is not already the wire layout.
-        self._values = np.ascontiguousarray(array, dtype=DTYPE_NAMES[self._dtype])
+        _check_rank(array.ndim)
+        # One copy at most, and only when the layout is not already the wire layout. Not
+        # np.ascontiguousarray: it turns a 0-d array into shape (1,).
+        self._values = np.asarray(array, dtype=DTYPE_NAMES[self._dtype], order="C")
 
     @classmethod
     def from_buffer(cls, dtype: str, shape: tuple[int, ...], buffer: Any) -> Array:
         """Build an Array that views ``buffer`` (little-endian bytes) without copying.
 
-        Raises ``InvalidArgumentError`` if the dtype is unknown or the buffer's length is not
-        ``prod(shape) * itemsize``.
+        Raises ``InvalidArgumentError`` if the dtype is unknown, the shape invalid or the
+        buffer's length is not ``prod(shape) * itemsize``; ``InvalidTypeError`` if ``buffer``
+        does not support the buffer protocol.
         """
-        numpy_dtype = DTYPE_NAMES.get(dtype)
+        numpy_dtype = DTYPE_NAMES.get(dtype) if isinstance(dtype, str) else None
         if numpy_dtype is None:
-            raise InvalidArgumentError(f"Array: unknown dtype name {dtype!r}")
-        if len(shape) > MAX_RANK or any(d < 0 for d in shape):
-            raise InvalidArgumentError(f"Array: invalid shape {shape}")
-        view = memoryview(buffer).cast("B")
-        expected = int(np.prod(shape, dtype=np.uint64)) * numpy_dtype.itemsize
+            raise InvalidArgumentError(
+                f"Array: unknown dtype name {dtype!r}; supported: {', '.join(DTYPE_NAMES)}"
+            )
+        shape = _check_shape(shape)
+        try:
+            view = memoryview(buffer).cast("B")
+        except TypeError as exc:
+            raise InvalidTypeError(
+                f"Array: expected a C-contiguous bytes-like buffer, got {type(buffer).__name__}"
+            ) from exc
+        # Python ints: a NumPy product of large dims would wrap around silently.
+        expected = math.prod(shape) * numpy_dtype.itemsize
         if view.nbytes != expected:
             raise InvalidArgumentError(
                 f"Array: shape {shape} of {dtype} needs {expected} bytes, buffer has {view.nbytes}"
@@ -177,14 +193,14 @@ class Array:
 
     def torch(self) -> torch.Tensor:
         """Return the values as a CPU torch tensor sharing this Array's memory where possible."""
-        torch = _torch_module()
+        torch_module = _torch_module()
         values = self._values
         if not values.flags.writeable:
             # torch.from_numpy warns on read-only arrays: tensors are writable by contract.
             values = values.copy()
-        tensor = torch.from_numpy(values)
+        tensor: torch.Tensor = torch_module.from_numpy(values)
         if self._dtype == "bfloat16":
-            tensor = tensor.view(torch.bfloat16)
+            tensor = tensor.view(torch_module.bfloat16)
         return tensor
 
     def __eq__(self, other: object) -> bool:
@@ -205,20 +221,49 @@ class Array:
         clone = object.__new__(Array)
         clone._dtype = self._dtype
         clone._values = self._values.copy()
+        memo[id(self)] = clone
         return clone
 
     def __copy__(self) -> Array:
         return Array(self)
 
 
+def _check_rank(rank: int) -> None:
+    if rank > MAX_RANK:
+        raise InvalidArgumentError(f"Array: rank {rank} exceeds the limit {MAX_RANK}")
+
+
+def _check_shape(shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, tuple | list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidArgumentError(f"Array: invalid shape {shape!r}: expected a tuple of ints >= 0")
+    _check_rank(len(shape))
+    return tuple(shape)
+
+
 def _from_torch(tensor: torch.Tensor) -> tuple[np.ndarray[Any, Any], str]:
     torch = _torch_module()
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
-        tensor = tensor.cpu()
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16), "bfloat16"
-    values = tensor.numpy()
-    return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")), _dtype_name(values)
+    name = _NAME_OF_TORCH_DTYPE.get(str(tensor.dtype))
+    if name is None:
+        supported = ", ".join(DTYPE_NAMES)
+        raise InvalidTypeError(
+            f"dtype {tensor.dtype} is not supported by fedbus records; supported: {supported}"
+        )
+    if tensor.layout != torch.strided or tensor.is_quantized:
+        raise InvalidTypeError(
+            f"Array: expected a dense torch.Tensor, got layout {tensor.layout}"
+            + (" (quantized)" if tensor.is_quantized else "")
+            + "; convert it with .to_dense() or .dequantize() first"
+        )
+    if tensor.device.type == "meta":
+        raise InvalidArgumentError("Array: a tensor on the meta device has no data to hold")
+    _check_rank(tensor.dim())
+    if name == "bfloat16":
+        # NumPy has no bfloat16: hold the 16-bit patterns.
+        tensor = tensor.detach().cpu().resolve_neg().contiguous()
+        return tensor.view(torch.int16).numpy().view(np.uint16), name
+    # force=True detaches (tensors that require grad), moves to the CPU and resolves lazy
+    # negation; a plain CPU tensor is still shared, not copied.
+    values = tensor.numpy(force=True)
+    return np.asarray(values, dtype=DTYPE_NAMES[name], order="C"), name

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from fedbus.errors import InvalidTypeError
+
 __all__ = ["now", "use_clock"]
 
 Clock = Callable[[], float]
@@ -27,7 +29,19 @@ def now() -> float:
 
 @contextmanager
 def use_clock(clock: Clock) -> Iterator[None]:
-    """Make ``clock`` the source of ``now()`` inside the ``with`` block."""
+    """Make ``clock`` the source of ``now()`` inside the ``with`` block.
+
+    ``clock`` is called with no arguments and returns seconds as a float; a simulation passes
+    the function that reads its simulated time.
+
+    >>> with use_clock(lambda: 12.5):
+    ...     now()
+    12.5
+    """
+    if not callable(clock):
+        raise InvalidTypeError(
+            f"use_clock: expected a function returning seconds, got {type(clock).__name__}"
+        )
     token = _current_clock.set(clock)
     try:
         yield

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeAlias, TypeVar, overload
 
 import numpy as np
 
@@ -51,17 +51,63 @@ MetricScalar: TypeAlias = int | float
 MetricValue: TypeAlias = int | float | list[int] | list[float]
 ConfigScalar: TypeAlias = int | float | str | bytes | bool
 ConfigValue: TypeAlias = (
-    int | float | str | bytes | bool | list[int] | list[float] | list[str] | list[bytes] | list[bool]
+    int
+    | float
+    | str
+    | bytes
+    | bool
+    | list[int]
+    | list[float]
+    | list[str]
+    | list[bytes]
+    | list[bool]
 )
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# repr shows this many entries of a record and items of a list, then a count of the rest.
+_REPR_ITEMS = 16
+# ... and this many characters of a str or bytes value.
+_REPR_CHARS = 40
 _V = TypeVar("_V")
 
 
 def _check_key(owner: str, key: object) -> str:
-    if not isinstance(key, str) or not key:
-        raise InvalidTypeError(f"{owner}: keys must be non-empty str, got {key!r}")
+    if not isinstance(key, str):
+        raise InvalidTypeError(f"{owner}: keys must be str, got {type(key).__name__} {key!r}")
+    if not key:
+        raise InvalidArgumentError(f"{owner}: keys must be non-empty str, got ''")
     return key
+
+
+def _pairs(owner: str, items: object) -> Iterator[tuple[Any, Any]]:
+    """The (key, value) pairs of a mapping or of an iterable of pairs, as ``dict()`` takes them."""
+    if isinstance(items, Mapping):
+        yield from items.items()
+        return
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise InvalidTypeError(
+            f"{owner}: expected a dict or an iterable of (key, value) pairs, "
+            f"got {type(items).__name__}"
+        )
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise InvalidTypeError(
+                f"{owner}: expected (key, value) pairs, got an item of type {type(item).__name__}"
+            )
+        yield item[0], item[1]
+
+
+def _short_repr(value: object) -> str:
+    """``repr(value)`` with long lists, str and bytes cut short: a repr shows types, not data."""
+    if isinstance(value, list):
+        shown = ", ".join(_short_repr(item) for item in value[:_REPR_ITEMS])
+        rest = len(value) - _REPR_ITEMS
+        return f"[{shown}, ... {rest} more]" if rest > 0 else f"[{shown}]"
+    text = repr(value)
+    if isinstance(value, str | bytes) and len(value) > _REPR_CHARS:
+        unit = "chars" if isinstance(value, str) else "bytes"
+        return f"{value[:_REPR_CHARS]!r}... ({len(value)} {unit})"
+    return text
 
 
 class _Record(MutableMapping[str, _V], Generic[_V]):
@@ -73,15 +119,15 @@ class _Record(MutableMapping[str, _V], Generic[_V]):
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
         self._data: dict[str, _V] = {}
         if items is not None:
-            pairs = items.items() if isinstance(items, Mapping) else items
-            for key, value in pairs:
+            for key, value in _pairs(type(self).__name__, items):
                 self[key] = value
 
     def _convert(self, key: str, value: Any) -> _V:
         raise NotImplementedError
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._data[_check_key(type(self).__name__, key)] = self._convert(key, value)
+        key = _check_key(type(self).__name__, key)  # the key first: errors name a valid key
+        self._data[key] = self._convert(key, value)
 
     def __getitem__(self, key: str) -> _V:
         return self._data[key]
@@ -103,22 +149,26 @@ class _Record(MutableMapping[str, _V], Generic[_V]):
 
     __hash__ = None  # type: ignore[assignment]  # mutable container: not hashable
 
-    def copy(self) -> _Record[_V]:
+    def copy(self) -> Self:
         """A shallow copy: a new record holding the same values (arrays share their buffers)."""
         clone = object.__new__(type(self))
         clone._data = dict(self._data)
         return clone
 
-    def __copy__(self) -> _Record[_V]:
+    def __copy__(self) -> Self:
         return self.copy()
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Record[_V]:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
         clone = object.__new__(type(self))
+        memo[id(self)] = clone
         clone._data = copy.deepcopy(self._data, memo)
         return clone
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._data!r})"
+        entries = [f"{key!r}: {_short_repr(value)}" for key, value in self._data.items()]
+        if len(entries) > _REPR_ITEMS:
+            entries[_REPR_ITEMS:] = [f"... {len(entries) - _REPR_ITEMS} more"]
+        return f"{type(self).__name__}({{{', '.join(entries)}}})"
 
 
 def _scalar_kind(value: object, allowed: tuple[type, ...]) -> type | None:
@@ -131,31 +181,34 @@ def _scalar_kind(value: object, allowed: tuple[type, ...]) -> type | None:
 
 def _normalise_scalar(value: Any) -> Any:
     """NumPy scalars (e.g. a loss computed as np.float32) become the Python value they hold."""
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer | np.floating):
+    if isinstance(value, np.bool_ | np.integer | np.floating | np.str_ | np.bytes_):
         return value.item()
     return value
 
 
-def _check_scalar(owner: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+def _check_scalar(
+    owner: str, key: str, value: Any, allowed: tuple[type, ...], in_list: bool = False
+) -> Any:
     value = _normalise_scalar(value)
     kind = _scalar_kind(value, allowed)
     if kind is None:
         names = " | ".join(t.__name__ for t in allowed)
+        given = f"a list holding {type(value).__name__}" if in_list else type(value).__name__
         raise InvalidTypeError(
-            f"{owner} key {key!r}: expected {names} or a list of one of them, "
-            f"got {type(value).__name__}"
+            f"{owner} key {key!r}: expected {names} or a list of one of them, got {given}"
         )
     if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
-        raise InvalidArgumentError(f"{owner} key {key!r}: int {value} does not fit in 64 bits")
+        raise InvalidArgumentError(
+            f"{owner} key {key!r}: int {value} does not fit in 64 bits "
+            f"(expected {_INT64_MIN} to {_INT64_MAX}); store it as a float or a str"
+        )
     return value
 
 
 def _check_value(owner: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
     if not isinstance(value, list | tuple):
         return _check_scalar(owner, key, value, allowed)
-    items = [_check_scalar(owner, key, item, allowed) for item in value]
+    items = [_check_scalar(owner, key, item, allowed, in_list=True) for item in value]
     kinds = {type(item) for item in items}
     if len(kinds) > 1:
         found = ", ".join(sorted(k.__name__ for k in kinds))
@@ -196,8 +249,10 @@ class ConfigRecord(_Record[ConfigValue]):
 class ArrayRecord(_Record[Array]):
     """Ordered named arrays, held without copying where the input allows it.
 
-    Build it from a list of arrays (keys ``"0"``, ``"1"``, ...), from a dict of arrays, or from
-    a torch ``state_dict``; values may be NumPy arrays, torch tensors or ``Array``.
+    Build it from a list (or any iterable) of arrays (keys ``"0"``, ``"1"``, ...), from a dict
+    of arrays, from (name, array) pairs such as ``state_dict.items()``, or from a torch
+    ``state_dict``; values may be NumPy arrays, torch tensors or ``Array``. Equality compares
+    names, order and bytes: two records are equal when ``to_numpy_ndarrays()`` would agree.
 
     >>> import numpy as np
     >>> record = ArrayRecord({"w": np.zeros((2, 2), dtype=np.float32)})
@@ -220,12 +275,21 @@ class ArrayRecord(_Record[Array]):
         if arrays is None or isinstance(arrays, Mapping):
             super().__init__(arrays)
             return
-        if isinstance(arrays, np.ndarray) or is_torch_tensor(arrays):
+        if isinstance(arrays, np.ndarray | Array) or is_torch_tensor(arrays):
             raise InvalidTypeError(
                 "ArrayRecord: expected a list or dict of arrays, got a single array; "
                 "wrap it: ArrayRecord([array])"
             )
-        super().__init__((str(index), value) for index, value in enumerate(arrays))
+        if isinstance(arrays, str | bytes) or not isinstance(arrays, Iterable):
+            raise InvalidTypeError(
+                "ArrayRecord: expected a list or dict of arrays, or (name, array) pairs, "
+                f"got {type(arrays).__name__}"
+            )
+        items = list(arrays)  # an iterator can be read only once
+        if items and all(_is_named_pair(item) for item in items):
+            super().__init__(items)
+        else:
+            super().__init__((str(index), value) for index, value in enumerate(items))
 
     def _convert(self, key: str, value: Any) -> Array:
         if isinstance(value, Array):
@@ -236,6 +300,13 @@ class ArrayRecord(_Record[Array]):
             f"ArrayRecord key {key!r}: expected numpy.ndarray, torch.Tensor or fedbus.Array, "
             f"got {type(value).__name__}"
         )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, ArrayRecord)
+        # Order matters: it is the order of to_numpy_ndarrays().
+        return list(self._data.items()) == list(other._data.items())
 
     def to_numpy_ndarrays(self) -> list[np.ndarray[Any, Any]]:
         """The arrays in order, as NumPy arrays sharing this record's memory."""
@@ -254,6 +325,10 @@ class ArrayRecord(_Record[Array]):
         return sum(array.nbytes for array in self._data.values())
 
 
+def _is_named_pair(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+
+
 Record: TypeAlias = ArrayRecord | MetricRecord | ConfigRecord
 _RECORD_TYPES = (ArrayRecord, MetricRecord, ConfigRecord)
 _R = TypeVar("_R", ArrayRecord, MetricRecord, ConfigRecord)
@@ -265,10 +340,11 @@ class _TypedView(MutableMapping[str, _R]):
     __slots__ = ("_kind", "_owner")
 
     def __init__(self, owner: RecordDict, kind: type[_R]) -> None:
-        self._owner, self._kind = owner, kind
+        self._owner: RecordDict = owner
+        self._kind: type[_R] = kind
 
     def __getitem__(self, key: str) -> _R:
-        value = self._owner[key]
+        value = self._owner._data.get(key)
         if not isinstance(value, self._kind):
             raise KeyError(key)
         return value
@@ -279,10 +355,18 @@ class _TypedView(MutableMapping[str, _R]):
                 f"RecordDict key {key!r}: this view holds {self._kind.__name__}, "
                 f"got {type(value).__name__}"
             )
+        present = self._owner._data.get(key)
+        if present is not None and not isinstance(present, self._kind):
+            # Replacing it here would silently remove it from another view.
+            raise InvalidArgumentError(
+                f"RecordDict key {key!r} holds a {type(present).__name__}, not a "
+                f"{self._kind.__name__}; delete it from the RecordDict first"
+            )
         self._owner[key] = value
 
     def __delitem__(self, key: str) -> None:
-        self[key]  # noqa: B018  # raises KeyError for a key of another kind
+        if key not in self:  # a key of another kind is not in this view
+            raise KeyError(key)
         del self._owner[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -334,8 +418,8 @@ class RecordDict(_Record[Record]):
         """Total bytes of array data in all ArrayRecords."""
         return sum(record.count_bytes() for record in self.array_records.values())
 
-    def copy(self) -> RecordDict:
+    def copy(self) -> Self:
         """A new RecordDict holding copies of the records; arrays share their buffers."""
-        clone = object.__new__(RecordDict)
-        clone._data = {key: record.copy() for key, record in self._data.items()}  # type: ignore[misc]
+        clone = object.__new__(type(self))
+        clone._data = {key: record.copy() for key, record in self._data.items()}
         return clone

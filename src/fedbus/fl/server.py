@@ -1,0 +1,374 @@
+"""``Server``: the standard FL flow as event-driven round logic, written once.
+
+A round is a *phase* of requests (``train``, then optionally ``evaluate``) sent to sampled
+clients; it advances when a condition holds, never by a blocking loop:
+
+- every sampled client answered (a reply or an error reply), or
+- ``round_timeout`` passed (simulated seconds in simulation, wall seconds in deployment).
+
+A train phase that closes with at least ``min_replies`` replies is aggregated by the strategy;
+with fewer, it is retried with a fresh sample up to ``max_round_retries`` times, after which
+the run stops with ``failure`` set. Replies to an earlier phase are counted as late and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedbus.errors import FedbusError, InvalidArgumentError
+from fedbus.fl.protocol import EVALUATE, FINISH, JOIN, TRAIN
+from fedbus.fl.strategy.base import Aggregator, Strategy
+from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
+from fedbus.worker import SERVER_NODE_ID, TimerHandle, Worker
+
+__all__ = ["EvaluateFn", "RoundRecord", "Server"]
+
+logger = logging.getLogger("fedbus.server")
+
+#: Central evaluation: the global arrays -> (loss, metrics such as {"accuracy": ...}).
+EvaluateFn = Callable[[dict[str, np.ndarray[Any, Any]]], tuple[float, dict[str, float]]]
+
+
+@dataclass(slots=True)
+class RoundRecord:
+    """What happened in one round (one line of ``metrics.jsonl``).
+
+    ``time`` is the runtime's clock when the round ended: simulated seconds in simulation.
+    Test metrics come from central evaluation, federated ones from the clients; ``None`` when
+    that evaluation did not run this round.
+    """
+
+    round: int
+    time: float
+    train_loss: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    federated_loss: float | None
+    federated_accuracy: float | None
+    clients_sampled: int
+    clients_replied: int
+    clients_failed: int
+    late_replies: int
+    retries: int
+    train_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Phase:
+    kind: str
+    server_round: int
+    attempt: int
+    pending: dict[str, int]  # message_id -> node id
+    sampled: int
+    aggregator: Aggregator | None = None
+    replies: list[tuple[int, RecordDict]] = field(default_factory=list)
+    failed: int = 0
+    timer: TimerHandle | None = None
+
+    @property
+    def replied(self) -> int:
+        return self.sampled - len(self.pending) - self.failed
+
+
+class Server(Worker):
+    """The FL server: samples clients, sends them work, aggregates, evaluates, repeats.
+
+    Parameters
+    ----------
+    strategy
+        Configures rounds and aggregates replies (e.g. ``FedAvg()``).
+    initial_arrays
+        The initial global model.
+    num_rounds, clients_per_round
+        How many rounds, and how many clients each samples.
+    min_replies
+        Replies a round needs to be aggregated when it closes by timeout (default: all).
+    round_timeout
+        Seconds after which a phase closes with the replies it has (default: wait for all).
+    max_round_retries
+        Fresh samples tried for a round that got fewer than ``min_replies``.
+    train_config
+        Settings sent to clients with each ``train`` request (e.g. lr, epochs, batch_size).
+    evaluate_fn
+        Central evaluation of the global model on held-out data.
+    evaluate_every
+        Run ``evaluate_fn`` every K rounds (0: only after the last round).
+    federated_evaluate_every, clients_per_evaluation
+        Ask this many clients to evaluate every K rounds (0: never).
+    min_clients
+        Clients that must be known before round 1 starts (default: ``clients_per_round``).
+    seed
+        Seed of client sampling.
+    on_round_end
+        Called with each ``RoundRecord``.
+    """
+
+    start_sends = (TRAIN, EVALUATE, FINISH)
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
+        *,
+        num_rounds: int,
+        clients_per_round: int,
+        min_replies: int | None = None,
+        round_timeout: float | None = None,
+        max_round_retries: int = 2,
+        train_config: Mapping[str, Any] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        evaluate_every: int = 1,
+        federated_evaluate_every: int = 0,
+        clients_per_evaluation: int | None = None,
+        min_clients: int | None = None,
+        seed: int = 0,
+        on_round_end: Callable[[RoundRecord], None] | None = None,
+        node_id: int = SERVER_NODE_ID,
+    ) -> None:
+        super().__init__(node_id)
+        _require(num_rounds >= 1, "num_rounds", ">= 1", num_rounds)
+        _require(clients_per_round >= 1, "clients_per_round", ">= 1", clients_per_round)
+        min_replies = clients_per_round if min_replies is None else min_replies
+        _require(
+            1 <= min_replies <= clients_per_round,
+            "min_replies",
+            "in 1..clients_per_round",
+            min_replies,
+        )
+        _require(
+            round_timeout is None or round_timeout > 0,
+            "round_timeout",
+            "> 0 or None",
+            round_timeout,
+        )
+        _require(max_round_retries >= 0, "max_round_retries", ">= 0", max_round_retries)
+        self.strategy = strategy
+        self.arrays = (
+            initial_arrays
+            if isinstance(initial_arrays, ArrayRecord)
+            else ArrayRecord(dict(initial_arrays))
+        )
+        self.num_rounds = num_rounds
+        self.clients_per_round = clients_per_round
+        self.min_replies = min_replies
+        self.round_timeout = round_timeout
+        self.max_round_retries = max_round_retries
+        self.train_config = dict(train_config or {})
+        self.evaluate_fn = evaluate_fn
+        self.evaluate_every = evaluate_every
+        self.federated_evaluate_every = federated_evaluate_every
+        self.clients_per_evaluation = clients_per_evaluation or clients_per_round
+        self.min_clients = clients_per_round if min_clients is None else min_clients
+        self.on_round_end = on_round_end
+        self.history: list[RoundRecord] = []
+        self.finished = False
+        #: Why the run stopped early, or None.
+        self.failure: str | None = None
+        self._rng = np.random.default_rng(seed)
+        self._clients: list[int] = []
+        self._known: set[int] = set()
+        self._participants: set[int] = set()
+        self._phase: _Phase | None = None
+        self._round_state: dict[str, Any] = {}
+        self._started = False
+        self.register_handlers(JOIN, self.on_join)
+        self.register_handlers(TRAIN, self.on_train_reply, sends=(TRAIN, EVALUATE, FINISH))
+        self.register_handlers(EVALUATE, self.on_evaluate_reply, sends=(TRAIN, EVALUATE, FINISH))
+
+    # -- membership -----------------------------------------------------------------------------
+    def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
+        """Clients the runtime registered (simulation): available for sampling."""
+        for node_id in node_ids:
+            self._add_client(node_id)
+
+    def on_join(self, message: Message) -> Message | None:
+        """A client asked to join: register it and acknowledge."""
+        if message.has_error() or message.metadata.reply_to_message_id:
+            return None
+        self._add_client(message.sender)
+        self._participants.add(message.sender)  # a joined client is told when the run ends
+        self._maybe_start()
+        return message.create_reply(RecordDict())
+
+    def _add_client(self, node_id: int) -> None:
+        if node_id not in self._known:
+            self._known.add(node_id)
+            self._clients.append(node_id)
+
+    def on_start(self) -> None:
+        """Start round 1 as soon as ``min_clients`` clients are known."""
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if not self._started and len(self._clients) >= self.min_clients:
+            self._started = True
+            self._start_round(1)
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def _start_round(self, server_round: int, attempt: int = 0) -> None:
+        if attempt == 0:
+            self._round_state = {"late": 0, "retries": 0}
+        node_ids = self._sample(self.clients_per_round)
+        config = ConfigRecord({**self.train_config, "server_round": server_round})
+        contents = self.strategy.configure_train(server_round, self.arrays, config, node_ids)
+        aggregator = self.strategy.start_aggregation(server_round, self.arrays)
+        self._open_phase(TRAIN, server_round, attempt, node_ids, contents, aggregator)
+
+    def _sample(self, count: int) -> list[int]:
+        count = min(count, len(self._clients))
+        picks = self._rng.choice(len(self._clients), size=count, replace=False)
+        return [self._clients[int(index)] for index in picks]
+
+    def _open_phase(
+        self,
+        kind: str,
+        server_round: int,
+        attempt: int,
+        node_ids: Sequence[int],
+        contents: RecordDict | Mapping[int, RecordDict],
+        aggregator: Aggregator | None = None,
+    ) -> None:
+        phase = _Phase(kind, server_round, attempt, {}, len(node_ids), aggregator)
+        self._phase = phase
+        for node_id in node_ids:
+            content = contents if isinstance(contents, RecordDict) else contents[node_id]
+            message = Message(content, node_id, kind, group_id=str(server_round))
+            self.send(message)
+            phase.pending[message.metadata.message_id] = node_id
+            self._participants.add(node_id)
+        if self.round_timeout is not None:
+            phase.timer = self.call_later(self.round_timeout, lambda: self._on_timeout(phase))
+        if not phase.pending:
+            self._close_phase()
+
+    def on_train_reply(self, message: Message) -> None:
+        """A client's reply (or error reply) to ``train``."""
+        self._on_reply(TRAIN, message)
+
+    def on_evaluate_reply(self, message: Message) -> None:
+        """A client's reply (or error reply) to ``evaluate``."""
+        self._on_reply(EVALUATE, message)
+
+    def _on_reply(self, kind: str, message: Message) -> None:
+        if not message.metadata.reply_to_message_id and not message.has_error():
+            raise InvalidArgumentError(f"the server accepts only replies to {kind!r} requests")
+        phase = self._phase
+        node_id = (
+            None if phase is None else phase.pending.pop(message.metadata.reply_to_message_id, None)
+        )
+        if phase is None or phase.kind != kind or node_id is None:
+            self._round_state["late"] = self._round_state.get("late", 0) + 1
+            return
+        if message.has_error():
+            phase.failed += 1
+            logger.info("round %s: node %s failed: %r", phase.server_round, node_id, message.error)
+        elif phase.aggregator is not None:
+            try:
+                phase.aggregator.add(node_id, message.content)
+            except FedbusError as exc:
+                phase.failed += 1
+                logger.warning(
+                    "round %s: reply of node %s refused: %s", phase.server_round, node_id, exc
+                )
+        else:
+            phase.replies.append((node_id, message.content))
+        if not phase.pending:
+            self._close_phase()
+
+    def _on_timeout(self, phase: _Phase) -> None:
+        if phase is self._phase:
+            logger.info("round %s: %s phase timed out", phase.server_round, phase.kind)
+            self._close_phase()
+
+    def _close_phase(self) -> None:
+        phase = self._phase
+        assert phase is not None
+        self._phase = None
+        if phase.timer is not None:
+            phase.timer.cancel()
+        if phase.kind == EVALUATE:
+            metrics = self.strategy.aggregate_evaluate(phase.server_round, phase.replies)
+            self._end_round(phase.server_round, metrics)
+        elif phase.replied >= self.min_replies:
+            self._finish_train(phase)
+        elif phase.attempt < self.max_round_retries:
+            self._round_state["retries"] += 1
+            self._start_round(phase.server_round, phase.attempt + 1)
+        else:
+            self._stop_run(
+                f"round {phase.server_round}: {phase.replied} of {phase.sampled} sampled clients "
+                f"replied, fewer than min_replies={self.min_replies}, after "
+                f"{phase.attempt + 1} attempts; lower min_replies or raise round_timeout"
+            )
+
+    def _finish_train(self, phase: _Phase) -> None:
+        assert phase.aggregator is not None
+        self.arrays, train_metrics = phase.aggregator.result()
+        server_round = phase.server_round
+        self._round_state.update(
+            sampled=phase.sampled,
+            replied=phase.replied,
+            failed=phase.failed,
+            train_metrics=train_metrics,
+        )
+        if self._due(server_round, self.evaluate_every) and self.evaluate_fn is not None:
+            loss, metrics = self.evaluate_fn(self.arrays.to_numpy_dict())
+            self._round_state.update(test_loss=float(loss), test_accuracy=metrics.get("accuracy"))
+        if self.federated_evaluate_every > 0 and self._due(
+            server_round, self.federated_evaluate_every
+        ):
+            node_ids = self._sample(self.clients_per_evaluation)
+            config = ConfigRecord({**self.train_config, "server_round": server_round})
+            contents = self.strategy.configure_evaluate(server_round, self.arrays, config, node_ids)
+            self._open_phase(EVALUATE, server_round, 0, node_ids, contents)
+        else:
+            self._end_round(server_round, {})
+
+    def _due(self, server_round: int, every: int) -> bool:
+        return server_round == self.num_rounds or (every > 0 and server_round % every == 0)
+
+    def _end_round(self, server_round: int, federated: dict[str, float]) -> None:
+        state = self._round_state
+        train_metrics = state.get("train_metrics", {})
+        record = RoundRecord(
+            round=server_round,
+            time=now(),
+            train_loss=train_metrics.get("train_loss"),
+            test_loss=state.get("test_loss"),
+            test_accuracy=state.get("test_accuracy"),
+            federated_loss=federated.get("loss"),
+            federated_accuracy=federated.get("accuracy"),
+            clients_sampled=state.get("sampled", 0),
+            clients_replied=state.get("replied", 0),
+            clients_failed=state.get("failed", 0),
+            late_replies=state.get("late", 0),
+            retries=state.get("retries", 0),
+            train_metrics=train_metrics,
+        )
+        self.history.append(record)
+        if self.on_round_end is not None:
+            self.on_round_end(record)
+        if server_round >= self.num_rounds:
+            self._stop_run(None)
+        else:
+            self._start_round(server_round + 1)
+
+    def _stop_run(self, failure: str | None) -> None:
+        """Tell every client that took part to finish, then stop."""
+        self.failure = failure
+        if failure is not None:
+            logger.error("the run stops: %s", failure)
+        for node_id in sorted(self._participants):
+            self.send(Message(RecordDict(), node_id, FINISH))
+        self.finished = failure is None
+        self.stop()
+
+
+def _require(condition: bool, name: str, expected: str, value: object) -> None:
+    if not condition:
+        raise InvalidArgumentError(f"Server: {name} must be {expected}, got {value!r}")

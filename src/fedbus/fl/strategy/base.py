@@ -1,0 +1,104 @@
+"""The ``Strategy`` hooks that the one round logic of ``Server`` calls.
+
+A strategy decides what each sampled client is sent and how replies are combined. Aggregation
+streams: the server hands each reply to an ``Aggregator`` as it arrives and asks for the result
+when the round closes, so a rule that needs only running sums (FedAvg) never holds all client
+models at once, while a rule that needs them all (median, Krum) may keep them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from fedbus.errors import InvalidArgumentError
+from fedbus.fl.protocol import model_content, read_metrics, read_num_examples
+from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+__all__ = ["Aggregator", "Strategy", "WeightedMetrics"]
+
+
+class Aggregator(Protocol):
+    """Combines one round's train replies, one at a time."""
+
+    def add(self, node_id: int, content: RecordDict) -> None:
+        """Take one client's reply; raise ``InvalidArgumentError`` if it cannot be used."""
+
+    def result(self) -> tuple[ArrayRecord, dict[str, float]]:
+        """The new global arrays and aggregated train metrics."""
+
+
+class WeightedMetrics:
+    """Running averages of numeric metrics, weighted by each reply's ``num_examples``."""
+
+    __slots__ = ("_sums", "_weights")
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, int] = {}
+
+    def add(self, metrics: MetricRecord, weight: int) -> None:
+        """Add one reply's scalar metrics (lists and ``num_examples`` are skipped)."""
+        for key, value in metrics.items():
+            if key == "num_examples" or isinstance(value, list):
+                continue
+            self._sums[key] = self._sums.get(key, 0.0) + float(value) * weight
+            self._weights[key] = self._weights.get(key, 0) + weight
+
+    def result(self) -> dict[str, float]:
+        """The weighted mean of each metric seen with a positive total weight."""
+        return {
+            key: total / self._weights[key]
+            for key, total in self._sums.items()
+            if self._weights[key]
+        }
+
+
+class Strategy(ABC):
+    """How a round is configured and how replies are aggregated.
+
+    Subclasses implement ``start_aggregation``; the other hooks have working defaults.
+    """
+
+    #: Name used in configuration files and outputs.
+    name = "strategy"
+
+    def configure_train(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        node_ids: Sequence[int],
+    ) -> RecordDict | Mapping[int, RecordDict]:
+        """What to send to the sampled clients: one content for all (default) or one each.
+
+        The default shares one ``RecordDict`` by reference: no model is copied per client.
+        """
+        return model_content(arrays, config)
+
+    @abstractmethod
+    def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> Aggregator:
+        """A fresh aggregator for this round's train replies (``arrays`` is the global model)."""
+
+    def configure_evaluate(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        node_ids: Sequence[int],
+    ) -> RecordDict | Mapping[int, RecordDict]:
+        """What to send to the clients sampled for federated evaluation."""
+        return model_content(arrays, config)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Sequence[tuple[int, RecordDict]]
+    ) -> dict[str, float]:
+        """Combine evaluation replies: metrics averaged weighted by ``num_examples``."""
+        totals = WeightedMetrics()
+        for _, content in replies:
+            try:
+                totals.add(read_metrics(content), read_num_examples(content))
+            except InvalidArgumentError:
+                continue
+        return totals.result()

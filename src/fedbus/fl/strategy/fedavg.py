@@ -1,0 +1,89 @@
+"""FedAvg (McMahan et al., 2017): the global model is the average of the clients' models,
+weighted by how many examples each trained on.
+
+Aggregation streams: each reply is folded into float64 running sums as it arrives, so a round
+holds one accumulator the size of the model, whatever the number of clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedbus.errors import InvalidArgumentError
+from fedbus.fl.protocol import read_arrays, read_metrics, read_num_examples
+from fedbus.fl.strategy.base import Strategy, WeightedMetrics
+from fedbus.message import ArrayRecord, RecordDict
+
+__all__ = ["FedAvg", "WeightedAverage"]
+
+
+class WeightedAverage:
+    """Running ``sum(n_k * x_k) / sum(n_k)`` over named arrays, accumulated in float64.
+
+    The result keeps each array's dtype. Replies whose arrays differ in names or shapes from the
+    first are refused with ``InvalidArgumentError``; replies with ``num_examples == 0`` count
+    but weigh nothing. With no weight at all the result is ``fallback``.
+    """
+
+    __slots__ = ("_dtypes", "_fallback", "_metrics", "_sums", "_total")
+
+    def __init__(self, fallback: ArrayRecord) -> None:
+        self._fallback = fallback
+        self._sums: dict[str, np.ndarray[Any, Any]] | None = None
+        self._dtypes: dict[str, np.dtype[Any]] = {}
+        self._total = 0
+        self._metrics = WeightedMetrics()
+
+    def add(self, node_id: int, content: RecordDict) -> None:
+        """Fold one client's reply into the running sums."""
+        arrays = read_arrays(content).to_numpy_dict()
+        weight = read_num_examples(content)
+        self._check_layout(node_id, arrays)
+        self._metrics.add(read_metrics(content), weight)
+        if weight == 0:
+            return
+        if self._sums is None:
+            self._dtypes = {key: value.dtype for key, value in arrays.items()}
+            self._sums = {key: value.astype(np.float64) * weight for key, value in arrays.items()}
+        else:
+            for key, value in arrays.items():
+                self._sums[key] += value.astype(np.float64) * weight
+        self._total += weight
+
+    def _check_layout(self, node_id: int, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
+        reference = self._sums if self._sums is not None else self._fallback.to_numpy_dict()
+        if arrays.keys() != reference.keys() or any(
+            arrays[key].shape != reference[key].shape for key in arrays
+        ):
+            got = {key: value.shape for key, value in arrays.items()}
+            want = {key: value.shape for key, value in reference.items()}
+            raise InvalidArgumentError(
+                f"node {node_id} replied with arrays {got}; the model has {want}"
+            )
+
+    def result(self) -> tuple[ArrayRecord, dict[str, float]]:
+        """The weighted average and the weighted train metrics."""
+        if self._sums is None:
+            return self._fallback, self._metrics.result()
+        averaged = {
+            key: (total / self._total).astype(self._dtypes[key])
+            for key, total in self._sums.items()
+        }
+        return ArrayRecord(averaged), self._metrics.result()
+
+
+class FedAvg(Strategy):
+    """Federated averaging, weighted by ``num_examples``.
+
+    >>> strategy = FedAvg()
+    >>> strategy.name
+    'fedavg'
+    """
+
+    name = "fedavg"
+
+    def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> WeightedAverage:
+        """A streaming weighted average; the current model is kept if nobody trained."""
+        return WeightedAverage(arrays)

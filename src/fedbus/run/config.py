@@ -1,0 +1,440 @@
+"""Configuration: a TOML file of seven sections, every key declared once.
+
+Each section is a frozen dataclass; each key is a field declared with ``setting`` (type,
+default, meaning, accepted values). Validation, ``--set`` overrides, ``config_to_toml`` and the
+key reference of ``docs/config.md`` all come from these declarations.
+
+Nothing here evaluates, executes or unpickles anything: a file is parsed by ``tomllib``, and so
+is the value of an override (or it is kept as text).
+
+Examples
+--------
+>>> config = load_config(None, ["federation.num_rounds=5", "data.dataset=synthetic"])
+>>> config.federation.num_rounds, config.data.dataset
+(5, 'synthetic')
+>>> load_config(None, ["federation.num_rounds=0"])
+Traceback (most recent call last):
+...
+fedbus.errors.ConfigError: federation.num_rounds: expected an integer >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import tomli_w
+
+from fedbus.errors import ConfigError
+from fedbus.run.schema import (
+    ConfigSection,
+    format_problems,
+    key_spec,
+    section_fields,
+    section_problems,
+    setting,
+    show,
+)
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "PARTITIONS",
+    "SECTIONS",
+    "STRATEGIES",
+    "Config",
+    "DataConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SimulationConfig",
+    "StrategyConfig",
+    "TrainerConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_toml",
+    "load_config",
+    "reference_markdown",
+]
+
+# The names a component key accepts live here and only here: a new strategy, dataset or model
+# is one more name in its tuple (plus the code that builds it from a Config).
+DATASETS: tuple[str, ...] = ("digits", "synthetic", "npz", "csv")
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")
+MODELS: tuple[str, ...] = ("softmax", "mlp")
+STRATEGIES: tuple[str, ...] = ("fedavg",)
+_FILE_DATASETS: tuple[str, ...] = ("npz", "csv")
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig(ConfigSection):
+    """[run]: what a run is called and what it writes."""
+
+    section: ClassVar[str] = "run"
+    name: str = setting(
+        "fedbus",
+        "prefix of the run directory's name",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        pattern_text="letters, digits, '.', '_' and '-', starting with a letter or digit",
+    )
+    output_dir: str = setting(
+        "runs",
+        "directory that holds the run directories (created when missing)",
+        pattern=r".+",
+        pattern_text="a non-empty path",
+    )
+    save_model: bool = setting(True, "write the final global model to model.npz")
+    plot: bool = setting(True, "draw curves.png (accuracy and loss curves) after the run")
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig(ConfigSection):
+    """[federation]: clients, rounds, sampling, deadlines and evaluation."""
+
+    section: ClassVar[str] = "federation"
+    num_clients: int = setting(100, "clients in the federation", bounds="x >= 1")
+    clients_per_round: int = setting(
+        10, "clients sampled for training each round", bounds="1 <= x <= num_clients"
+    )
+    num_rounds: int = setting(80, "training rounds", bounds="x >= 1")
+    seed: int = setting(0, "seed of every random choice: same seed, same run", bounds="x >= 0")
+    min_replies: int = setting(
+        0,
+        "replies a round needs (0 = all sampled clients)",
+        bounds="0 <= x <= clients_per_round",
+    )
+    round_timeout: float = setting(
+        0.0,
+        "seconds a round waits for replies, simulated in simulation (0 = wait for all)",
+        bounds="x >= 0",
+    )
+    max_round_retries: int = setting(
+        2,
+        "times a round that timed out with fewer than min_replies replies is retried with a "
+        "fresh sample; after that the run stops",
+        bounds="x >= 0",
+    )
+    evaluate_every: int = setting(
+        1,
+        "evaluate the global model on the held-out test set every K rounds "
+        "(0 = only after the last round)",
+        bounds="x >= 0",
+    )
+    federated_evaluate_every: int = setting(
+        0, "evaluate on sampled clients' own test data every K rounds (0 = never)", bounds="x >= 0"
+    )
+    clients_per_evaluation: int = setting(
+        10, "clients sampled for a federated evaluation", bounds="1 <= x <= num_clients"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig(ConfigSection):
+    """[data]: the dataset and how it is split among clients."""
+
+    section: ClassVar[str] = "data"
+    dataset: str = setting("digits", "dataset to learn", choices=DATASETS)
+    path: str = setting(
+        "",
+        "file of an npz or csv dataset (relative paths start at the current directory)",
+        is_path=True,
+        required_when=("dataset", _FILE_DATASETS),
+    )
+    label_column: str = setting(
+        "label",
+        "column of a csv dataset that holds the labels",
+        pattern=r".+",
+        pattern_text="a non-empty column name",
+    )
+    partition: str = setting("dirichlet", "how samples are split among clients", choices=PARTITIONS)
+    alpha: float = setting(
+        0.5, "Dirichlet concentration (dirichlet): smaller = more skewed labels", bounds="x > 0"
+    )
+    shards_per_client: int = setting(
+        2, "label-sorted shards each client gets (shards)", bounds="x >= 1"
+    )
+    central_test_fraction: float = setting(
+        0.2, "fraction held out for the server's central evaluation", bounds="0 < x < 1"
+    )
+    client_test_fraction: float = setting(
+        0.2, "fraction of each client's samples kept for federated evaluation", bounds="0 <= x < 1"
+    )
+    synthetic_alpha: float = setting(
+        1.0, "how much client models differ (synthetic only)", bounds="x >= 0"
+    )
+    synthetic_beta: float = setting(
+        1.0, "how much client inputs differ (synthetic only)", bounds="x >= 0"
+    )
+    samples_per_client: int = setting(
+        64, "samples each client holds (synthetic only)", bounds="x >= 2"
+    )
+    num_features: int = setting(60, "input features (synthetic only)", bounds="x >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig(ConfigSection):
+    """[model]: the model every client trains."""
+
+    section: ClassVar[str] = "model"
+    name: str = setting("softmax", "model architecture", choices=MODELS)
+    hidden: int = setting(64, "hidden units (mlp only)", bounds="x >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig(ConfigSection):
+    """[trainer]: local training on each client."""
+
+    section: ClassVar[str] = "trainer"
+    epochs: int = setting(5, "local epochs per round", bounds="x >= 1")
+    batch_size: int = setting(32, "samples per step (0 = full batch)", bounds="x >= 0")
+    lr: float = setting(0.5, "learning rate", bounds="x > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyConfig(ConfigSection):
+    """[strategy]: how the server combines client updates."""
+
+    section: ClassVar[str] = "strategy"
+    name: str = setting("fedavg", "aggregation strategy", choices=STRATEGIES)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig(ConfigSection):
+    """[simulation]: simulated clients' speed, network and failures."""
+
+    section: ClassVar[str] = "simulation"
+    check_serialization: bool = setting(
+        False, "encode and decode every message, as deployment would (slower)"
+    )
+    profiles_csv: str = setting(
+        "",
+        "CSV with one row per client (columns node_id, speed, uplink_mbps, downlink_mbps, "
+        "latency, dropout); overrides the distributions below",
+        is_path=True,
+    )
+    speed: float = setting(2000.0, "median client speed, samples per second", bounds="x > 0")
+    speed_sigma: float = setting(0.0, "lognormal spread of client speeds", bounds="x >= 0")
+    slow_fraction: float = setting(
+        0.0, "fraction of clients that are slow_factor times slower", bounds="0 <= x <= 1"
+    )
+    slow_factor: float = setting(10.0, "how many times slower a slow client is", bounds="x >= 1")
+    uplink_mbps: float = setting(20.0, "client upload bandwidth, Mbit/s", bounds="x > 0")
+    downlink_mbps: float = setting(100.0, "client download bandwidth, Mbit/s", bounds="x > 0")
+    latency: float = setting(0.05, "one-way network latency, seconds", bounds="x >= 0")
+    dropout: float = setting(
+        0.0, "probability that a client silently fails a message", bounds="0 <= x <= 1"
+    )
+
+
+SECTIONS: dict[str, type[ConfigSection]] = {
+    section.section: section
+    for section in (
+        RunConfig,
+        FederationConfig,
+        DataConfig,
+        ModelConfig,
+        TrainerConfig,
+        StrategyConfig,
+        SimulationConfig,
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A complete, validated configuration: one attribute per section.
+
+    Build it with ``load_config`` (a file plus ``--set`` overrides) or ``config_from_dict``;
+    ``Config()`` holds the built-in defaults. Sections check their keys when built, so a
+    ``Config`` is always valid.
+
+    Examples
+    --------
+    >>> Config().federation.clients_per_round
+    10
+    """
+
+    run: RunConfig = field(default_factory=RunConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+
+def _suggest(section: str, key: str) -> str:
+    """The known key the user most likely meant as ``section.key``, or an empty string."""
+    close = difflib.get_close_matches(key, list(section_fields(SECTIONS[section])), n=1)
+    if close:
+        return f"{section}.{close[0]}"
+    # the right key in the wrong section, e.g. federation.lr for trainer.lr
+    for other, other_class in SECTIONS.items():
+        if key in section_fields(other_class):
+            return f"{other}.{key}"
+    everywhere = [
+        f"{name}.{known}" for name in SECTIONS for known in section_fields(SECTIONS[name])
+    ]
+    close = difflib.get_close_matches(f"{section}.{key}", everywhere, n=1)
+    return close[0] if close else ""
+
+
+def _unknown_key(section: str, key: str) -> str:
+    hint = _suggest(section, key)
+    did_you_mean = f"did you mean {hint}? " if hint else ""
+    known = ", ".join(section_fields(SECTIONS[section]))
+    return f"{section}.{key}: unknown key; {did_you_mean}known keys in [{section}]: {known}"
+
+
+def _unknown_section(section: str) -> str:
+    # prefixes too: "fed" is too short for difflib to find "federation"
+    close = [name for name in SECTIONS if section and name.startswith(section)]
+    close = close or difflib.get_close_matches(section, list(SECTIONS), n=1)
+    did_you_mean = f"did you mean [{close[0]}]? " if close else ""
+    return f"[{section}]: unknown section; {did_you_mean}known sections: {', '.join(SECTIONS)}"
+
+
+def _build(data: Mapping[str, Any], problems: list[str]) -> Config | None:
+    """Add every problem of ``data`` to ``problems``; return the Config if there are none."""
+    problems.extend(_unknown_section(str(name)) for name in data if name not in SECTIONS)
+    sections: dict[str, ConfigSection] = {}
+    for name, section in SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            problems.append(f"[{name}]: expected a table of keys, got {show(table)}")
+            continue
+        keys = section_fields(section)
+        problems.extend(_unknown_key(name, str(key)) for key in table if key not in keys)
+        values = {key: table.get(key, key_field.default) for key, key_field in keys.items()}
+        found = section_problems(section, values)
+        problems.extend(found)
+        if not found:
+            sections[name] = section(**values)
+    return None if problems else Config(**sections)  # type: ignore[arg-type]
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build a ``Config`` from ``{"section": {"key": value}}``; missing keys take defaults.
+
+    Raises
+    ------
+    ConfigError
+        Listing every unknown section or key, wrong type and value that is not allowed.
+    """
+    problems: list[str] = []
+    config = _build(data, problems)
+    if config is None:
+        raise ConfigError(format_problems(problems))
+    return config
+
+
+def _parse_override(text: str) -> tuple[str, str, object]:
+    """Split ``"section.key=value"`` and read the value as TOML, or keep it as text."""
+    name, equals, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not (equals and dot and section and key):
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. federation.seed=3")
+    raw = raw.strip()
+    try:
+        parsed = tomllib.loads(f"value = {raw}")
+    except tomllib.TOMLDecodeError:
+        return section, key, raw
+    # a value with a newline could add keys of its own: accept exactly one TOML value
+    if set(parsed) != {"value"}:
+        return section, key, raw
+    keys = section_fields(SECTIONS[section]) if section in SECTIONS else {}
+    # a str key takes the text as typed: run.name=2024 names the run "2024"
+    if key in keys and keys[key].type == "str" and not isinstance(parsed["value"], str):
+        return section, key, raw
+    return section, key, parsed["value"]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a TOML config file, apply ``--set`` overrides and validate the result.
+
+    Parameters
+    ----------
+    path : str, Path or None
+        A TOML file; None starts from the built-in defaults.
+    overrides : sequence of str
+        ``"section.key=value"`` strings, applied in order after the file. The value is read as
+        a TOML value (``3``, ``0.5``, ``false``, ``"text"``); a bare word that is not valid
+        TOML, such as ``synthetic``, is taken as a string, and so is any value of a text key.
+
+    Returns
+    -------
+    Config
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or is not TOML, or keys are unknown, of the wrong type or not
+        allowed; the message names every such key as ``section.key``.
+
+    Examples
+    --------
+    >>> load_config(None, ["trainer.lr=0.05", "run.plot=false"]).trainer.lr
+    0.05
+    """
+    data: dict[str, Any] = {} if path is None else _read_toml(Path(path))
+    problems: list[str] = []
+    for text in [overrides] if isinstance(overrides, str) else overrides:
+        try:
+            section, key, value = _parse_override(text)
+        except ConfigError as problem:
+            problems.append(str(problem))
+            continue
+        table = data.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = value
+    config = _build(data, problems)
+    if config is None:
+        raise ConfigError(format_problems(problems, "" if path is None else f"config {path}"))
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Every key of ``config`` as ``{"section": {"key": value}}``, in declaration order."""
+    return {
+        name: {key: getattr(getattr(config, name), key) for key in section_fields(section)}
+        for name, section in SECTIONS.items()
+    }
+
+
+def config_to_toml(config: Config) -> str:
+    """The fully resolved ``config`` as TOML; ``load_config`` of it gives an equal Config."""
+    header = "# fedbus configuration with every key resolved; reference: docs/config.md\n\n"
+    return header + tomli_w.dumps(config_to_dict(config))
+
+
+def reference_markdown() -> str:
+    """The key reference of ``docs/config.md``: one Markdown table per section."""
+    parts: list[str] = []
+    for name, section in SECTIONS.items():
+        summary = inspect.cleandoc(section.__doc__ or "").partition(": ")[2]
+        parts.append(f"### [{name}]\n\n{summary[:1].upper()}{summary[1:]}\n")
+        parts.append("| key | type | default | allowed | meaning |\n|---|---|---|---|---|")
+        for key, key_field in section_fields(section).items():
+            spec = key_spec(key_field)
+            cells = [f"`{name}.{key}`", str(key_field.type), f"`{show(key_field.default)}`"]
+            anything = "true or false" if key_field.type == "bool" else "any"
+            cells += [spec.rule(name) or anything, spec.meaning]
+            parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,112 @@
+"""Run a configured federation in simulation and write its run directory.
+
+``run_experiment(config)`` is what ``fedbus run`` does: build the federation, run it with a
+progress display, append one ``metrics.jsonl`` line per round as it ends (a crash loses nothing
+already written), then write ``summary.json``, ``model.npz`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedbus.errors import RunError
+from fedbus.fl import RoundRecord
+from fedbus.run.config import Config, config_to_toml
+from fedbus.run.federation import Federation, build_federation
+from fedbus.run.outputs import RunDirectory
+from fedbus.run.plot import write_curves
+from fedbus.run.progress import RoundProgress
+
+__all__ = ["ExperimentResult", "run_experiment"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentResult:
+    """Where a run wrote its outputs, and its summary."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    federation: Federation
+
+
+class _RoundLog:
+    """Turns each ``RoundRecord`` into a metrics line, with wall time and bytes added."""
+
+    def __init__(self, run_dir: RunDirectory, progress: RoundProgress) -> None:
+        self.run_dir, self.progress = run_dir, progress
+        self.federation: Federation | None = None
+        self.started = time.perf_counter()
+        self._bytes = (0, 0)
+
+    def __call__(self, record: RoundRecord) -> None:
+        assert self.federation is not None
+        stats = self.federation.simulation.stats
+        up, down = stats.bytes_up - self._bytes[0], stats.bytes_down - self._bytes[1]
+        self._bytes = (stats.bytes_up, stats.bytes_down)
+        line = {
+            "round": record.round,
+            "simulated_time": record.time,
+            "wall_time": time.perf_counter() - self.started,
+            "train_loss": record.train_loss,
+            "test_accuracy": record.test_accuracy,
+            "test_loss": record.test_loss,
+            "federated_accuracy": record.federated_accuracy,
+            "federated_loss": record.federated_loss,
+            "clients_sampled": record.clients_sampled,
+            "clients_replied": record.clients_replied,
+            "clients_failed": record.clients_failed,
+            "late_replies": record.late_replies,
+            "retries": record.retries,
+            "bytes_up": up,
+            "bytes_down": down,
+        }
+        self.run_dir.append_metrics(line)
+        self.progress.update(record.round, line)
+
+
+def run_experiment(config: Config, *, quiet: bool = False) -> ExperimentResult:
+    """Run ``config`` in simulation; write and return its outputs.
+
+    Raises ``RunError`` if the run stopped early (e.g. too few replies); the metrics of the
+    rounds that completed and a summary with ``failure`` are written first.
+    """
+    run_dir = RunDirectory.create(config.run.output_dir, config.run.name, config_to_toml(config))
+    with RoundProgress(config.federation.num_rounds, quiet=quiet) as progress:
+        log = _RoundLog(run_dir, progress)
+        federation = build_federation(config, on_round_end=log)
+        log.federation = federation
+        outcome = federation.simulation.run()
+    server = federation.server
+    history = server.history
+    failure = server.failure
+    if failure is None and not server.finished:
+        failure = (
+            f"the simulation ran out of events after {len(history)} of "
+            f"{config.federation.num_rounds} rounds"
+        )
+        if server.last_failure:
+            failure += f"; last handler failure: {server.last_failure}"
+    final_accuracy = next(
+        (r.test_accuracy for r in reversed(history) if r.test_accuracy is not None), None
+    )
+    summary: dict[str, Any] = {
+        "final_test_accuracy": final_accuracy,
+        "num_rounds": len(history),
+        "simulated_time": outcome.time,
+        "wall_time": time.perf_counter() - log.started,
+        "bytes_up": outcome.stats.bytes_up,
+        "bytes_down": outcome.stats.bytes_down,
+        "messages": outcome.stats.messages_sent,
+        "failure": failure,
+    }
+    run_dir.write_summary(summary)
+    if config.run.save_model:
+        run_dir.save_model(server.arrays.to_numpy_dict())
+    if config.run.plot and history:
+        write_curves(run_dir.path)
+    if failure is not None:
+        raise RunError(f"{failure} (outputs so far in {run_dir.path})")
+    return ExperimentResult(run_dir.path, summary, federation)

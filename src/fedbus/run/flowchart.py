@@ -1,0 +1,132 @@
+"""Draw a ``MessageFlow`` as a picture: roles as boxes, message types as labelled arrows.
+
+Matplotlib only (Agg backend, no display and no graphviz). The file type follows the suffix of
+the output path: ``.png`` or ``.svg``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.patches import FancyArrowPatch
+
+from fedbus.errors import InvalidArgumentError
+from fedbus.worker import START, MessageFlow
+
+__all__ = ["draw_flow"]
+
+_SUFFIXES = (".png", ".svg")
+
+
+def _positions(roles: list[str]) -> dict[str, tuple[float, float]]:
+    """Roles on a circle (two roles: side by side), the server first, on the left."""
+    if len(roles) == 1:
+        return {roles[0]: (0.0, 0.0)}
+    return {
+        role: (-math.cos(2 * math.pi * i / len(roles)), math.sin(2 * math.pi * i / len(roles)))
+        for i, role in enumerate(roles)
+    }
+
+
+def draw_flow(flow: MessageFlow, output: str | Path, title: str = "message flow") -> Path:
+    """Write ``flow`` as a PNG or SVG picture at ``output`` and return its path."""
+    path = Path(output)
+    if path.suffix.lower() not in _SUFFIXES:
+        raise InvalidArgumentError(f"draw_flow: output must end in .png or .svg, got {path}")
+    roles = list(flow.handled)
+    positions = _positions(roles)
+    figure, axes = plt.subplots(figsize=(9, 6))
+    axes.set_title(title)
+    axes.set_xlim(-2.0, 2.0)
+    axes.set_ylim(-1.8, 1.8)
+    axes.axis("off")
+    pair_count: dict[tuple[str, str], int] = {}
+    for edge in flow.edges:
+        for receiver in edge.receiver_roles or ("(no handler)",):
+            if receiver not in positions:
+                positions[receiver] = (0.0, -1.5)
+            key = (edge.sender_role, receiver)
+            index = pair_count[key] = pair_count.get(key, 0) + 1
+            label = (
+                edge.message_type
+                if edge.trigger in (edge.message_type, START)
+                else (f"{edge.message_type}\n(after {edge.trigger})")
+            )
+            if edge.trigger == START:
+                label += "\n(on start)"
+            colour = "tab:red" if not edge.receiver_roles else "tab:blue"
+            _arrow(axes, positions[edge.sender_role], positions[receiver], index, label, colour)
+    for role, (x, y) in positions.items():
+        handled = "\n".join(flow.handled.get(role, [])) or "-"
+        axes.text(
+            x,
+            y,
+            f"{role}\n\nhandles:\n{handled}",
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox={"boxstyle": "round,pad=0.6", "facecolor": "#eef3fb", "edgecolor": "#335"},
+            zorder=3,
+        )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _arrow(
+    axes: Axes,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    index: int,
+    label: str,
+    colour: str,
+) -> None:
+    """One labelled arrow; repeated pairs bend further apart, self-loops circle above."""
+    if start == end:
+        x, y = start
+        radius = 0.35 + 0.18 * index
+        loop = FancyArrowPatch(
+            (x - 0.15, y + 0.3),
+            (x + 0.15, y + 0.3),
+            connectionstyle=f"arc3,rad=-{radius * 4}",
+            arrowstyle="-|>",
+            mutation_scale=14,
+            color=colour,
+            zorder=2,
+        )
+        axes.add_patch(loop)
+        axes.text(x, y + 0.3 + radius * 1.6, label, ha="center", fontsize=8, color=colour)
+        return
+    bend = 0.15 * index
+    arrow = FancyArrowPatch(
+        start,
+        end,
+        connectionstyle=f"arc3,rad={bend}",
+        arrowstyle="-|>",
+        mutation_scale=14,
+        color=colour,
+        shrinkA=45,
+        shrinkB=45,
+        zorder=2,
+    )
+    axes.add_patch(arrow)
+    mid_x, mid_y = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+    normal_x, normal_y = end[1] - start[1], start[0] - end[0]
+    axes.text(
+        mid_x + normal_x * bend * 0.6,
+        mid_y + normal_y * bend * 0.6,
+        label,
+        ha="center",
+        va="center",
+        fontsize=8,
+        color=colour,
+        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+    )

@@ -1,0 +1,6 @@
+"""Runtimes deliver messages to workers and carry what they send.
+
+``simulation`` runs a whole federation on one thread in simulated time (the default). A runtime
+knows workers only through ``Worker.attach/deliver/on_start`` and the ``CommManager`` it gives
+them; it never knows what federated learning is.
+"""

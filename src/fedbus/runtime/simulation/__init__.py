@@ -1,0 +1,33 @@
+"""The embedded simulation runtime: deterministic, event-driven, in simulated time."""
+
+from fedbus.runtime.simulation.loop import (
+    Simulation,
+    SimulationResult,
+    SimulationStats,
+    TraceEntry,
+    simulate,
+)
+from fedbus.runtime.simulation.profiles import (
+    HANDLER_TIME,
+    SERVER_PROFILE,
+    ClientProfile,
+    ProfileDistribution,
+    ProfileSource,
+    ProfileTable,
+    load_profiles_csv,
+)
+
+__all__ = [
+    "HANDLER_TIME",
+    "SERVER_PROFILE",
+    "ClientProfile",
+    "ProfileDistribution",
+    "ProfileSource",
+    "ProfileTable",
+    "Simulation",
+    "SimulationResult",
+    "SimulationStats",
+    "TraceEntry",
+    "load_profiles_csv",
+    "simulate",
+]

@@ -1,0 +1,117 @@
+"""The message-flow check: every type some worker sends has a handler somewhere.
+
+Before a federation starts, the runtime builds a ``MessageFlow`` from one worker of each role
+(the server, one client of each class) and refuses to start when a declared send has no handler
+on any role. Handlers that nothing declares to send are reported as notes, not errors: error
+replies and undeclared sends may still reach them.
+
+Declarations come from ``register_handlers(..., sends=[...])`` and from ``start_sends`` (what
+``on_start`` sends). A returned reply needs no declaration: it has the type it answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fedbus.errors import FlowError
+from fedbus.worker.worker import Worker
+
+__all__ = ["FlowEdge", "MessageFlow", "START"]
+
+#: Name used for ``on_start`` in place of a handled type.
+START = "on_start"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEdge:
+    """``sender_role``'s handler for ``trigger`` sends ``message_type`` to ``receiver_roles``."""
+
+    sender_role: str
+    trigger: str
+    message_type: str
+    receiver_roles: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class MessageFlow:
+    """Which role handles which type, and who sends what to whom."""
+
+    handled: dict[str, list[str]] = field(default_factory=dict)
+    edges: list[FlowEdge] = field(default_factory=list)
+
+    @classmethod
+    def from_roles(cls, roles: Sequence[tuple[str, Worker]]) -> MessageFlow:
+        """Build the flow of ``roles``: (role name, a worker playing it) pairs."""
+        flow = cls({name: worker.handled_types() for name, worker in roles})
+        for name, worker in roles:
+            triggers = [(START, tuple(worker.start_sends))]
+            triggers += [(spec.message_type, spec.sends) for spec in worker.handler_specs()]
+            for trigger, sends in triggers:
+                for message_type in sends:
+                    receivers = tuple(
+                        r for r, types in flow.handled.items() if message_type in types
+                    )
+                    flow.edges.append(FlowEdge(name, trigger, message_type, receivers))
+        return flow
+
+    @property
+    def missing(self) -> list[FlowEdge]:
+        """Declared sends that no role handles."""
+        return [edge for edge in self.edges if not edge.receiver_roles]
+
+    @property
+    def unreachable(self) -> list[tuple[str, str]]:
+        """(role, type) handlers that no declaration sends to."""
+        sent = {edge.message_type for edge in self.edges}
+        return [
+            (role, message_type)
+            for role, types in self.handled.items()
+            for message_type in types
+            if message_type not in sent
+        ]
+
+    def check(self) -> None:
+        """Raise ``FlowError`` naming every missing type and the handler that sends it."""
+        if self.missing:
+            lines = [
+                f"  {edge.sender_role}.{edge.trigger} sends {edge.message_type!r}, "
+                "which no worker handles"
+                for edge in self.missing
+            ]
+            raise FlowError(
+                "message-flow check failed:\n"
+                + "\n".join(lines)
+                + "\nregister a handler for each type with register_handlers(message_type=...)"
+            )
+
+    def describe(self) -> str:
+        """A plain-text listing of the flow, with the notes and problems found."""
+        lines = []
+        for role, types in self.handled.items():
+            lines.append(f"{role} handles: {', '.join(types) or '(nothing)'}")
+        lines.append("")
+        for edge in self.edges:
+            receivers = ", ".join(edge.receiver_roles) or "NOBODY (missing handler)"
+            lines.append(f"{edge.sender_role}.{edge.trigger} --{edge.message_type}--> {receivers}")
+        for role, message_type in self.unreachable:
+            lines.append(f"note: nothing declares sending {message_type!r} to {role}")
+        return "\n".join(lines)
+
+    def to_mermaid(self) -> str:
+        """The flow as a Mermaid ``flowchart`` (roles as nodes, types as labelled edges)."""
+        lines = ["flowchart LR"]
+        for role in self.handled:
+            lines.append(f'    {_mermaid_id(role)}["{role}"]')
+        for edge in self.edges:
+            label = edge.message_type
+            if edge.trigger != edge.message_type:
+                label = f"{edge.message_type} (from {edge.trigger})"
+            for receiver in edge.receiver_roles or ("missing",):
+                target = _mermaid_id(receiver)
+                lines.append(f'    {_mermaid_id(edge.sender_role)} -- "{label}" --> {target}')
+        return "\n".join(lines) + "\n"
+
+
+def _mermaid_id(role: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in role)
