@@ -14,6 +14,7 @@ Layers, each importing only those below it::
 """
 
 from fedbus.errors import DecodeError, FedbusError
+from fedbus.fl import Client, FedAvg, Server, Strategy
 from fedbus.message import (
     DEFAULT_TTL,
     Array,
@@ -28,11 +29,21 @@ from fedbus.message import (
     decode_message,
     encode_message,
 )
+from fedbus.runtime.simulation import SimulationResult, simulate
+from fedbus.worker import Worker, handler
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TTL",
+    "Client",
+    "FedAvg",
+    "Server",
+    "SimulationResult",
+    "Strategy",
+    "Worker",
+    "handler",
+    "simulate",
     "Array",
     "ArrayRecord",
     "ConfigRecord",

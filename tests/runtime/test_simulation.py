@@ -269,3 +269,21 @@ def test_until_stops_early() -> None:
     result = simulate(Asker([1]), [Answerer()], profiles=slow, until=50.0)
     assert result.time == 50.0
     assert result.trace == []
+
+
+def test_check_serialization_accepts_nan_metrics() -> None:
+    from fedbus import MetricRecord
+
+    got: list[float] = []
+
+    class Keeper(Answerer):
+        def on_ask(self, message: Message) -> Message | None:
+            value = message.content["m"]["loss"]
+            assert isinstance(value, float)
+            got.append(value)
+            return None
+
+    content = RecordDict({"m": MetricRecord({"loss": float("nan")})})
+    simulate(Asker([1], content=content), [Keeper()], check_serialization=True)
+    assert len(got) == 1
+    assert np.isnan(got[0])

@@ -40,21 +40,22 @@ class RoundRecord:
 
     ``time`` is the runtime's clock when the round ended: simulated seconds in simulation.
     Test metrics come from central evaluation, federated ones from the clients; ``None`` when
-    that evaluation did not run this round.
+    that evaluation did not run this round. ``late_replies`` counts replies to earlier rounds
+    (or earlier attempts of this one) that arrived while this round ran, and were dropped.
     """
 
     round: int
-    time: float
-    train_loss: float | None
-    test_loss: float | None
-    test_accuracy: float | None
-    federated_loss: float | None
-    federated_accuracy: float | None
-    clients_sampled: int
-    clients_replied: int
-    clients_failed: int
-    late_replies: int
-    retries: int
+    time: float = 0.0
+    train_loss: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    federated_loss: float | None = None
+    federated_accuracy: float | None = None
+    clients_sampled: int = 0
+    clients_replied: int = 0
+    clients_failed: int = 0
+    late_replies: int = 0
+    retries: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -174,7 +175,7 @@ class Server(Worker):
         self._known: set[int] = set()
         self._participants: set[int] = set()
         self._phase: _Phase | None = None
-        self._round_state: dict[str, Any] = {}
+        self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
         self._started = False
         self.register_handlers(JOIN, self.on_join)
         self.register_handlers(TRAIN, self.on_train_reply, sends=(TRAIN, EVALUATE, FINISH))
@@ -212,7 +213,7 @@ class Server(Worker):
     # -- rounds ---------------------------------------------------------------------------------
     def _start_round(self, server_round: int, attempt: int = 0) -> None:
         if attempt == 0:
-            self._round_state = {"late": 0, "retries": 0}
+            self._record = RoundRecord(round=server_round)
         node_ids = self._sample(self.clients_per_round)
         config = ConfigRecord({**self.train_config, "server_round": server_round})
         contents = self.strategy.configure_train(server_round, self.arrays, config, node_ids)
@@ -262,7 +263,7 @@ class Server(Worker):
             None if phase is None else phase.pending.pop(message.metadata.reply_to_message_id, None)
         )
         if phase is None or phase.kind != kind or node_id is None:
-            self._round_state["late"] = self._round_state.get("late", 0) + 1
+            self._record.late_replies += 1
             return
         if message.has_error():
             phase.failed += 1
@@ -297,7 +298,7 @@ class Server(Worker):
         elif phase.replied >= self.min_replies:
             self._finish_train(phase)
         elif phase.attempt < self.max_round_retries:
-            self._round_state["retries"] += 1
+            self._record.retries += 1
             self._start_round(phase.server_round, phase.attempt + 1)
         else:
             self._stop_run(
@@ -310,15 +311,13 @@ class Server(Worker):
         assert phase.aggregator is not None
         self.arrays, train_metrics = phase.aggregator.result()
         server_round = phase.server_round
-        self._round_state.update(
-            sampled=phase.sampled,
-            replied=phase.replied,
-            failed=phase.failed,
-            train_metrics=train_metrics,
-        )
+        record = self._record
+        record.clients_sampled, record.clients_replied = phase.sampled, phase.replied
+        record.clients_failed = phase.failed
+        record.train_metrics, record.train_loss = train_metrics, train_metrics.get("train_loss")
         if self._due(server_round, self.evaluate_every) and self.evaluate_fn is not None:
             loss, metrics = self.evaluate_fn(self.arrays.to_numpy_dict())
-            self._round_state.update(test_loss=float(loss), test_accuracy=metrics.get("accuracy"))
+            record.test_loss, record.test_accuracy = float(loss), metrics.get("accuracy")
         if self.federated_evaluate_every > 0 and self._due(
             server_round, self.federated_evaluate_every
         ):
@@ -333,23 +332,10 @@ class Server(Worker):
         return server_round == self.num_rounds or (every > 0 and server_round % every == 0)
 
     def _end_round(self, server_round: int, federated: dict[str, float]) -> None:
-        state = self._round_state
-        train_metrics = state.get("train_metrics", {})
-        record = RoundRecord(
-            round=server_round,
-            time=now(),
-            train_loss=train_metrics.get("train_loss"),
-            test_loss=state.get("test_loss"),
-            test_accuracy=state.get("test_accuracy"),
-            federated_loss=federated.get("loss"),
-            federated_accuracy=federated.get("accuracy"),
-            clients_sampled=state.get("sampled", 0),
-            clients_replied=state.get("replied", 0),
-            clients_failed=state.get("failed", 0),
-            late_replies=state.get("late", 0),
-            retries=state.get("retries", 0),
-            train_metrics=train_metrics,
-        )
+        record = self._record
+        record.time = now()
+        record.federated_loss = federated.get("loss")
+        record.federated_accuracy = federated.get("accuracy")
         self.history.append(record)
         if self.on_round_end is not None:
             self.on_round_end(record)

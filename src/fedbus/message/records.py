@@ -206,6 +206,8 @@ def _check_scalar(
 
 
 def _check_value(owner: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    if type(value) is float and float in allowed:
+        return value  # the common case (losses, rates), settled without further checks
     if not isinstance(value, list | tuple):
         return _check_scalar(owner, key, value, allowed)
     items = [_check_scalar(owner, key, item, allowed, in_list=True) for item in value]

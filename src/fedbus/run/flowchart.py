@@ -23,6 +23,7 @@ from fedbus.worker import START, MessageFlow
 __all__ = ["draw_flow"]
 
 _SUFFIXES = (".png", ".svg")
+_NOBODY = "(no handler)"
 
 
 def _positions(roles: list[str]) -> dict[str, tuple[float, float]]:
@@ -35,43 +36,52 @@ def _positions(roles: list[str]) -> dict[str, tuple[float, float]]:
     }
 
 
+def _grouped_labels(flow: MessageFlow) -> dict[tuple[str, str], str]:
+    """One label per (sender, receiver): each type with the handlers that send it."""
+    grouped: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for edge in flow.edges:
+        for receiver in edge.receiver_roles or (_NOBODY,):
+            triggers = grouped.setdefault((edge.sender_role, receiver), {})
+            name = "on start" if edge.trigger == START else f"after {edge.trigger}"
+            triggers.setdefault(edge.message_type, []).append(name)
+    return {
+        pair: "\n".join(f"{kind}  ({', '.join(names)})" for kind, names in types.items())
+        for pair, types in grouped.items()
+    }
+
+
 def draw_flow(flow: MessageFlow, output: str | Path, title: str = "message flow") -> Path:
-    """Write ``flow`` as a PNG or SVG picture at ``output`` and return its path."""
+    """Write ``flow`` as a PNG or SVG picture at ``output`` and return its path.
+
+    Each role is a box listing the types it handles; each arrow carries the types one role
+    sends another, with the handlers that send them. Types nobody handles point to a red box.
+    """
     path = Path(output)
     if path.suffix.lower() not in _SUFFIXES:
         raise InvalidArgumentError(f"draw_flow: output must end in .png or .svg, got {path}")
-    roles = list(flow.handled)
-    positions = _positions(roles)
-    figure, axes = plt.subplots(figsize=(9, 6))
+    labels = _grouped_labels(flow)
+    positions = _positions(list(flow.handled))
+    if any(receiver == _NOBODY for _, receiver in labels):
+        positions[_NOBODY] = (0.0, -1.4)
+    figure, axes = plt.subplots(figsize=(10, 6))
     axes.set_title(title)
     axes.set_xlim(-2.0, 2.0)
     axes.set_ylim(-1.8, 1.8)
     axes.axis("off")
-    pair_count: dict[tuple[str, str], int] = {}
-    for edge in flow.edges:
-        for receiver in edge.receiver_roles or ("(no handler)",):
-            if receiver not in positions:
-                positions[receiver] = (0.0, -1.5)
-            key = (edge.sender_role, receiver)
-            index = pair_count[key] = pair_count.get(key, 0) + 1
-            label = (
-                edge.message_type
-                if edge.trigger in (edge.message_type, START)
-                else (f"{edge.message_type}\n(after {edge.trigger})")
-            )
-            if edge.trigger == START:
-                label += "\n(on start)"
-            colour = "tab:red" if not edge.receiver_roles else "tab:blue"
-            _arrow(axes, positions[edge.sender_role], positions[receiver], index, label, colour)
+    for (sender, receiver), label in labels.items():
+        colour = "tab:red" if receiver == _NOBODY else "tab:blue"
+        # The two directions of a pair bend to opposite sides, so their labels never overlap.
+        _arrow(axes, positions[sender], positions[receiver], label, colour)
     for role, (x, y) in positions.items():
         handled = "\n".join(flow.handled.get(role, [])) or "-"
+        text = role if role == _NOBODY else f"{role}\n\nhandles:\n{handled}"
         axes.text(
             x,
             y,
-            f"{role}\n\nhandles:\n{handled}",
+            text,
             ha="center",
             va="center",
-            fontsize=9,
+            fontsize=10,
             bbox={"boxstyle": "round,pad=0.6", "facecolor": "#eef3fb", "edgecolor": "#335"},
             zorder=3,
         )
@@ -85,14 +95,13 @@ def _arrow(
     axes: Axes,
     start: tuple[float, float],
     end: tuple[float, float],
-    index: int,
     label: str,
     colour: str,
 ) -> None:
-    """One labelled arrow; repeated pairs bend further apart, self-loops circle above."""
+    """One labelled arrow bending to its left; a self-loop circles above the box."""
     if start == end:
         x, y = start
-        radius = 0.35 + 0.18 * index
+        radius = 0.5
         loop = FancyArrowPatch(
             (x - 0.15, y + 0.3),
             (x + 0.15, y + 0.3),
@@ -105,7 +114,7 @@ def _arrow(
         axes.add_patch(loop)
         axes.text(x, y + 0.3 + radius * 1.6, label, ha="center", fontsize=8, color=colour)
         return
-    bend = 0.15 * index
+    bend = 0.3
     arrow = FancyArrowPatch(
         start,
         end,
@@ -121,8 +130,8 @@ def _arrow(
     mid_x, mid_y = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
     normal_x, normal_y = end[1] - start[1], start[0] - end[0]
     axes.text(
-        mid_x + normal_x * bend * 0.6,
-        mid_y + normal_y * bend * 0.6,
+        mid_x + normal_x * bend * 0.5,
+        mid_y + normal_y * bend * 0.5,
         label,
         ha="center",
         va="center",

@@ -6,7 +6,10 @@ on any role. Handlers that nothing declares to send are reported as notes, not e
 replies and undeclared sends may still reach them.
 
 Declarations come from ``register_handlers(..., sends=[...])`` and from ``start_sends`` (what
-``on_start`` sends). A returned reply needs no declaration: it has the type it answers.
+``on_start`` sends). A returned reply needs no declaration: it has the type it answers, so the
+sender of a request usually handles its own type too, for the replies. A sent type is therefore
+drawn to the *other* roles that handle it, and to the sender's own role only when no other role
+does (client-to-client types).
 """
 
 from __future__ import annotations
@@ -49,11 +52,14 @@ class MessageFlow:
             triggers += [(spec.message_type, spec.sends) for spec in worker.handler_specs()]
             for trigger, sends in triggers:
                 for message_type in sends:
-                    receivers = tuple(
-                        r for r, types in flow.handled.items() if message_type in types
-                    )
+                    receivers = flow._receivers(name, message_type)
                     flow.edges.append(FlowEdge(name, trigger, message_type, receivers))
         return flow
+
+    def _receivers(self, sender_role: str, message_type: str) -> tuple[str, ...]:
+        handlers = [role for role, types in self.handled.items() if message_type in types]
+        others = tuple(role for role in handlers if role != sender_role)
+        return others or tuple(handlers)
 
     @property
     def missing(self) -> list[FlowEdge]:

@@ -339,7 +339,8 @@ class Simulation:
             frame = encode_message(message)
             size = len(frame)
             copy = decode_message(frame)
-            if copy != message:
+            # Bytes, not ==: a NaN metric (a diverged loss) never equals itself.
+            if encode_message(copy) != frame:
                 raise FedbusError(f"codec round trip changed {message!r}")
             message = copy
         else:
