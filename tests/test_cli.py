@@ -30,7 +30,8 @@ def test_default_run_reaches_its_stated_accuracy(tmp_path: Path) -> None:
     metrics = read_metrics(run_dir)
     assert [line["round"] for line in metrics] == list(range(1, 81))
     first = metrics[0]
-    assert first["clients_replied"] == 10 and first["clients_failed"] == 0
+    assert first["clients_replied"] == 10
+    assert first["clients_failed"] == 0
     assert first["bytes_down"] > 10 * 64 * 10 * 4  # ten copies of a 640-weight float32 model
     assert first["bytes_up"] > 0
     assert metrics[-1]["simulated_time"] == pytest.approx(summary["simulated_time"], rel=0.05)
@@ -65,7 +66,8 @@ def test_config_errors_exit_2_naming_the_key(
     assert code == 2
     err = capsys.readouterr().err
     assert "federation.clients_per_round" in err
-    assert "trainer.lrr" in err and "did you mean trainer.lr" in err
+    assert "trainer.lrr" in err
+    assert "did you mean trainer.lr" in err
     assert not (tmp_path / "runs").exists()
 
 
