@@ -89,10 +89,12 @@ def test_a_run_that_cannot_finish_exits_1_with_the_reason(
 
 
 def test_dropout_without_timeout_is_refused_before_running(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["run", "--set", "simulation.dropout=0.1"]) == 2
+    args = ["run", "--set", "simulation.dropout=0.1", "--set", f"run.output_dir={tmp_path}"]
+    assert main(args) == 2
     assert "federation.round_timeout" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_flow_prints_and_draws_the_standard_flow(

@@ -35,14 +35,15 @@ class ExperimentResult:
 class _RoundLog:
     """Turns each ``RoundRecord`` into a metrics line, with wall time and bytes added."""
 
-    def __init__(self, run_dir: RunDirectory, progress: RoundProgress) -> None:
-        self.run_dir, self.progress = run_dir, progress
+    def __init__(self) -> None:
         self.federation: Federation | None = None
+        self.run_dir: RunDirectory | None = None
+        self.progress: RoundProgress | None = None
         self.started = time.perf_counter()
         self._bytes = (0, 0)
 
     def __call__(self, record: RoundRecord) -> None:
-        assert self.federation is not None
+        assert self.federation and self.run_dir and self.progress, "set before the run starts"
         stats = self.federation.simulation.stats
         up, down = stats.bytes_up - self._bytes[0], stats.bytes_down - self._bytes[1]
         self._bytes = (stats.bytes_up, stats.bytes_down)
@@ -73,11 +74,15 @@ def run_experiment(config: Config, *, quiet: bool = False) -> ExperimentResult:
     Raises ``RunError`` if the run stopped early (e.g. too few replies); the metrics of the
     rounds that completed and a summary with ``failure`` are written first.
     """
-    run_dir = RunDirectory.create(config.run.output_dir, config.run.name, config_to_toml(config))
+    log = _RoundLog()
+    # Built before anything is written: a configuration it refuses leaves no run directory.
+    federation = log.federation = build_federation(config, on_round_end=log)
+    run_dir = log.run_dir = RunDirectory.create(
+        config.run.output_dir, config.run.name, config_to_toml(config)
+    )
     with RoundProgress(config.federation.num_rounds, quiet=quiet) as progress:
-        log = _RoundLog(run_dir, progress)
-        federation = build_federation(config, on_round_end=log)
-        log.federation = federation
+        log.progress = progress
+        log.started = time.perf_counter()
         outcome = federation.simulation.run()
     server = federation.server
     history = server.history
