@@ -43,7 +43,10 @@ class _RoundLog:
         self._bytes = (0, 0)
 
     def __call__(self, record: RoundRecord) -> None:
-        assert self.federation and self.run_dir and self.progress, "set before the run starts"
+        # All three are set by run_experiment before the simulation starts.
+        assert self.federation is not None
+        assert self.run_dir is not None
+        assert self.progress is not None
         stats = self.federation.simulation.stats
         up, down = stats.bytes_up - self._bytes[0], stats.bytes_down - self._bytes[1]
         self._bytes = (stats.bytes_up, stats.bytes_down)
