@@ -50,6 +50,7 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     def run(seed: int) -> list[tuple[object, ...]]:
         out = tmp_path / f"seed{seed}-{len(list(tmp_path.iterdir()))}"
         args = ["run", "-q", "--set", "federation.num_rounds=5", "--set", f"run.output_dir={out}"]
+        args += ["--set", "simulation.check_serialization=true"]
         assert main([*args, "--set", f"federation.seed={seed}"]) == 0
         (run_dir,) = run_dirs(out)
         keys = ("simulated_time", "test_accuracy", "test_loss", "train_loss", "bytes_up")

@@ -60,7 +60,7 @@ def test_fedavg_weights_by_num_examples(digits) -> None:  # type: ignore[no-unty
         NumpyTrainer(model, x[100:400], y[100:400], batch_size=0, lr=0.1),
     ]
     server = make_server(model, num_rounds=1, clients_per_round=2)
-    simulate(server, [Client(t) for t in trainers])
+    simulate(server, [Client(t) for t in trainers], check_serialization=True)
     start = model.init(seed=0, dtype=np.float64)
     updates = [
         t.fit(start, {})[0]
@@ -92,7 +92,7 @@ def test_straggler_rounds_close_by_timeout_with_min_replies(digits) -> None:  # 
     server = make_server(
         model, clients_per_round=6, min_replies=4, round_timeout=5.0, on_round_end=records.append
     )
-    simulate(server, clients_for(x, y, 6, model), profiles=profiles)
+    simulate(server, clients_for(x, y, 6, model), profiles=profiles, check_serialization=True)
     assert server.finished
     assert [r.clients_replied for r in records] == [4] * 5
     assert [r.clients_sampled for r in records] == [6] * 5
@@ -109,7 +109,7 @@ def test_without_timeout_the_round_waits_for_the_slowest(digits) -> None:  # typ
     profiles = ProfileTable({1: ClientProfile(speed=20.0)})
     server = make_server(model, num_rounds=1, clients_per_round=6)
     clients = clients_for(x, y, 6, model)
-    result = simulate(server, clients, profiles=profiles)
+    result = simulate(server, clients, profiles=profiles, check_serialization=True)
     samples = clients[0].trainer.num_train_examples  # type: ignore[attr-defined]
     assert result.time > samples / 20.0  # the slow client's compute time dominates
     assert server.history[0].clients_replied == 6
@@ -120,7 +120,7 @@ def test_dropouts_are_retried_then_the_run_stops_with_a_reason(digits) -> None: 
     model = SoftmaxRegression(64, 10)
     dead = ProfileTable({}, default=ClientProfile(dropout=1.0))
     server = make_server(model, clients_per_round=3, round_timeout=2.0, max_round_retries=2)
-    result = simulate(server, clients_for(x, y, 6, model), profiles=dead)
+    result = simulate(server, clients_for(x, y, 6, model), profiles=dead, check_serialization=True)
     assert not server.finished
     assert server.history == []
     assert server.failure is not None
@@ -143,7 +143,7 @@ def test_error_replies_count_as_failures(digits) -> None:  # type: ignore[no-unt
     clients = clients_for(x, y, 4, model)
     clients[0] = Broken(clients[0].trainer)
     server = make_server(model, num_rounds=2, clients_per_round=4, min_replies=3)
-    simulate(server, clients)
+    simulate(server, clients, check_serialization=True)
     assert [(r.clients_replied, r.clients_failed) for r in server.history] == [(3, 1), (3, 1)]
 
 
@@ -153,7 +153,7 @@ def test_same_seed_same_run_different_seed_different_run(digits) -> None:  # typ
 
     def run(seed: int) -> tuple[list[Any], list[Any], dict[str, np.ndarray]]:
         server = make_server(model, clients_per_round=3, seed=seed)
-        result = simulate(server, clients_for(x, y, 10, model), seed=seed)
+        result = simulate(server, clients_for(x, y, 10, model), seed=seed, check_serialization=True)
         trace = [(e.time, e.event, e.metadata) for e in result.trace]
         return trace, server.history, server.arrays.to_numpy_dict()
 
@@ -182,7 +182,7 @@ def test_central_and_federated_evaluation(digits) -> None:  # type: ignore[no-un
         federated_evaluate_every=2,
         clients_per_evaluation=3,
     )
-    simulate(server, clients_for(x, y, 8, model))
+    simulate(server, clients_for(x, y, 8, model), check_serialization=True)
     evaluated = [r.round for r in server.history if r.test_accuracy is not None]
     federated = [r.round for r in server.history if r.federated_accuracy is not None]
     assert evaluated == federated == [2, 4]
