@@ -14,7 +14,7 @@ finish    ``{}``: the client stops                    (none)
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, TypeVar
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -48,24 +48,26 @@ def model_content(arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
     return RecordDict({ARRAYS: arrays, CONFIG: config})
 
 
-def read_arrays(content: RecordDict) -> ArrayRecord:
-    """The ``arrays`` record of a content, or a clear error naming what is there instead."""
-    record = content.get(ARRAYS)
-    if not isinstance(record, ArrayRecord):
+_R = TypeVar("_R", ArrayRecord, MetricRecord)
+
+
+def _read(content: RecordDict, name: str, kind: type[_R]) -> _R:
+    record = content.get(name)
+    if not isinstance(record, kind):
         raise InvalidArgumentError(
-            f"expected an ArrayRecord named {ARRAYS!r} in the content, found {list(content)}"
+            f"expected a {kind.__name__} named {name!r} in the content, found {list(content)}"
         )
     return record
+
+
+def read_arrays(content: RecordDict) -> ArrayRecord:
+    """The ``arrays`` record of a content, or a clear error naming what is there instead."""
+    return _read(content, ARRAYS, ArrayRecord)
 
 
 def read_metrics(content: RecordDict) -> MetricRecord:
     """The ``metrics`` record of a content, or a clear error."""
-    record = content.get(METRICS)
-    if not isinstance(record, MetricRecord):
-        raise InvalidArgumentError(
-            f"expected a MetricRecord named {METRICS!r} in the content, found {list(content)}"
-        )
-    return record
+    return _read(content, METRICS, MetricRecord)
 
 
 def read_num_examples(content: RecordDict) -> int:

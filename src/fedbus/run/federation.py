@@ -17,7 +17,6 @@ from fedbus.errors import ConfigError
 from fedbus.fl import Client, FedAvg, RoundRecord, Server, Strategy
 from fedbus.run.config import Config
 from fedbus.runtime.simulation import (
-    ClientProfile,
     ProfileDistribution,
     ProfileSource,
     ProfileTable,
@@ -85,14 +84,7 @@ def _profiles(config: Config) -> ProfileSource:
         return distribution
     table = load_profiles_csv(simulation.profiles_csv)
     # Clients missing from the trace get the configured distribution's median device.
-    default = ClientProfile(
-        speed=simulation.speed,
-        uplink_mbps=simulation.uplink_mbps,
-        downlink_mbps=simulation.downlink_mbps,
-        latency=simulation.latency,
-        dropout=simulation.dropout,
-    )
-    return ProfileTable(table, default)
+    return ProfileTable(table, distribution.typical())
 
 
 def _evaluate_fn(

@@ -16,6 +16,7 @@ server is never the bottleneck: it computes and transfers instantly, with no lat
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -112,19 +113,23 @@ class ProfileDistribution:
     dropout: float = 0.0
     seed: int = 0
 
+    def typical(self) -> ClientProfile:
+        """The median device: the configured speed, links, latency and dropout, no spread."""
+        return ClientProfile(
+            speed=self.speed,
+            uplink_mbps=self.uplink_mbps,
+            downlink_mbps=self.downlink_mbps,
+            latency=self.latency,
+            dropout=self.dropout,
+        )
+
     def __call__(self, node_id: int) -> ClientProfile:
         """The profile of client ``node_id``."""
         rng = np.random.default_rng([self.seed, node_id, 0x9E0F11E5])
         speed = self.speed * float(np.exp(self.speed_sigma * rng.standard_normal()))
         if rng.random() < self.slow_fraction:
             speed /= self.slow_factor
-        return ClientProfile(
-            speed=speed,
-            uplink_mbps=self.uplink_mbps,
-            downlink_mbps=self.downlink_mbps,
-            latency=self.latency,
-            dropout=self.dropout,
-        )
+        return dataclasses.replace(self.typical(), speed=speed)
 
 
 @dataclass(frozen=True, slots=True)
