@@ -258,10 +258,19 @@ def test_message_ids_are_unique_and_reproducible() -> None:
 
 
 def test_client_ids_must_be_unique() -> None:
-    with pytest.raises(InvalidArgumentError, match="unique"):
+    with pytest.raises(InvalidArgumentError, match="two clients have node id 2"):
         Simulation(Asker([1]), [Answerer(node_id=2), Answerer(node_id=2)])
+    with pytest.raises(InvalidArgumentError, match="node 0 is the server"):
+        Simulation(Asker([1]), [Answerer(node_id=0)])
     with pytest.raises(InvalidArgumentError, match="num_clients"):
         Simulation(Asker([1]), lambda node_id: Answerer())
+
+
+def test_a_simulation_runs_once() -> None:
+    simulation = Simulation(Asker([1]), [Answerer()])
+    simulation.run()
+    with pytest.raises(InvalidArgumentError, match="runs once"):
+        simulation.run()
 
 
 def test_until_stops_early() -> None:

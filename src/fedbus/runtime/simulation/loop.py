@@ -180,6 +180,7 @@ class Simulation:
         self._unstarted: set[int] = set()  # built by the factory, on_start not yet called
         self._factory: ClientFactory | None = None
         self._client_ids: Sequence[int]
+        self._started = False
         self._setup_clients(clients, num_clients)
         self._attach(SERVER_NODE_ID, server)
 
@@ -202,11 +203,10 @@ class Simulation:
             )
         for position, worker in enumerate(clients, start=1):
             node_id = position if worker.node_id < 0 else worker.node_id
-            if node_id == SERVER_NODE_ID or node_id in self._workers:
-                raise InvalidArgumentError(
-                    f"simulate: client node ids must be unique and not 0, got {node_id} twice "
-                    "or for a client"
-                )
+            if node_id == SERVER_NODE_ID:
+                raise InvalidArgumentError("simulate: node 0 is the server; give clients ids >= 1")
+            if node_id in self._workers:
+                raise InvalidArgumentError(f"simulate: two clients have node id {node_id}")
             self._attach(node_id, worker)
         self._client_ids = sorted(self._workers)
 
@@ -228,14 +228,16 @@ class Simulation:
 
     def message_flow(self) -> MessageFlow:
         """The message flow of the server and one client of each class."""
-        roles: list[tuple[str, Worker]] = [("server", self.server)]
+        if self._factory is not None:
+            # One client stands for all: the factory is expected to build one class.
+            built = self._worker(self._client_ids[0])
+            clients = [] if built is None else [built]
+        else:
+            clients = [self._workers[node_id] for node_id in self._client_ids]
         samples: dict[type, Worker] = {}
-        if self._factory is not None and self._client_ids:
-            first = self._worker(self._client_ids[0])
-            assert first is not None
-            samples[type(first)] = first
-        for node_id in self._client_ids if self._factory is None else ():
-            samples.setdefault(type(self._workers[node_id]), self._workers[node_id])
+        for worker in clients:
+            samples.setdefault(type(worker), worker)
+        roles: list[tuple[str, Worker]] = [("server", self.server)]
         single = len(samples) == 1
         roles += [("client" if single else f"client:{k.__name__}", w) for k, w in samples.items()]
         return MessageFlow.from_roles(roles)
@@ -249,6 +251,9 @@ class Simulation:
         until
             Stop at this simulated time even if events remain.
         """
+        if self._started:
+            raise InvalidArgumentError("a Simulation runs once; build a new one to run again")
+        self._started = True
         with use_clock(self._clock):
             self.message_flow().check()
             self.server.on_nodes_registered(self._client_ids)
