@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The stamp is rebuilt when the project's dependencies change, so an existing .venv is reused.
 STAMP  := $(VENV)/.fedbus-installed
 
-.PHONY: install run test lint typecheck unit bench bench-codec docs clean
+.PHONY: install run test lint typecheck unit bench bench-codec bench-transport docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ docs: install
 
 bench-codec: install
 	$(BIN)/python bench/codec.py
+
+bench-transport: install
+	$(BIN)/python bench/transport.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,14 +1,22 @@
 """Fixtures shared by the whole suite.
 
 ``federation`` runs a server and clients on every runtime available, so each behaviour test
-holds for each runtime.
+holds for each runtime. ``tls_files`` makes a throwaway CA and server certificate.
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedbus.runtime.grpc import run_local
 from fedbus.runtime.simulation import simulate
@@ -34,3 +42,82 @@ def federation(request: pytest.FixtureRequest) -> RunFederation:
             run_local(server, clients, timeout=GRPC_TIMEOUT)
 
     return run
+
+
+# -- certificates ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path  # a CA that did not sign the server's certificate
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _certificate_authority(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def _server_certificate(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost."""
+    root = tmp_path_factory.mktemp("tls")
+    ca_key, ca = _certificate_authority("fedbus test CA")
+    key, certificate = _server_certificate(ca_key, ca)
+    _, other = _certificate_authority("another CA")
+    files = TlsFiles(root / "ca.pem", root / "server.pem", root / "server.key", root / "other.pem")
+    files.ca.write_bytes(_pem(ca))
+    files.other_ca.write_bytes(_pem(other))
+    files.cert.write_bytes(_pem(certificate))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files

@@ -5,17 +5,30 @@
     fedbus run [CONFIG] [--set section.key=value ...] [-q]
     fedbus flow [CONFIG] [--set ...] [--output flow.png]
     fedbus plot RUN_DIR [RUN_DIR ...] [--output comparison.png]
+    fedbus server [CONFIG] --listen HOST:PORT (--tls-cert F --tls-key F | --insecure)
+                  [--resume RUN_DIR] [--min-clients N] [--join-timeout S] [--heartbeat S]
+    fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
+                  (--root-cert F | --insecure) [--connect-timeout S] [--heartbeat S]
+
+``server`` and ``client`` read the federation's token from ``--token-file`` or, without it,
+from the ``FEDBUS_TOKEN`` environment variable (a token on the command line would show in
+``ps``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedbus.errors import ConfigError, FedbusError
+
+if TYPE_CHECKING:  # imported when used: `fedbus plot` need not load gRPC
+    from fedbus.runtime.grpc import Heartbeat
 
 __all__ = ["main"]
 
@@ -43,7 +56,65 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="draw the curves of one or more runs on one figure")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("--output", default="comparison.png", help="default comparison.png")
+    _server_parser(commands.add_parser("server", help="serve a federation over gRPC"))
+    _client_parser(commands.add_parser("client", help="join a federation served over gRPC"))
     return parser
+
+
+def _network_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_arguments(parser)
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the federation's token (default: $FEDBUS_TOKEN)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="no TLS: only on a network you trust"
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="heartbeat interval; a peer silent for 3 intervals is gone (default 5)",
+    )
+
+
+def _server_parser(server: argparse.ArgumentParser) -> None:
+    _network_arguments(server)
+    server.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:8080")
+    server.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) of the server")
+    server.add_argument("--tls-key", type=Path, help="PEM private key of the server")
+    server.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue a run after its last round"
+    )
+    server.add_argument(
+        "--min-clients", type=int, help="clients to wait for (default: federation.num_clients)"
+    )
+    server.add_argument(
+        "--join-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up when min-clients have not joined by then (default 600)",
+    )
+    server.add_argument("--max-clients", type=int, default=1000, help="default 1000")
+
+
+def _client_parser(client: argparse.ArgumentParser) -> None:
+    _network_arguments(client)
+    client.add_argument("--server", required=True, metavar="HOST:PORT")
+    data = client.add_mutually_exclusive_group(required=True)
+    data.add_argument(
+        "--partition", type=int, metavar="K", help="train on part K of the configured dataset"
+    )
+    data.add_argument("--data", type=Path, metavar="PATH", help="train on this .npz or .csv file")
+    client.add_argument("--num-classes", type=int, help="classes of --data (default: from labels)")
+    client.add_argument("--root-cert", type=Path, help="PEM certificate(s) to trust")
+    for name, meaning in (("--connect-timeout", "to join"), ("--reconnect-timeout", "to rejoin")):
+        client.add_argument(
+            name, type=float, default=300.0, metavar="SECONDS", help=f"time {meaning} (300)"
+        )
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,14 +164,100 @@ def _plot(args: argparse.Namespace) -> None:
     print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
 
 
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file is not None:
+        try:
+            token = str(args.token_file.read_text(encoding="utf-8")).strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --token-file {args.token_file}: {exc.strerror}"
+            ) from exc
+    else:
+        token = os.environ.get("FEDBUS_TOKEN", "").strip()
+    if not token:
+        raise ConfigError(
+            "no token: put the federation's secret in a file and pass --token-file FILE, "
+            "or set FEDBUS_TOKEN"
+        )
+    return token
+
+
+def _heartbeat(args: argparse.Namespace) -> Heartbeat:
+    from fedbus.runtime.grpc import Heartbeat
+
+    return Heartbeat(interval=args.heartbeat, timeout=3 * args.heartbeat)
+
+
+def _server(args: argparse.Namespace) -> None:
+    from fedbus.run.config import load_config
+    from fedbus.run.deployment import ServerOptions, run_server
+    from fedbus.runtime.grpc import ServerTls
+
+    given = args.config is not None or args.overrides
+    config = load_config(args.config, args.overrides) if given or not args.resume else None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None and not args.insecure:
+        raise ConfigError("give --tls-cert and --tls-key, or --insecure to serve without TLS")
+    if args.tls_cert is not None and args.insecure:
+        raise ConfigError("give --tls-cert/--tls-key or --insecure, not both")
+    tls = None if args.tls_cert is None else ServerTls.from_files(args.tls_cert, args.tls_key)
+    heartbeat = _heartbeat(args)
+    options = ServerOptions(
+        listen=args.listen,
+        token=_token(args),
+        tls=tls,
+        insecure=args.insecure,
+        resume=args.resume,
+        min_clients=args.min_clients,
+        join_timeout=args.join_timeout or None,
+        max_clients=args.max_clients,
+        heartbeat=heartbeat,
+    )
+    result = run_server(config, options)
+    accuracy = result.summary["final_test_accuracy"]
+    print(f"run directory:       {result.run_dir}")
+    print(f"final test accuracy: {accuracy:.4f}" if accuracy is not None else "no evaluation")
+
+
+def _client(args: argparse.Namespace) -> None:
+    from fedbus.run.config import load_config
+    from fedbus.run.deployment import ClientOptions, run_client
+    from fedbus.runtime.grpc.security import read_pem
+
+    if args.root_cert is not None and args.insecure:
+        raise ConfigError("give --root-cert or --insecure, not both")
+    heartbeat = _heartbeat(args)
+    options = ClientOptions(
+        server=args.server,
+        token=_token(args),
+        partition=args.partition,
+        data_path=args.data,
+        num_classes=args.num_classes,
+        root_certificates=None
+        if args.root_cert is None
+        else read_pem(args.root_cert, "root certificate"),
+        insecure=args.insecure,
+        connect_timeout=args.connect_timeout,
+        reconnect_timeout=args.reconnect_timeout,
+        heartbeat=heartbeat,
+    )
+    node_id = run_client(load_config(args.config, args.overrides), options)
+    print(f"node {node_id}: the federation is over")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedbus`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    # server and client are long-running processes: they log what they do by default
+    network = args.command in ("server", "client")
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    commands = {"run": _run, "flow": _flow, "plot": _plot}
+        level=logging.DEBUG if args.verbose and network else
+        logging.INFO if args.verbose or network else logging.ERROR,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if network
+        else "%(levelname)s %(name)s: %(message)s",
+    )  # fmt: skip
+    commands = {"run": _run, "flow": _flow, "plot": _plot, "server": _server, "client": _client}
     try:
         commands[args.command](args)
     except ConfigError as exc:

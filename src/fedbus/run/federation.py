@@ -6,13 +6,13 @@ below ``run`` takes plain arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedbus.data import FederatedDataset, build_dataset
+from fedbus.data import ClientData, FederatedDataset, build_dataset
 from fedbus.errors import ConfigError
 from fedbus.fl import Client, FedAvg, RoundRecord, Server, Strategy
 from fedbus.run.config import Config
@@ -25,7 +25,14 @@ from fedbus.runtime.simulation import (
 )
 from fedbus.train import NumpyModel, NumpyTrainer, build_model
 
-__all__ = ["STRATEGY_FACTORIES", "Federation", "build_federation"]
+__all__ = [
+    "STRATEGY_FACTORIES",
+    "Federation",
+    "build_client",
+    "build_federation",
+    "build_model_and_data",
+    "build_server",
+]
 
 #: Strategy names in configuration files, and how to build each.
 STRATEGY_FACTORIES: dict[str, Callable[[Config], Strategy]] = {"fedavg": lambda config: FedAvg()}
@@ -99,25 +106,37 @@ def _evaluate_fn(
     return evaluate
 
 
-def build_federation(
-    config: Config, on_round_end: Callable[[RoundRecord], None] | None = None
-) -> Federation:
-    """Build the dataset, model, server, client factory and simulation that ``config`` describes."""
-    federation, trainer = config.federation, config.trainer
-    if federation.round_timeout == 0 and config.simulation.dropout > 0:
-        raise ConfigError(
-            "simulation.dropout > 0 needs federation.round_timeout > 0: a lost reply is only "
-            "noticed when the round times out"
-        )
+def build_model_and_data(config: Config) -> tuple[FederatedDataset, NumpyModel]:
+    """The dataset split among ``federation.num_clients`` clients, and the model to train."""
     dataset = _dataset(config)
-    model_options = {"hidden": config.model.hidden} if config.model.name == "mlp" else {}
-    model = build_model(
-        config.model.name, dataset.num_features, dataset.num_classes, **model_options
-    )
-    server = Server(
+    return dataset, _model(config, dataset.num_features, dataset.num_classes)
+
+
+def _model(config: Config, num_features: int, num_classes: int) -> NumpyModel:
+    options = {"hidden": config.model.hidden} if config.model.name == "mlp" else {}
+    return build_model(config.model.name, num_features, num_classes, **options)
+
+
+def build_server(
+    config: Config,
+    dataset: FederatedDataset,
+    model: NumpyModel,
+    on_round_end: Callable[[RoundRecord], None] | None = None,
+    *,
+    initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
+    num_rounds: int | None = None,
+    seed: int | None = None,
+) -> Server:
+    """The FL server ``config`` describes, evaluating on ``dataset``'s central test set.
+
+    ``initial_arrays``, ``num_rounds`` and ``seed`` replace the configured initial model,
+    round count and sampling seed (a resumed deployment continues with what is left).
+    """
+    federation, trainer = config.federation, config.trainer
+    return Server(
         STRATEGY_FACTORIES[config.strategy.name](config),
-        model.init(seed=federation.seed),
-        num_rounds=federation.num_rounds,
+        model.init(seed=federation.seed) if initial_arrays is None else dict(initial_arrays),
+        num_rounds=federation.num_rounds if num_rounds is None else num_rounds,
         clients_per_round=federation.clients_per_round,
         min_replies=federation.min_replies or None,
         round_timeout=federation.round_timeout or None,
@@ -127,25 +146,50 @@ def build_federation(
         evaluate_every=federation.evaluate_every,
         federated_evaluate_every=federation.federated_evaluate_every,
         clients_per_evaluation=federation.clients_per_evaluation,
-        seed=federation.seed,
+        seed=federation.seed if seed is None else seed,
         on_round_end=on_round_end,
     )
 
-    def client_fn(node_id: int) -> Client:
-        data = dataset.client(node_id - 1)
-        local = NumpyTrainer(
-            model,
-            data.x_train,
-            data.y_train,
-            data.x_test,
-            data.y_test,
-            epochs=trainer.epochs,
-            batch_size=trainer.batch_size,
-            lr=trainer.lr,
-            # One stream per client, the same in every run with this seed.
-            seed=federation.seed * 1_000_003 + node_id,
+
+def build_client(
+    config: Config, model: NumpyModel, data: ClientData, node_id: int | None
+) -> Client:
+    """The FL client of node ``node_id``, training ``model`` on ``data`` as configured.
+
+    ``node_id=None`` leaves the id to the runtime (a deployed client with its own data); its
+    trainer is then seeded as node 0's.
+    """
+    federation, trainer = config.federation, config.trainer
+    local = NumpyTrainer(
+        model,
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        epochs=trainer.epochs,
+        batch_size=trainer.batch_size,
+        lr=trainer.lr,
+        # One stream per client, the same in every run with this seed.
+        seed=federation.seed * 1_000_003 + (node_id or 0),
+    )
+    return Client(local, node_id)
+
+
+def build_federation(
+    config: Config, on_round_end: Callable[[RoundRecord], None] | None = None
+) -> Federation:
+    """Build the dataset, model, server, client factory and simulation that ``config`` describes."""
+    federation = config.federation
+    if federation.round_timeout == 0 and config.simulation.dropout > 0:
+        raise ConfigError(
+            "simulation.dropout > 0 needs federation.round_timeout > 0: a lost reply is only "
+            "noticed when the round times out"
         )
-        return Client(local, node_id)
+    dataset, model = build_model_and_data(config)
+    server = build_server(config, dataset, model, on_round_end)
+
+    def client_fn(node_id: int) -> Client:
+        return build_client(config, model, dataset.client(node_id - 1), node_id)
 
     simulation = Simulation(
         server,

@@ -1,0 +1,326 @@
+"""Run a configured federation across processes and machines: the server side, the client side.
+
+``run_server`` is ``fedbus server``: it builds the same server ``fedbus run`` simulates (the
+same configuration, dataset, model and strategy), serves it over gRPC, waits for its clients,
+and writes the same run directory, plus a ``checkpoint.npz`` after every round so that a
+server restarted with ``resume`` continues after the last completed round.
+
+``run_client`` is ``fedbus client``: it builds client ``K`` of the configured partition (node
+id ``K + 1``, exactly the client the simulation runs) or a client of a local data file, and
+connects it to the server until the federation ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedbus.data import ClientData, load_csv, load_npz
+from fedbus.data.base import split_client
+from fedbus.errors import ConfigError, RunError
+from fedbus.fl import RoundRecord, Server
+from fedbus.run.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from fedbus.run.config import Config, config_to_toml, load_config
+from fedbus.run.federation import _model, build_client, build_model_and_data, build_server
+from fedbus.run.outputs import CONFIG_FILE, RunDirectory, _atomic_file, read_metrics
+from fedbus.run.plot import write_curves
+from fedbus.runtime.grpc import ClientSettings, GrpcServer, Heartbeat, ServerTls, connect, serve
+
+__all__ = ["ClientOptions", "DeploymentResult", "ServerOptions", "run_client", "run_server"]
+
+logger = logging.getLogger("fedbus.deployment")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """What ``fedbus server`` takes besides the configuration.
+
+    ``min_clients`` defaults to ``federation.num_clients``: round 1 samples from the same
+    clients as the simulation does. ``join_timeout`` is in seconds (None: wait for ever).
+    """
+
+    listen: str
+    token: str
+    tls: ServerTls | None = None
+    insecure: bool = False
+    resume: Path | None = None
+    min_clients: int | None = None
+    join_timeout: float | None = 600.0
+    max_clients: int = 1000
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """What ``fedbus client`` takes besides the configuration: one of partition or data_path."""
+
+    server: str
+    token: str
+    partition: int | None = None
+    data_path: Path | None = None
+    num_classes: int | None = None
+    root_certificates: bytes | None = None
+    insecure: bool = False
+    connect_timeout: float = 300.0
+    reconnect_timeout: float = 300.0
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentResult:
+    """Where the server wrote its outputs, and its summary."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+# -- the server side -----------------------------------------------------------------------
+
+
+def _open_run(config: Config | None, resume: Path | None) -> tuple[Config, RunDirectory, int]:
+    """The configuration, run directory and completed rounds of a new or resumed run."""
+    if resume is None:
+        if config is None:
+            raise ConfigError("fedbus server: give a configuration, or --resume RUN_DIR")
+        toml = config_to_toml(config)
+        return config, RunDirectory.create(config.run.output_dir, config.run.name, toml), 0
+    stored = load_config(resume / CONFIG_FILE)
+    if config is not None and config_to_toml(config) != config_to_toml(stored):
+        raise ConfigError(
+            f"--resume {resume}: the configuration given differs from the run's own "
+            f"{resume / CONFIG_FILE}; resume with that one (or give no configuration)"
+        )
+    completed = load_checkpoint(resume)[0] if (resume / CHECKPOINT_FILE).exists() else 0
+    _keep_metrics_up_to(resume, completed)
+    return stored, RunDirectory(resume), completed
+
+
+def _keep_metrics_up_to(run_dir: Path, completed: int) -> None:
+    """Drop metric lines of rounds after the checkpoint: those rounds run again."""
+    if not (run_dir / "metrics.jsonl").exists():
+        return
+    lines = [line for line in read_metrics(run_dir) if int(line.get("round", 0)) <= completed]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    with _atomic_file(run_dir / "metrics.jsonl") as file:
+        file.write(text.encode("utf-8"))
+
+
+class _RoundLog:
+    """Checkpoint, metrics line and log line of each completed round."""
+
+    def __init__(self, run_dir: RunDirectory, completed: int, num_rounds: int) -> None:
+        self.run_dir, self.offset, self.num_rounds = run_dir, completed, num_rounds
+        self.server: Server | None = None
+        self.handle: GrpcServer | None = None
+        previous = read_metrics(run_dir.path)[-1:] if completed else []
+        self.earlier = float(previous[0].get("wall_time") or 0.0) if previous else 0.0
+        self.started = time.perf_counter()
+        self._bytes = (0, 0)
+
+    def elapsed(self) -> float:
+        """Seconds the run has taken, earlier lives of a resumed server included."""
+        return self.earlier + time.perf_counter() - self.started
+
+    def __call__(self, record: RoundRecord) -> None:
+        assert self.server is not None  # both are set before the server starts
+        assert self.handle is not None
+        server_round = record.round + self.offset
+        save_checkpoint(self.run_dir.path, server_round, self.server.arrays.to_numpy_dict())
+        stats = self.handle.stats
+        up, down = stats.bytes_in - self._bytes[0], stats.bytes_out - self._bytes[1]
+        self._bytes = (stats.bytes_in, stats.bytes_out)
+        line = {
+            "round": server_round,
+            "simulated_time": self.elapsed(),  # a deployment's clock is the wall clock
+            "wall_time": self.elapsed(),
+            "train_loss": record.train_loss,
+            "test_accuracy": record.test_accuracy,
+            "test_loss": record.test_loss,
+            "federated_accuracy": record.federated_accuracy,
+            "federated_loss": record.federated_loss,
+            "clients_sampled": record.clients_sampled,
+            "clients_replied": record.clients_replied,
+            "clients_failed": record.clients_failed,
+            "late_replies": record.late_replies,
+            "retries": record.retries,
+            "bytes_up": up,
+            "bytes_down": down,
+        }
+        self.run_dir.append_metrics(line)
+        accuracy = "n/a" if record.test_accuracy is None else f"{record.test_accuracy:.4f}"
+        logger.info(
+            "round %d/%d: test accuracy %s; %d of %d sampled clients replied, %d failed",
+            server_round,
+            self.num_rounds,
+            accuracy,
+            record.clients_replied,
+            record.clients_sampled,
+            record.clients_failed,
+        )
+
+
+def run_server(config: Config | None, options: ServerOptions) -> DeploymentResult:
+    """Serve the configured federation until its last round; write the run directory.
+
+    Raises ``RunError`` when the run could not finish (too few clients joined, too few
+    replies); what was done is written first.
+    """
+    config, run_dir, completed = _open_run(config, options.resume)
+    federation = config.federation
+    dataset, model = build_model_and_data(config)
+    arrays = load_checkpoint(run_dir.path)[1] if completed else None
+    log = _RoundLog(run_dir, completed, federation.num_rounds)
+    remaining = federation.num_rounds - completed
+    if completed:
+        logger.info(
+            "resuming %s after round %d of %d", run_dir.path, completed, federation.num_rounds
+        )
+    if remaining <= 0:
+        logger.info("all %d rounds are done already", federation.num_rounds)
+        return DeploymentResult(run_dir.path, run_dir.read_summary())
+    # Sampling continues with a seed of its own after a resume: seed + completed rounds.
+    server = log.server = build_server(
+        config,
+        dataset,
+        model,
+        log,
+        initial_arrays=arrays,
+        num_rounds=remaining,
+        seed=federation.seed + completed,
+    )
+    handle = log.handle = serve(
+        server,
+        options.listen,
+        token=options.token,
+        tls=options.tls,
+        insecure=options.insecure,
+        min_clients=options.min_clients or federation.num_clients,
+        join_timeout=options.join_timeout,
+        max_clients=max(options.max_clients, options.min_clients or federation.num_clients),
+        # ids 1..num_clients belong to the partitions; clients with their own data come after
+        first_node_id=federation.num_clients + 1,
+        heartbeat=options.heartbeat,
+        check_with=[build_client(config, model, dataset.client(0), 1)],
+    )
+    logger.info(
+        "serving on port %d; run directory %s; waiting for %d clients",
+        handle.port,
+        run_dir.path,
+        options.min_clients or federation.num_clients,
+    )
+    _wait(handle)
+    return _finish(config, run_dir, server, handle, log)
+
+
+def _wait(handle: GrpcServer) -> None:
+    try:
+        handle.wait()
+    except KeyboardInterrupt:
+        logger.warning("interrupted: closing the federation")
+        handle.stop("interrupted")
+        handle.wait(30.0)
+
+
+def _finish(
+    config: Config, run_dir: RunDirectory, server: Server, handle: GrpcServer, log: _RoundLog
+) -> DeploymentResult:
+    failure = server.failure or (None if handle.error is None else str(handle.error))
+    if failure is None and not server.finished:
+        failure = f"the server stopped after {log.offset + len(server.history)} rounds"
+    metrics = read_metrics(run_dir.path)
+    accuracy = next((m["test_accuracy"] for m in reversed(metrics) if m.get("test_accuracy")), None)
+    stats = handle.stats
+    summary: dict[str, Any] = {
+        "final_test_accuracy": accuracy,
+        "num_rounds": log.offset + len(server.history),
+        "simulated_time": log.elapsed(),
+        "wall_time": log.elapsed(),
+        "bytes_up": stats.bytes_in,
+        "bytes_down": stats.bytes_out,
+        "messages": stats.messages_in + stats.messages_out,
+        "resumed_after_round": log.offset,
+        "failure": failure,
+    }
+    run_dir.write_summary(summary)
+    if config.run.save_model:
+        run_dir.save_model(server.arrays.to_numpy_dict())
+    if config.run.plot and metrics:
+        write_curves(run_dir.path)
+    if failure is not None:
+        raise RunError(f"{failure} (outputs so far in {run_dir.path})")
+    logger.info("finished: %d rounds; outputs in %s", summary["num_rounds"], run_dir.path)
+    return DeploymentResult(run_dir.path, summary)
+
+
+# -- the client side -----------------------------------------------------------------------
+
+
+def _local_data(config: Config, options: ClientOptions) -> tuple[ClientData, int, int]:
+    """A data file's train/test split, its feature count and its class count."""
+    path = options.data_path
+    assert path is not None
+    if path.suffix == ".csv":
+        data = load_csv(path, config.data.label_column, num_classes=options.num_classes)
+    else:
+        data = load_npz(path, num_classes=options.num_classes)
+    rng = np.random.default_rng(config.federation.seed)
+    train, test = split_client(len(data.y), config.data.client_test_fraction, rng)
+    split = ClientData(data.x[train], data.y[train], data.x[test], data.y[test])
+    return split, data.num_features, data.num_classes
+
+
+def run_client(config: Config, options: ClientOptions) -> int:
+    """Join the federation at ``options.server`` and take part until it ends.
+
+    Returns the node id the client had. Raises ``RunError`` when it was refused or lost the
+    server for longer than ``reconnect_timeout``.
+    """
+    if (options.partition is None) == (options.data_path is None):
+        raise ConfigError("fedbus client: give --partition K or --data PATH (one of them)")
+    node_id: int | None
+    if options.partition is not None:
+        num_clients = config.federation.num_clients
+        if not 0 <= options.partition < num_clients:
+            raise ConfigError(
+                f"--partition {options.partition}: expected 0 to {num_clients - 1} "
+                f"(federation.num_clients={num_clients})"
+            )
+        dataset, model = build_model_and_data(config)
+        node_id = options.partition + 1  # the simulation's node id of this partition
+        data = dataset.client(options.partition)
+    else:
+        data, num_features, num_classes = _local_data(config, options)
+        model, node_id = _model(config, num_features, num_classes), None
+    client = build_client(config, model, data, node_id)
+    settings = ClientSettings(
+        node_id=node_id,
+        connect_timeout=options.connect_timeout,
+        reconnect_timeout=options.reconnect_timeout,
+        heartbeat=options.heartbeat,
+    )
+    handle = connect(
+        client,
+        options.server,
+        token=options.token,
+        root_certificates=options.root_certificates,
+        insecure=options.insecure,
+        settings=settings,
+    )
+    logger.info(
+        "joined %s as node %s with %d samples", options.server, handle.node_id, data.num_train
+    )
+    try:
+        handle.wait()
+    except KeyboardInterrupt:
+        logger.warning("interrupted: leaving the federation")
+        handle.stop()
+        handle.wait(10.0)
+    if handle.error is not None:
+        raise handle.error
+    return handle.node_id or 0

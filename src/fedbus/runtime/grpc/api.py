@@ -1,0 +1,218 @@
+"""``serve`` and ``connect``: a federation across processes and machines, from Python.
+
+On the server machine::
+
+    from fedbus.runtime.grpc import ServerTls, serve
+
+    handle = serve(server, "0.0.0.0:8080", token=TOKEN, min_clients=10,
+                   tls=ServerTls.from_files("server.pem", "server.key"))
+    handle.wait()
+
+On each client machine::
+
+    from fedbus.runtime.grpc import connect
+
+    client_handle = connect(client, "server.example.org:8080", token=TOKEN,
+                            root_certificates=open("ca.pem", "rb").read())
+    client_handle.wait()
+
+The workers are the same objects that run in ``simulate``: nothing in them changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from fedbus.errors import InvalidArgumentError
+from fedbus.runtime.grpc.client import ClientSettings, GrpcClient
+from fedbus.runtime.grpc.dispatcher import Activity
+from fedbus.runtime.grpc.framing import TransportLimits
+from fedbus.runtime.grpc.security import Authenticator, ServerTls
+from fedbus.runtime.grpc.server import GrpcServer, ServerSettings
+from fedbus.runtime.grpc.stream import Heartbeat
+from fedbus.worker import MessageFlow, Worker
+
+__all__ = ["check_flow", "connect", "serve"]
+
+logger = logging.getLogger("fedbus.grpc")
+
+
+def check_flow(server: Worker, clients: Sequence[Worker]) -> None:
+    """Run the message-flow check on the server and one client of each class.
+
+    Raises ``FlowError`` naming each type that some handler sends and no role handles.
+    """
+    samples: dict[type, Worker] = {}
+    for client in clients:
+        samples.setdefault(type(client), client)
+    single = len(samples) == 1
+    roles: list[tuple[str, Worker]] = [("server", server)]
+    roles += [("client" if single else f"client:{k.__name__}", w) for k, w in samples.items()]
+    MessageFlow.from_roles(roles).check()
+
+
+def serve(
+    server: Worker,
+    address: str,
+    *,
+    token: str | None = None,
+    node_tokens: Mapping[int, str] | None = None,
+    tls: ServerTls | None = None,
+    insecure: bool = False,
+    min_clients: int = 1,
+    join_timeout: float | None = None,
+    max_clients: int = 1000,
+    first_node_id: int = 1,
+    run_id: int = 1,
+    limits: TransportLimits | None = None,
+    heartbeat: Heartbeat | None = None,
+    check_with: Sequence[Worker] = (),
+    activity: Activity | None = None,
+) -> GrpcServer:
+    """Serve ``server`` as node 0 on ``address`` and return at once (the server runs on).
+
+    The server worker starts (``on_nodes_registered`` with the clients connected so far, then
+    ``on_start``) when ``min_clients`` clients are connected; a client that connects later is
+    registered with ``on_nodes_registered([its id])``, again after each reconnection.
+
+    Parameters
+    ----------
+    server
+        The worker that plays node 0.
+    address
+        ``host:port`` to listen on; port 0 picks a free port (read it from ``.port``).
+    token, node_tokens
+        The federation's shared secret, and optional per-node secrets (see ``Authenticator``).
+    tls, insecure
+        The server's certificate and key; or ``insecure=True`` to serve plain text, which must
+        be asked for and is logged as a warning.
+    min_clients, join_timeout
+        Clients to wait for before starting, and how long (None: for ever). When the timeout
+        passes first the server stops and ``.error`` says why.
+    max_clients
+        Most clients connected at once.
+    first_node_id
+        Clients that ask for no node id get ``first_node_id``, ``first_node_id + 1``, ...
+        in join order; lower ids stay free for clients that ask for theirs.
+    run_id
+        Stamped on every message.
+    limits, heartbeat
+        Sizes (default: 1 MiB chunks, 4 GiB messages) and liveness (5 s heartbeats, a client
+        silent for 15 s is unavailable).
+    check_with
+        Client workers of this federation (one per class is enough): the message-flow check
+        runs on the server with them before anything is served. Nothing is checked without.
+    activity
+        Shared pending-work counter (``run_local`` passes one).
+
+    Returns
+    -------
+    GrpcServer
+        ``.port``, ``.wait(timeout)``, ``.stop()``, ``.connected``, ``.error``.
+    """
+    if check_with:
+        check_flow(server, check_with)
+    if (tls is None) == (not insecure):
+        raise InvalidArgumentError(
+            "serve: pass tls=ServerTls(...) to serve over TLS, or insecure=True to serve "
+            "plain text (only on a trusted network)"
+            if tls is None
+            else "serve: pass tls or insecure=True, not both"
+        )
+    if not isinstance(min_clients, int) or min_clients < 1:
+        raise InvalidArgumentError(f"serve: min_clients must be an int >= 1, got {min_clients!r}")
+    if not isinstance(first_node_id, int) or first_node_id < 1:
+        raise InvalidArgumentError(
+            f"serve: first_node_id must be an int >= 1, got {first_node_id!r}"
+        )
+    if not isinstance(max_clients, int) or max_clients < min_clients:
+        raise InvalidArgumentError(
+            f"serve: max_clients must be an int >= min_clients ({min_clients}), got {max_clients!r}"
+        )
+    authenticator = Authenticator(token, node_tokens)
+    if insecure:
+        logger.warning("serving %s WITHOUT TLS: tokens and models travel in clear text", address)
+    if authenticator.open:
+        logger.warning("serving %s WITHOUT a token: anyone who reaches it may join", address)
+    settings = ServerSettings(
+        min_clients=min_clients,
+        join_timeout=join_timeout,
+        max_clients=max_clients,
+        first_node_id=first_node_id,
+        run_id=run_id,
+        limits=limits or TransportLimits(),
+        heartbeat=heartbeat or Heartbeat(),
+    )
+    runtime = GrpcServer(server, authenticator, settings, activity)
+    credentials = (
+        None
+        if tls is None
+        else grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)])
+    )
+    runtime.start(address, credentials)
+    return runtime
+
+
+def connect(
+    client: Worker,
+    address: str,
+    *,
+    token: str | None = None,
+    root_certificates: bytes | None = None,
+    insecure: bool = False,
+    settings: ClientSettings | None = None,
+    start_worker: bool = True,
+    activity: Activity | None = None,
+) -> GrpcClient:
+    """Connect ``client`` to the server at ``address``, start it, and return at once.
+
+    The first connection is tried for ``settings.connect_timeout`` seconds (the server may
+    start after its clients); a refusal that retrying cannot change raises at once.
+
+    Parameters
+    ----------
+    client
+        The worker to run as a client node. Its node id, if it has one, is asked for.
+    address
+        The server's ``host:port``.
+    token
+        The federation's (or this node's) secret.
+    root_certificates, insecure
+        PEM certificates to trust (None: the system's); or ``insecure=True`` for a plain-text
+        connection, which must be asked for and is logged as a warning.
+    settings
+        Node id to ask for, reconnection, sizes and liveness (see ``ClientSettings``).
+    start_worker
+        Run the worker's ``on_start`` once connected; False leaves it to
+        ``.start_worker()`` (messages that arrive before are held for it).
+    activity
+        Shared pending-work counter (``run_local`` passes one).
+
+    Returns
+    -------
+    GrpcClient
+        ``.node_id``, ``.wait(timeout)``, ``.stop()``, ``.error``.
+
+    Raises
+    ------
+    RunError
+        The server refused this client, or could not be reached in time.
+    """
+    if insecure and root_certificates is not None:
+        raise InvalidArgumentError("connect: pass root_certificates or insecure=True, not both")
+    if insecure:
+        logger.warning("connecting to %s WITHOUT TLS", address)
+    credentials = None if insecure else grpc.ssl_channel_credentials(root_certificates)
+    runtime = GrpcClient(
+        client,
+        address,
+        token=token,
+        credentials=credentials,
+        settings=settings or ClientSettings(),
+        activity=activity,
+    )
+    runtime.start(start_worker=start_worker)
+    return runtime

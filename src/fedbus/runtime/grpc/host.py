@@ -1,0 +1,198 @@
+"""The runtime side of one worker: its dispatcher, stamping on send, and the checks on delivery.
+
+Both ends of a connection host one worker each (the server node 0, a client node K). What a
+runtime owes every worker lives here, once:
+
+- on send: fill ``run_id``, ``message_id`` and ``src_node_id`` (``mark_sent``), and refuse a
+  message whose TTL has already passed (the sender gets a ``MESSAGE_EXPIRED`` error reply);
+- on delivery: run the handler on the worker's dispatcher thread, unless the TTL passed in
+  transit (``MESSAGE_EXPIRED``) or the worker has stopped (``NODE_UNAVAILABLE``);
+- never answer an error with an error: a failed error message is logged and dropped.
+
+How a message reaches another node is the caller's business (``route``): the server hands it
+to a connection, a client to its stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+
+from fedbus.message import ErrorCode, Message, mark_sent
+from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher, Timer
+from fedbus.worker import Worker, runtime_error_reply
+
+__all__ = ["WorkerHost"]
+
+logger = logging.getLogger("fedbus.grpc")
+
+Route = Callable[[Message], None]
+
+
+def expired(message: Message) -> bool:
+    """True when the message's TTL has passed on this machine's wall clock."""
+    metadata = message.metadata
+    return metadata.ttl <= 0 or time.time() > metadata.expires_at
+
+
+class _Comm:
+    """The ``CommManager`` a hosted worker sees."""
+
+    __slots__ = ("_host",)
+
+    def __init__(self, host: WorkerHost) -> None:
+        self._host = host
+
+    def send(self, message: Message) -> None:
+        self._host.send(message)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self._host.dispatcher.call_later(delay, callback)
+
+    def report_work(self, num_samples: int) -> None:
+        """Nothing to do: a deployment's clock is the wall clock, work takes real time."""
+
+    def stop(self) -> None:
+        self._host.stop_worker()
+
+
+class WorkerHost:
+    """One worker, the thread it runs on, and the runtime's duties around its messages.
+
+    Parameters
+    ----------
+    worker
+        The worker to host.
+    route
+        Carries a stamped message to another node (or fails it); called on the sending thread.
+    on_worker_stop
+        Called once, on the dispatcher thread, when the worker calls ``stop()``.
+    activity
+        Shared pending-work counter, for ``run_local``; None in a real deployment.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        route: Route,
+        on_worker_stop: Callable[[], None],
+        activity: Activity | None = None,
+    ) -> None:
+        self.worker = worker
+        self.node_id = worker.node_id
+        self.run_id = 0
+        self.activity = activity
+        self.dispatcher = Dispatcher(f"fedbus-node-{worker.node_id}", activity)
+        self.worker_stopped = False
+        #: False holds deliveries back (the server before ``on_start``); ``release`` sends them.
+        self.ready = True
+        self._held: list[Message] = []
+        self._route = route
+        self._on_worker_stop = on_worker_stop
+        # Unique within a run without coordination: node id, a random session, a counter.
+        self._session = secrets.token_hex(4)
+        self._message_numbers = itertools.count(1)
+
+    def attach(self, node_id: int, run_id: int) -> None:
+        """Give the worker its node id and its ``CommManager``."""
+        self.node_id, self.run_id = node_id, run_id
+        self.worker.attach(_Comm(self), node_id)
+
+    # -- sending --------------------------------------------------------------------------
+    def stamp(self, message: Message) -> None:
+        """Fill the fields the runtime owns: run id, a fresh message id, this node as sender."""
+        number = next(self._message_numbers)
+        mark_sent(
+            message,
+            run_id=self.run_id,
+            message_id=f"{self.node_id}-{self._session}-{number}",
+            src_node_id=self.node_id,
+        )
+
+    def send(self, message: Message) -> None:
+        """What the worker's ``send`` does: stamp, check the TTL, then route or deliver."""
+        self.stamp(message)
+        self.count(1)
+        if expired(message):
+            self.fail(message, ErrorCode.MESSAGE_EXPIRED, "its TTL had passed when sent")
+        elif message.metadata.dst_node_id == self.node_id:
+            self.deliver(message)
+        else:
+            self._route(message)
+
+    def fail(self, message: Message, code: ErrorCode, reason: str) -> None:
+        """``message`` cannot be delivered: its sender gets an error reply, unless it is one.
+
+        The reply comes from the node ``message`` was for, as if that node had answered, and
+        is routed like any message. ``message`` was counted in ``activity``; it is done now.
+        """
+        metadata = message.metadata
+        text = f"message {metadata.message_id} ({metadata.message_type!r}): {reason}"
+        if message.has_error():
+            logger.info("dropped an error message that cannot be delivered: %s", text)
+        else:
+            reply = runtime_error_reply(message, code, text)
+            mark_sent(
+                reply,
+                run_id=metadata.run_id,
+                message_id=f"{self.node_id}-{self._session}-{next(self._message_numbers)}",
+                src_node_id=metadata.dst_node_id,
+            )
+            self.count(1)
+            if reply.metadata.dst_node_id == self.node_id:
+                self.deliver(reply)
+            else:
+                self._route(reply)
+        self.count(-1)
+
+    # -- delivering -----------------------------------------------------------------------
+    def deliver(self, message: Message) -> None:
+        """Run the worker's handler for ``message`` on its thread (callable from any thread)."""
+        self.dispatcher.post(lambda: self._deliver_now(message), counted=True)
+
+    def _deliver_now(self, message: Message) -> None:
+        if not self.ready:
+            self.count(1)  # still to happen; counted done when released
+            self._held.append(message)
+        elif self.worker_stopped:
+            self.count(1)  # fail() ends this message's count; the action's own end follows
+            self.fail(message, ErrorCode.NODE_UNAVAILABLE, f"node {self.node_id} stopped")
+        elif expired(message):
+            self.count(1)
+            self.fail(message, ErrorCode.MESSAGE_EXPIRED, "its TTL passed in transit")
+        else:
+            self.worker.deliver(message)
+
+    def release(self) -> None:
+        """On the dispatcher thread: deliver what was held back, in arrival order."""
+        self.ready = True
+        held, self._held = self._held, []
+        for message in held:
+            self._deliver_now(message)
+            self.count(-1)
+
+    def post(self, action: Callable[[], None]) -> None:
+        """Run a runtime action (start, registration) on the worker's thread, counted."""
+        self.count(1)
+        self.dispatcher.post(action, counted=True)
+
+    def register(self, node_ids: Sequence[int]) -> None:
+        """Tell the worker (on its thread) about nodes that joined."""
+        self.post(lambda: self.worker.on_nodes_registered(list(node_ids)))
+
+    def stop_worker(self) -> None:
+        """The worker called ``stop()``: it receives nothing more; the runtime is told once."""
+        if not self.worker_stopped:
+            self.worker_stopped = True
+            self._on_worker_stop()
+
+    def count(self, delta: int) -> None:
+        """Add to (or, negative, take from) the shared pending-work counter."""
+        if self.activity is not None:
+            if delta > 0:
+                self.activity.add(delta)
+            else:
+                self.activity.done(-delta)

@@ -1,0 +1,294 @@
+"""Real processes on 127.0.0.1: ``fedbus server`` and ``fedbus client`` run a federation.
+
+These start several Python processes each: they are marked slow, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedbus.run import load_config, read_metrics
+from fedbus.run.experiment import run_experiment
+
+from ..conftest import TlsFiles
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """\
+[run]
+name = "deployed"
+output_dir = "{output}"
+
+[federation]
+num_clients = 5
+clients_per_round = {per_round}
+clients_per_evaluation = 3
+num_rounds = {rounds}
+min_replies = {min_replies}
+round_timeout = {round_timeout}
+seed = 3
+
+[trainer]
+epochs = {epochs}
+"""
+
+TOKEN = "process-test-token"
+PROCESS_TIMEOUT = 90.0
+
+
+def write_config(path: Path, **values: object) -> Path:
+    settings: dict[str, object] = {
+        "output": path.parent / "runs",
+        "per_round": 3,
+        "rounds": 6,
+        "min_replies": 0,
+        "round_timeout": 0.0,
+        "epochs": 5,
+    }
+    settings.update(values)
+    path.write_text(CONFIG.format(**settings))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Fleet:
+    """Processes started by a test; whatever is still running at the end is killed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: dict[int, Path] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = self.root / f"{name}-{len(self.processes)}.log"
+        env = {**os.environ, "FEDBUS_TOKEN": TOKEN}
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedbus", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.root,
+            )
+        self.processes.append(process)
+        self.logs[process.pid] = log
+        return process
+
+    def server(self, config: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(
+            "server", "server", str(config), "--listen", f"127.0.0.1:{port}",
+            "--join-timeout", "60", "--heartbeat", "0.5", *extra,
+        )  # fmt: skip
+
+    def client(self, config: Path, port: int, k: int, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(
+            f"client{k}", "client", str(config), "--server", f"127.0.0.1:{port}",
+            "--partition", str(k), "--heartbeat", "0.5", "--connect-timeout", "60", *extra,
+        )  # fmt: skip
+
+    def log(self, process: subprocess.Popen[bytes]) -> str:
+        return self.logs[process.pid].read_text(errors="replace")
+
+    def finish(self, process: subprocess.Popen[bytes]) -> int:
+        try:
+            return process.wait(PROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"process did not end:\n{self.log(process)}") from None
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    processes = Fleet(tmp_path)
+    yield processes
+    processes.kill_all()
+
+
+def run_dir_of(root: Path) -> Path:
+    (run_dir,) = (root / "runs").iterdir()
+    return run_dir
+
+
+def wait_for_round(root: Path, at_least: int, server: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while time.monotonic() < deadline:
+        runs = root / "runs"
+        if runs.exists() and any(runs.glob("*/metrics.jsonl")):
+            rounds = [line["round"] for line in read_metrics(run_dir_of(root))]
+            if rounds and rounds[-1] >= at_least:
+                return int(rounds[-1])
+        assert server.poll() is None, "the server ended early"
+        time.sleep(0.02)
+    raise AssertionError(f"round {at_least} did not come")
+
+
+def test_five_client_processes_over_tls_reach_the_simulations_accuracy(
+    fleet: Fleet, tls_files: TlsFiles
+) -> None:
+    config = write_config(fleet.root / "fed.toml")
+    port = free_port()
+    server = fleet.server(
+        config, port, "--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key)
+    )
+    trusted = ("--root-cert", str(tls_files.ca))
+    clients = [fleet.client(config, port, k, *trusted) for k in range(5)]
+    # a client that does not speak TLS is refused, and the federation does not notice
+    plain = fleet.client(config, port, 4, "--insecure", "--connect-timeout", "2")
+    assert fleet.finish(plain) == 1
+    assert "could not connect" in fleet.log(plain)
+    assert fleet.finish(server) == 0, fleet.log(server)
+    assert [fleet.finish(c) for c in clients] == [0] * 5
+    run_dir = run_dir_of(fleet.root)
+    for name in ("config.toml", "metrics.jsonl", "curves.png", "model.npz", "summary.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    deployed = read_metrics(run_dir)
+    simulated = read_metrics(
+        run_experiment(
+            load_config(config, [f"run.output_dir={fleet.root / 'sim'}"]), quiet=True
+        ).run_dir
+    )
+    assert [m["round"] for m in deployed] == list(range(1, 7))
+    assert [m["test_accuracy"] for m in deployed] == [m["test_accuracy"] for m in simulated]
+    assert [m["train_loss"] for m in deployed] == pytest.approx(
+        [m["train_loss"] for m in simulated], rel=1e-9
+    )
+    assert deployed[-1]["test_accuracy"] > 0.85
+    assert all(m["bytes_up"] > 0 and m["bytes_down"] > 0 for m in deployed)
+
+
+def test_a_client_killed_mid_round_and_restarted(fleet: Fleet) -> None:
+    config = write_config(
+        fleet.root / "fed.toml",
+        per_round=5, rounds=12, min_replies=4, round_timeout=3.0, epochs=600,
+    )  # fmt: skip
+    port = free_port()
+    server = fleet.server(config, port, "--insecure")
+    clients = [fleet.client(config, port, k, "--insecure") for k in range(5)]
+    killed_after = wait_for_round(fleet.root, 2, server)
+    clients[4].send_signal(signal.SIGKILL)  # while it trains for the next round
+    assert clients[4].wait(10) == -signal.SIGKILL
+    restarted = fleet.client(config, port, 4, "--insecure")
+    assert fleet.finish(server) == 0, fleet.log(server)
+    assert [fleet.finish(c) for c in [*clients[:4], restarted]] == [0] * 5
+    metrics = read_metrics(run_dir_of(fleet.root))
+    assert [m["round"] for m in metrics] == list(range(1, 13))
+    # the rounds without node 5 closed with the four replies that arrived, all aggregated
+    cut_short = metrics[killed_after]  # the round it was killed in
+    assert (cut_short["clients_replied"], cut_short["clients_sampled"]) == (4, 5)
+    assert all(m["clients_replied"] + m["clients_failed"] <= 5 for m in metrics)
+    # the restarted client rejoined as node 5 and was sampled, and answered, again
+    assert metrics[-1]["clients_replied"] == 5
+    assert any(m["clients_replied"] == 5 for m in metrics if m["round"] > killed_after)
+    assert fleet.log(server).count("node 5 connected") == 2
+    assert metrics[-1]["test_accuracy"] > 0.85
+
+
+def test_a_killed_server_resumes_after_its_last_round(fleet: Fleet) -> None:
+    config = write_config(fleet.root / "fed.toml", rounds=12, epochs=400)
+    port = free_port()
+    server = fleet.server(config, port, "--insecure")
+    clients = [fleet.client(config, port, k, "--insecure") for k in range(5)]
+    wait_for_round(fleet.root, 3, server)
+    server.send_signal(signal.SIGKILL)
+    assert server.wait(10) == -signal.SIGKILL
+    run_dir = run_dir_of(fleet.root)
+    completed = max(m["round"] for m in read_metrics(run_dir))
+    resumed = fleet.server(Path("fed.toml"), port, "--insecure", "--resume", str(run_dir))
+    assert fleet.finish(resumed) == 0, fleet.log(resumed)
+    assert [fleet.finish(c) for c in clients] == [0] * 5  # they waited and rejoined
+    metrics = read_metrics(run_dir)
+    assert [m["round"] for m in metrics] == list(range(1, 13))
+    assert f"after round {completed}" in fleet.log(resumed)
+    summary = (run_dir / "summary.json").read_text()
+    assert f'"resumed_after_round": {completed}' in summary
+    assert metrics[-1]["test_accuracy"] > 0.85
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--insecure"], "no token"),
+        (["--token-file", "missing.txt", "--insecure"], "cannot read --token-file"),
+        ([], "--insecure to serve without TLS"),
+    ],
+)
+def test_the_server_command_refuses_what_it_cannot_do_safely(
+    tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from fedbus.cli import main
+
+    monkeypatch.delenv("FEDBUS_TOKEN", raising=False)
+    if args[:1] != ["--insecure"]:
+        monkeypatch.setenv("FEDBUS_TOKEN", TOKEN)
+    monkeypatch.chdir(tmp_path)
+    assert main(["server", "--listen", "127.0.0.1:0", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_client_with_its_own_data_file_joins_after_the_partitions(tmp_path: Path) -> None:
+    """``run_server`` and ``run_client`` in threads of this process: partition 0 and a file."""
+    import threading
+
+    import numpy as np
+
+    from fedbus.run.deployment import ClientOptions, ServerOptions, run_client, run_server
+    from fedbus.run.federation import build_model_and_data
+
+    config = load_config(
+        write_config(tmp_path / "fed.toml", per_round=2, rounds=3),
+        ["federation.num_clients=2", "federation.clients_per_evaluation=2", "run.plot=false"],
+    )
+    dataset, _ = build_model_and_data(config)
+    part = dataset.client(1)
+    data_file = tmp_path / "mine.npz"
+    np.savez(data_file, x=np.concatenate([part.x_train, part.x_test]),
+             y=np.concatenate([part.y_train, part.y_test]))  # fmt: skip
+    port = free_port()
+    server_options = ServerOptions(listen=f"127.0.0.1:{port}", token=TOKEN, insecure=True)
+    results: dict[str, object] = {}
+
+    def serve_it() -> None:
+        results["server"] = run_server(config, server_options)
+
+    def join(name: str, **choice: object) -> None:
+        options = ClientOptions(
+            server=f"127.0.0.1:{port}", token=TOKEN, insecure=True, connect_timeout=30, **choice
+        )  # type: ignore[arg-type]
+        results[name] = run_client(config, options)
+
+    threads = [
+        threading.Thread(target=serve_it),
+        threading.Thread(target=join, args=("partition",), kwargs={"partition": 0}),
+        threading.Thread(
+            target=join, args=("file",), kwargs={"data_path": data_file, "num_classes": 10}
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PROCESS_TIMEOUT)
+    assert (results["partition"], results["file"]) == (1, 3)
+    summary = results["server"].summary  # type: ignore[attr-defined]
+    assert summary["num_rounds"] == 3
+    assert summary["failure"] is None
