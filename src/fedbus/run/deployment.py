@@ -27,6 +27,7 @@ from fedbus.errors import ConfigError, RunError
 from fedbus.fl import RoundRecord, Server
 from fedbus.run.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from fedbus.run.config import Config, config_to_toml, load_config
+from fedbus.run.experiment import metrics_line
 from fedbus.run.federation import _model, build_client, build_model_and_data, build_server
 from fedbus.run.outputs import CONFIG_FILE, RunDirectory, _atomic_file, read_metrics
 from fedbus.run.plot import write_curves
@@ -135,23 +136,15 @@ class _RoundLog:
         stats = self.handle.stats
         up, down = stats.bytes_in - self._bytes[0], stats.bytes_out - self._bytes[1]
         self._bytes = (stats.bytes_in, stats.bytes_out)
-        line = {
-            "round": server_round,
-            "simulated_time": self.elapsed(),  # a deployment's clock is the wall clock
-            "wall_time": self.elapsed(),
-            "train_loss": record.train_loss,
-            "test_accuracy": record.test_accuracy,
-            "test_loss": record.test_loss,
-            "federated_accuracy": record.federated_accuracy,
-            "federated_loss": record.federated_loss,
-            "clients_sampled": record.clients_sampled,
-            "clients_replied": record.clients_replied,
-            "clients_failed": record.clients_failed,
-            "late_replies": record.late_replies,
-            "retries": record.retries,
-            "bytes_up": up,
-            "bytes_down": down,
-        }
+        elapsed = self.elapsed()
+        line = metrics_line(
+            record,
+            server_round=server_round,
+            simulated_time=elapsed,  # a deployment's clock is the wall clock
+            wall_time=elapsed,
+            bytes_up=up,
+            bytes_down=down,
+        )
         self.run_dir.append_metrics(line)
         accuracy = "n/a" if record.test_accuracy is None else f"{record.test_accuracy:.4f}"
         logger.info(

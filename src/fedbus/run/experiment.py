@@ -20,7 +20,7 @@ from fedbus.run.outputs import RunDirectory
 from fedbus.run.plot import write_curves
 from fedbus.run.progress import RoundProgress
 
-__all__ = ["ExperimentResult", "run_experiment"]
+__all__ = ["ExperimentResult", "metrics_line", "run_experiment"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,35 @@ class ExperimentResult:
     run_dir: Path
     summary: dict[str, Any]
     federation: Federation
+
+
+def metrics_line(
+    record: RoundRecord,
+    *,
+    server_round: int,
+    simulated_time: float,
+    wall_time: float,
+    bytes_up: int,
+    bytes_down: int,
+) -> dict[str, Any]:
+    """One ``metrics.jsonl`` line: a round's record with the runtime's clock and bytes added."""
+    return {
+        "round": server_round,
+        "simulated_time": simulated_time,
+        "wall_time": wall_time,
+        "train_loss": record.train_loss,
+        "test_accuracy": record.test_accuracy,
+        "test_loss": record.test_loss,
+        "federated_accuracy": record.federated_accuracy,
+        "federated_loss": record.federated_loss,
+        "clients_sampled": record.clients_sampled,
+        "clients_replied": record.clients_replied,
+        "clients_failed": record.clients_failed,
+        "late_replies": record.late_replies,
+        "retries": record.retries,
+        "bytes_up": bytes_up,
+        "bytes_down": bytes_down,
+    }
 
 
 class _RoundLog:
@@ -50,23 +79,14 @@ class _RoundLog:
         stats = self.federation.simulation.stats
         up, down = stats.bytes_up - self._bytes[0], stats.bytes_down - self._bytes[1]
         self._bytes = (stats.bytes_up, stats.bytes_down)
-        line = {
-            "round": record.round,
-            "simulated_time": record.time,
-            "wall_time": time.perf_counter() - self.started,
-            "train_loss": record.train_loss,
-            "test_accuracy": record.test_accuracy,
-            "test_loss": record.test_loss,
-            "federated_accuracy": record.federated_accuracy,
-            "federated_loss": record.federated_loss,
-            "clients_sampled": record.clients_sampled,
-            "clients_replied": record.clients_replied,
-            "clients_failed": record.clients_failed,
-            "late_replies": record.late_replies,
-            "retries": record.retries,
-            "bytes_up": up,
-            "bytes_down": down,
-        }
+        line = metrics_line(
+            record,
+            server_round=record.round,
+            simulated_time=record.time,
+            wall_time=time.perf_counter() - self.started,
+            bytes_up=up,
+            bytes_down=down,
+        )
         self.run_dir.append_metrics(line)
         self.progress.update(record.round, line)
 
