@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -201,3 +202,42 @@ def test_server_arguments_are_checked() -> None:
         make_server(model, clients_per_round=4, min_replies=5)
     with pytest.raises(ValueError, match="round_timeout must be > 0"):
         make_server(model, round_timeout=0)
+
+
+def test_a_run_continued_from_a_round_equals_the_uninterrupted_run(digits) -> None:  # type: ignore[no-untyped-def]
+    x, y = digits
+    model = SoftmaxRegression(64, 10)
+
+    def clients() -> list[Client]:
+        parts = np.array_split(np.arange(len(y)), 8)
+        return [Client(NumpyTrainer(model, x[p], y[p], batch_size=0, lr=0.5)) for p in parts]
+
+    whole = make_server(model, num_rounds=5, clients_per_round=3, evaluate_every=2)
+    simulate(whole, clients(), check_serialization=True)
+
+    first = make_server(model, num_rounds=2, clients_per_round=3, evaluate_every=2)
+    simulate(first, clients())
+    state = json.loads(json.dumps(first.sampler_state()))  # survives a JSON file
+    rest = Server(
+        FedAvg(),
+        first.arrays,
+        num_rounds=5,
+        clients_per_round=3,
+        evaluate_every=2,
+        seed=0,
+        first_round=3,
+        sampler_state=state,
+    )
+    simulate(rest, clients())
+    assert [r.round for r in rest.history] == [3, 4, 5]
+    for key, value in whole.arrays.to_numpy_dict().items():
+        np.testing.assert_array_equal(rest.arrays.to_numpy_dict()[key], value)
+    assert [r.train_loss for r in whole.history[2:]] == [r.train_loss for r in rest.history]
+
+
+def test_first_round_and_sampler_state_are_checked() -> None:
+    model = SoftmaxRegression(4, 2)
+    with pytest.raises(ValueError, match=r"first_round must be in 1\.\.num_rounds, got 6"):
+        make_server(model, first_round=6)
+    with pytest.raises(ValueError, match="unusable sampler_state"):
+        make_server(model, sampler_state={"bit_generator": "PCG64", "state": "nonsense"})

@@ -105,6 +105,9 @@ class Server(Worker):
         Clients that must be known before round 1 starts (default: ``clients_per_round``).
     seed
         Seed of client sampling.
+    first_round, sampler_state
+        Continue a run: start at ``first_round`` (rounds keep their numbers), sampling from
+        ``sampler_state`` (what ``sampler_state()`` returned after round ``first_round - 1``).
     on_round_end
         Called with each ``RoundRecord``.
     """
@@ -128,6 +131,8 @@ class Server(Worker):
         clients_per_evaluation: int | None = None,
         min_clients: int | None = None,
         seed: int = 0,
+        first_round: int = 1,
+        sampler_state: Mapping[str, Any] | None = None,
         on_round_end: Callable[[RoundRecord], None] | None = None,
         node_id: int = SERVER_NODE_ID,
     ) -> None:
@@ -170,7 +175,14 @@ class Server(Worker):
         self.finished = False
         #: Why the run stopped early, or None.
         self.failure: str | None = None
+        _require(1 <= first_round <= num_rounds, "first_round", "in 1..num_rounds", first_round)
+        self.first_round = first_round
         self._rng = np.random.default_rng(seed)
+        if sampler_state is not None:
+            try:
+                self._rng.bit_generator.state = dict(sampler_state)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise InvalidArgumentError(f"Server: unusable sampler_state: {exc}") from exc
         self._clients: list[int] = []
         self._known: set[int] = set()
         self._participants: set[int] = set()
@@ -208,7 +220,11 @@ class Server(Worker):
     def _maybe_start(self) -> None:
         if not self._started and len(self._clients) >= self.min_clients:
             self._started = True
-            self._start_round(1)
+            self._start_round(self.first_round)
+
+    def sampler_state(self) -> dict[str, Any]:
+        """The client sampler's state (JSON-serialisable), to continue a run exactly later."""
+        return dict(self._rng.bit_generator.state)
 
     # -- rounds ---------------------------------------------------------------------------------
     def _start_round(self, server_round: int, attempt: int = 0) -> None:
