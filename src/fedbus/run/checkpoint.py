@@ -1,7 +1,8 @@
 """Round checkpoints of a deployment, so that a restarted server continues where it stopped.
 
 After each completed round the server writes ``checkpoint.npz`` in its run directory: the
-global model's arrays plus the number of the round they come from, in one file replaced
+global model's arrays, the number of the round they come from and the client sampler's state (as
+JSON text, so the resumed run samples as the uninterrupted one would), in one file replaced
 atomically (written beside it, then ``os.replace``). A crash at any moment leaves either the
 previous checkpoint or the new one, never a model of one round labelled with another.
 
@@ -10,6 +11,7 @@ No pickle: the file is read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,22 +21,32 @@ import numpy as np
 from fedbus.errors import InvalidArgumentError
 from fedbus.run.outputs import _atomic_file, _save_arrays, load_model
 
-__all__ = ["CHECKPOINT_FILE", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "load_checkpoint", "load_sampler_state", "save_checkpoint"]
 
 CHECKPOINT_FILE = "checkpoint.npz"
 # Reserved name of the round number inside the archive; model arrays keep their own names.
 _ROUND_KEY = "__fedbus_completed_round__"
+_SAMPLER_KEY = "__fedbus_sampler_state__"
+_RESERVED = (_ROUND_KEY, _SAMPLER_KEY)
 
 
 def save_checkpoint(
-    run_dir: str | Path, completed_round: int, arrays: Mapping[str, np.ndarray[Any, Any]]
+    run_dir: str | Path,
+    completed_round: int,
+    arrays: Mapping[str, np.ndarray[Any, Any]],
+    sampler_state: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the model after ``completed_round`` atomically; return the file's path."""
-    if _ROUND_KEY in arrays:
-        raise InvalidArgumentError(f"a model array may not be named {_ROUND_KEY!r}")
+    """Write the model and sampler after ``completed_round`` atomically; return the path."""
+    reserved = [key for key in _RESERVED if key in arrays]
+    if reserved:
+        raise InvalidArgumentError(f"a model array may not be named {reserved[0]!r}")
+    extra = {_ROUND_KEY: np.array(completed_round, dtype=np.int64)}
+    if sampler_state is not None:
+        text = json.dumps(dict(sampler_state)).encode("utf-8")
+        extra[_SAMPLER_KEY] = np.frombuffer(text, dtype=np.uint8)
     path = Path(run_dir) / CHECKPOINT_FILE
     with _atomic_file(path) as file:
-        _save_arrays(file, {_ROUND_KEY: np.array(completed_round, dtype=np.int64), **arrays})
+        _save_arrays(file, {**extra, **arrays})
     return path
 
 
@@ -49,7 +61,23 @@ def load_checkpoint(run_dir: str | Path) -> tuple[int, dict[str, np.ndarray[Any,
             f"{path}: no checkpoint; a run can be resumed once its first round has completed"
         )
     arrays = load_model(path)
+    arrays.pop(_SAMPLER_KEY, None)
     completed = arrays.pop(_ROUND_KEY, None)
     if completed is None or completed.shape != () or completed.dtype.kind != "i":
         raise InvalidArgumentError(f"{path}: not a fedbus checkpoint (no round number)")
     return int(completed), arrays
+
+
+def load_sampler_state(run_dir: str | Path) -> dict[str, Any] | None:
+    """The client sampler's state saved with the checkpoint, or None if there is none."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    text = load_model(path).get(_SAMPLER_KEY)
+    if text is None:
+        return None
+    try:
+        state = json.loads(text.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError(f"{path}: the sampler state is not valid JSON") from exc
+    if not isinstance(state, dict):
+        raise InvalidArgumentError(f"{path}: the sampler state is not a JSON object")
+    return state

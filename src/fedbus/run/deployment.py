@@ -25,7 +25,12 @@ from fedbus.data import ClientData, load_csv, load_npz
 from fedbus.data.base import split_client
 from fedbus.errors import ConfigError, RunError
 from fedbus.fl import RoundRecord, Server
-from fedbus.run.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from fedbus.run.checkpoint import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    load_sampler_state,
+    save_checkpoint,
+)
 from fedbus.run.config import Config, config_to_toml, load_config
 from fedbus.run.experiment import metrics_line
 from fedbus.run.federation import _model, build_client, build_model_and_data, build_server
@@ -131,8 +136,13 @@ class _RoundLog:
     def __call__(self, record: RoundRecord) -> None:
         assert self.server is not None  # both are set before the server starts
         assert self.handle is not None
-        server_round = record.round + self.offset
-        save_checkpoint(self.run_dir.path, server_round, self.server.arrays.to_numpy_dict())
+        server_round = record.round  # the server keeps the numbering of a resumed run
+        save_checkpoint(
+            self.run_dir.path,
+            server_round,
+            self.server.arrays.to_numpy_dict(),
+            self.server.sampler_state(),
+        )
         stats = self.handle.stats
         up, down = stats.bytes_in - self._bytes[0], stats.bytes_out - self._bytes[1]
         self._bytes = (stats.bytes_in, stats.bytes_out)
@@ -177,15 +187,15 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
     if remaining <= 0:
         logger.info("all %d rounds are done already", federation.num_rounds)
         return DeploymentResult(run_dir.path, run_dir.read_summary())
-    # Sampling continues with a seed of its own after a resume: seed + completed rounds.
+    # A resumed server continues the round numbering and the sampler where they stopped.
     server = log.server = build_server(
         config,
         dataset,
         model,
         log,
         initial_arrays=arrays,
-        num_rounds=remaining,
-        seed=federation.seed + completed,
+        first_round=completed + 1,
+        sampler_state=load_sampler_state(run_dir.path) if completed else None,
     )
     handle = log.handle = serve(
         server,

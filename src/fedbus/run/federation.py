@@ -124,19 +124,19 @@ def build_server(
     on_round_end: Callable[[RoundRecord], None] | None = None,
     *,
     initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
-    num_rounds: int | None = None,
-    seed: int | None = None,
+    first_round: int = 1,
+    sampler_state: Mapping[str, Any] | None = None,
 ) -> Server:
     """The FL server ``config`` describes, evaluating on ``dataset``'s central test set.
 
-    ``initial_arrays``, ``num_rounds`` and ``seed`` replace the configured initial model,
-    round count and sampling seed (a resumed deployment continues with what is left).
+    ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a run (a resumed
+    deployment): the model, the round and the client sampler where it stopped.
     """
     federation, trainer = config.federation, config.trainer
     return Server(
         STRATEGY_FACTORIES[config.strategy.name](config),
         model.init(seed=federation.seed) if initial_arrays is None else dict(initial_arrays),
-        num_rounds=federation.num_rounds if num_rounds is None else num_rounds,
+        num_rounds=federation.num_rounds,
         clients_per_round=federation.clients_per_round,
         min_replies=federation.min_replies or None,
         round_timeout=federation.round_timeout or None,
@@ -146,7 +146,9 @@ def build_server(
         evaluate_every=federation.evaluate_every,
         federated_evaluate_every=federation.federated_evaluate_every,
         clients_per_evaluation=federation.clients_per_evaluation,
-        seed=federation.seed if seed is None else seed,
+        seed=federation.seed,
+        first_round=first_round,
+        sampler_state=sampler_state,
         on_round_end=on_round_end,
     )
 
