@@ -707,3 +707,23 @@ def test_encode_refuses_strings_that_are_not_utf8_and_codes_beyond_64_bits() -> 
         encode_message(Message.from_metadata(metadata(), error=Error(2**64)))
     with pytest.raises(InvalidTypeError, match="expected a Message"):
         encode_message(b"bytes")  # type: ignore[arg-type]
+
+
+def test_encoding_into_a_dirty_buffer_writes_every_byte() -> None:
+    """``allocate`` may hand out unzeroed memory: padding and all must be written anyway."""
+    arrays = {"a": np.arange(3, dtype=np.float32), "b": np.ones((2, 5), dtype=np.int16)}
+    message = content_message(
+        RecordDict({"w": ArrayRecord(arrays), "m": MetricRecord({"loss": 0.5})})
+    )
+    dirty = encode_message(message, allocate=lambda size: np.full(size, 0xAB, dtype=np.uint8))
+    assert isinstance(dirty, np.ndarray)
+    assert dirty.tobytes() == bytes(encode_message(message))
+    assert decode_message(dirty) == message
+
+
+def test_an_allocator_of_the_wrong_size_is_refused() -> None:
+    message = content_message(RecordDict())
+    with pytest.raises(InvalidArgumentError, match="must be writable and exactly that size"):
+        encode_message(message, allocate=lambda size: bytearray(size + 1))
+    with pytest.raises(InvalidArgumentError, match="read-only"):
+        encode_message(message, allocate=lambda size: bytes(size))

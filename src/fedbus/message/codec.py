@@ -36,8 +36,9 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar, overload
 
 import numpy as np
 
@@ -62,6 +63,8 @@ MAGIC: Final = b"FBUS"
 VERSION: Final = 1
 #: Array data starts at a multiple of this many bytes from the frame start (a cache line).
 ALIGNMENT: Final = 64
+_ZEROS = bytes(ALIGNMENT)
+_Buffer = TypeVar("_Buffer")
 
 _FLAG_ERROR = 0x0001
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -306,14 +309,14 @@ def _metadata_problem(meta: Metadata) -> str | None:
     return None
 
 
-def _write_blob(out: bytearray, pos: int, blob: bytes) -> int:
+def _write_blob(out: memoryview, pos: int, blob: bytes) -> int:
     end = pos + 4 + len(blob)
     _U32.pack_into(out, pos, len(blob))
     out[pos + 4 : end] = blob
     return end
 
 
-def _write_list(out: bytearray, pos: int, item: int, values: list[Any]) -> int:
+def _write_list(out: memoryview, pos: int, item: int, values: list[Any]) -> int:
     _U32.pack_into(out, pos, len(values))
     pos += 4
     if item in _NUMBER_DTYPES:
@@ -329,7 +332,7 @@ def _write_list(out: bytearray, pos: int, item: int, values: list[Any]) -> int:
     return pos + len(blob)
 
 
-def _write_value(out: bytearray, pos: int, tag: int, value: Any) -> int:
+def _write_value(out: memoryview, pos: int, tag: int, value: Any) -> int:
     if tag == _INT:
         _I64.pack_into(out, pos, value)
         return pos + 8
@@ -346,7 +349,7 @@ def _write_value(out: bytearray, pos: int, tag: int, value: Any) -> int:
     return _write_list(out, pos, tag & ~_LIST, value)
 
 
-def _write_record(out: bytearray, pos: int, key: str, record: Any) -> int:
+def _write_record(out: memoryview, pos: int, key: str, record: Any) -> int:
     key_bytes = _utf8(key)
     kind = _kind_of(record)
     _RECORD.pack_into(out, pos, kind, len(key_bytes), len(record._data))
@@ -363,7 +366,10 @@ def _write_record(out: bytearray, pos: int, key: str, record: Any) -> int:
             out[pos : pos + len(name_bytes)] = name_bytes
             pos += len(name_bytes)
             _DIMS[values.ndim].pack_into(out, pos, *values.shape)
-            pos = _aligned(pos + 8 * values.ndim)
+            dims_end = pos + 8 * values.ndim
+            pos = _aligned(dims_end)
+            # Written, not assumed: a buffer from ``allocate`` may hold old bytes.
+            out[dims_end:pos] = _ZEROS[: pos - dims_end]
             # The one copy of the array: a memcpy from the Array's memory into the frame.
             out[pos : pos + values.nbytes] = array.data
             pos += values.nbytes
@@ -378,7 +384,13 @@ def _write_record(out: bytearray, pos: int, key: str, record: Any) -> int:
     return pos
 
 
-def encode_message(message: Message) -> bytearray:
+@overload
+def encode_message(message: Message) -> bytearray: ...
+@overload
+def encode_message(message: Message, *, allocate: Callable[[int], _Buffer]) -> _Buffer: ...
+
+
+def encode_message(message: Message, *, allocate: Callable[[int], Any] = bytearray) -> Any:
     """Encode ``message`` (metadata and content or error) as one frame.
 
     The frame is allocated once, at its exact size, and each array's bytes are copied into it
@@ -389,11 +401,17 @@ def encode_message(message: Message) -> bytearray:
     message
         Any ``Message``; its metadata must be valid (node ids >= -1, finite ``created_at`` and
         ``ttl``, a valid ``message_type``), as it is for every message fedbus builds.
+    allocate
+        Makes the frame's buffer: called with the size, returns a writable buffer of exactly
+        that many bytes. The encoder writes every byte, so the buffer need not be zeroed: a
+        transport may pass ``lambda n: numpy.empty(n, numpy.uint8)``, which skips the page-by-page
+        zeroing that makes a fresh 100 MB ``bytearray`` cost as much as the copy itself.
 
     Returns
     -------
     bytearray
-        The frame; ``decode_message`` turns it back into an equal ``Message``.
+        The frame (or what ``allocate`` returned, filled); ``decode_message`` turns it back into
+        an equal ``Message``.
 
     Raises
     ------
@@ -410,7 +428,13 @@ def encode_message(message: Message) -> bytearray:
     if problem is not None:
         raise InvalidArgumentError(f"encode_message: invalid metadata: {problem}")
     size = encoded_size(message)
-    out = bytearray(size)
+    frame = allocate(size)
+    out = memoryview(frame).cast("B")
+    if out.nbytes != size or out.readonly:
+        raise InvalidArgumentError(
+            f"encode_message: allocate({size}) returned a buffer of {out.nbytes} bytes"
+            f"{' (read-only)' if out.readonly else ''}; it must be writable and exactly that size"
+        )
     strings = [_utf8(text) for text in _metadata_strings(meta)]
     flags = _FLAG_ERROR if message.has_error() else 0
     _HEADER.pack_into(
@@ -431,10 +455,10 @@ def encode_message(message: Message) -> bytearray:
             pos = _write_record(out, pos, key, record)
     if pos != size:  # pragma: no cover - encoded_size and the writers share their sizes
         raise AssertionError(f"encode_message wrote {pos} bytes, encoded_size said {size}")
-    return out
+    return frame
 
 
-def _write_error(out: bytearray, pos: int, error: Error) -> int:
+def _write_error(out: memoryview, pos: int, error: Error) -> int:
     code = error.code
     if not _INT64_MIN <= code <= _INT64_MAX:
         raise InvalidArgumentError(f"encode_message: error code {code} does not fit in 64 bits")

@@ -23,9 +23,15 @@ import grpc
 
 from fedbus.errors import DecodeError, RunError
 from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message
-from fedbus.message.codec import encode_message, encoded_size
+from fedbus.message.codec import encoded_size
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
-from fedbus.runtime.grpc.framing import DATA, GOODBYE, Reassembler, TransportLimits
+from fedbus.runtime.grpc.framing import (
+    DATA,
+    GOODBYE,
+    Reassembler,
+    TransportLimits,
+    encode_for_stream,
+)
 from fedbus.runtime.grpc.host import WorkerHost, expired
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
@@ -380,5 +386,5 @@ class GrpcClient:
             return
         with self._lock:
             outbox = self._outbox
-        if outbox is None or not outbox.put(message, encode_message(message)):
+        if outbox is None or not outbox.put(message, encode_for_stream(message)):
             self._host.fail(message, ErrorCode.NODE_UNAVAILABLE, "not connected to the server")

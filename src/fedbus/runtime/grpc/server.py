@@ -26,9 +26,9 @@ import grpc
 
 from fedbus.errors import DecodeError, RunError
 from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message, mark_sent
-from fedbus.message.codec import encode_message, encoded_size
+from fedbus.message.codec import encoded_size
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
-from fedbus.runtime.grpc.framing import DATA, GOODBYE, TransportLimits
+from fedbus.runtime.grpc.framing import DATA, GOODBYE, TransportLimits, encode_for_stream
 from fedbus.runtime.grpc.host import WorkerHost, expired
 from fedbus.runtime.grpc.registry import ClientRegistry, Connection, RefusedError
 from fedbus.runtime.grpc.security import (
@@ -332,7 +332,7 @@ class GrpcServer:
         if message.metadata.dst_node_id == SERVER_NODE_ID:
             self._host.deliver(message)
             return
-        self._forward(message, encode_message(message))
+        self._forward(message, encode_for_stream(message))
 
     def _forward(self, message: Message, encoded: bytes | bytearray | memoryview) -> None:
         node_id = message.metadata.dst_node_id
