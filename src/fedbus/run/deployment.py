@@ -23,7 +23,7 @@ import numpy as np
 
 from fedbus.data import ClientData, load_csv, load_npz
 from fedbus.data.base import split_client
-from fedbus.errors import ConfigError, RunError
+from fedbus.errors import ConfigError
 from fedbus.fl import RoundRecord, Server
 from fedbus.run.checkpoint import (
     CHECKPOINT_FILE,
@@ -32,10 +32,9 @@ from fedbus.run.checkpoint import (
     save_checkpoint,
 )
 from fedbus.run.config import Config, config_to_toml, load_config
-from fedbus.run.experiment import metrics_line
+from fedbus.run.experiment import metrics_line, write_outputs
 from fedbus.run.federation import _model, build_client, build_model_and_data, build_server
 from fedbus.run.outputs import CONFIG_FILE, RunDirectory, _atomic_file, read_metrics
-from fedbus.run.plot import write_curves
 from fedbus.runtime.grpc import ClientSettings, GrpcServer, Heartbeat, ServerTls, connect, serve
 
 __all__ = ["ClientOptions", "DeploymentResult", "ServerOptions", "run_client", "run_server"]
@@ -237,7 +236,10 @@ def _finish(
     if failure is None and not server.finished:
         failure = f"the server stopped after {log.offset + len(server.history)} rounds"
     metrics = read_metrics(run_dir.path)
-    accuracy = next((m["test_accuracy"] for m in reversed(metrics) if m.get("test_accuracy")), None)
+    accuracy = next(
+        (m["test_accuracy"] for m in reversed(metrics) if m.get("test_accuracy") is not None),
+        None,
+    )
     stats = handle.stats
     summary: dict[str, Any] = {
         "final_test_accuracy": accuracy,
@@ -250,13 +252,7 @@ def _finish(
         "resumed_after_round": log.offset,
         "failure": failure,
     }
-    run_dir.write_summary(summary)
-    if config.run.save_model:
-        run_dir.save_model(server.arrays.to_numpy_dict())
-    if config.run.plot and metrics:
-        write_curves(run_dir.path)
-    if failure is not None:
-        raise RunError(f"{failure} (outputs so far in {run_dir.path})")
+    write_outputs(config, run_dir, summary, server.arrays.to_numpy_dict())
     logger.info("finished: %d rounds; outputs in %s", summary["num_rounds"], run_dir.path)
     return DeploymentResult(run_dir.path, summary)
 

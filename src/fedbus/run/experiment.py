@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedbus.errors import RunError
 from fedbus.fl import RoundRecord
 from fedbus.run.config import Config, config_to_toml
@@ -20,7 +22,7 @@ from fedbus.run.outputs import RunDirectory
 from fedbus.run.plot import write_curves
 from fedbus.run.progress import RoundProgress
 
-__all__ = ["ExperimentResult", "metrics_line", "run_experiment"]
+__all__ = ["ExperimentResult", "metrics_line", "run_experiment", "write_outputs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +132,25 @@ def run_experiment(config: Config, *, quiet: bool = False) -> ExperimentResult:
         "messages": outcome.stats.messages_sent,
         "failure": failure,
     }
+    write_outputs(config, run_dir, summary, server.arrays.to_numpy_dict())
+    return ExperimentResult(run_dir.path, summary, federation)
+
+
+def write_outputs(
+    config: Config,
+    run_dir: RunDirectory,
+    summary: dict[str, Any],
+    arrays: dict[str, np.ndarray[Any, Any]],
+) -> None:
+    """Finish a run directory: summary, model and curves as configured.
+
+    Raises ``RunError`` when ``summary["failure"]`` is set, after writing what there is.
+    """
     run_dir.write_summary(summary)
     if config.run.save_model:
-        run_dir.save_model(server.arrays.to_numpy_dict())
-    if config.run.plot and history:
+        run_dir.save_model(arrays)
+    if config.run.plot and summary["num_rounds"] > 0:
         write_curves(run_dir.path)
+    failure = summary["failure"]
     if failure is not None:
         raise RunError(f"{failure} (outputs so far in {run_dir.path})")
-    return ExperimentResult(run_dir.path, summary, federation)
