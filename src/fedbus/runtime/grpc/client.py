@@ -15,7 +15,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,7 @@ from fedbus.runtime.grpc.framing import (
     TransportLimits,
     encode_for_stream,
 )
-from fedbus.runtime.grpc.host import WorkerHost, expired
+from fedbus.runtime.grpc.host import Endpoint, WorkerHost, expired
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
     PROTOCOL_KEY,
@@ -99,7 +98,7 @@ class _CallFailedError(Exception):
         self.code, self.details = code, details
 
 
-class GrpcClient:
+class GrpcClient(Endpoint):
     """Hosts one worker as a client node over one gRPC stream (see ``connect``)."""
 
     def __init__(
@@ -182,19 +181,6 @@ class GrpcClient:
             outbox.say_goodbye()
         if call is not None:
             self._watchdog.call_later(_CLOSE_GRACE, call.cancel)
-
-    def submit(self, action: Callable[[], None]) -> None:
-        """Run ``action`` on the client worker's thread: how other threads call the worker."""
-        self._host.post(action)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the client has ended; False if ``timeout`` passed first."""
-        return self._done.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        """True once the client has ended."""
-        return self._done.is_set()
 
     @property
     def connected(self) -> bool:

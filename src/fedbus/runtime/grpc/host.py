@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,7 +26,7 @@ from fedbus.message import ErrorCode, Message, mark_sent
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher, Timer
 from fedbus.worker import Worker, runtime_error_reply
 
-__all__ = ["WorkerHost"]
+__all__ = ["Endpoint", "WorkerHost"]
 
 logger = logging.getLogger("fedbus.grpc")
 
@@ -196,3 +197,27 @@ class WorkerHost:
                 self.activity.add(delta)
             else:
                 self.activity.done(-delta)
+
+
+class Endpoint:
+    """What the server and client handles share: their worker's host and an end signal.
+
+    Subclasses set ``_host`` (the ``WorkerHost`` of their worker) and ``_done`` (set once
+    the endpoint has ended) in their constructor.
+    """
+
+    _host: WorkerHost
+    _done: threading.Event
+
+    def submit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` on the worker's thread: how other threads call the worker."""
+        self._host.post(action)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until this endpoint has ended; False if ``timeout`` passed first."""
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        """True once this endpoint has ended."""
+        return self._done.is_set()

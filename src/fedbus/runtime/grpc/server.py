@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -29,7 +29,7 @@ from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message, mar
 from fedbus.message.codec import encoded_size
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
 from fedbus.runtime.grpc.framing import DATA, GOODBYE, TransportLimits, encode_for_stream
-from fedbus.runtime.grpc.host import WorkerHost, expired
+from fedbus.runtime.grpc.host import Endpoint, WorkerHost, expired
 from fedbus.runtime.grpc.registry import ClientRegistry, Connection, RefusedError
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
@@ -89,7 +89,7 @@ class TransportStats:
     bytes_out: int = 0
 
 
-class GrpcServer:
+class GrpcServer(Endpoint):
     """Hosts the server worker as node 0 and serves the fedbus stream (see ``serve``)."""
 
     def __init__(
@@ -156,19 +156,6 @@ class GrpcServer:
         # Identity (de)serializers: the payload is our own frame, no protobuf involved.
         method = grpc.stream_stream_rpc_method_handler(self._stream)
         return grpc.method_handlers_generic_handler(SERVICE, {METHOD_NAME: method})
-
-    def submit(self, action: Callable[[], None]) -> None:
-        """Run ``action`` on the server worker's thread: how other threads call the worker."""
-        self._host.post(action)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the server has shut down; False if ``timeout`` passed first."""
-        return self._done.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        """True once the server has shut down."""
-        return self._done.is_set()
 
     def stop(self, failure: str | None = None) -> None:
         """Say GOODBYE to every client, let them drain, then shut down (from any thread)."""
