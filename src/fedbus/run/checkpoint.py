@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.run.outputs import _atomic_file, _save_arrays, load_model
+from fedbus.run.outputs import atomic_file, load_model, save_arrays
 
 __all__ = ["CHECKPOINT_FILE", "load_checkpoint", "load_sampler_state", "save_checkpoint"]
 
@@ -45,8 +45,8 @@ def save_checkpoint(
         text = json.dumps(dict(sampler_state)).encode("utf-8")
         extra[_SAMPLER_KEY] = np.frombuffer(text, dtype=np.uint8)
     path = Path(run_dir) / CHECKPOINT_FILE
-    with _atomic_file(path) as file:
-        _save_arrays(file, {**extra, **arrays})
+    with atomic_file(path) as file:
+        save_arrays(file, {**extra, **arrays})
     return path
 
 

@@ -33,8 +33,13 @@ from fedbus.run.checkpoint import (
 )
 from fedbus.run.config import Config, config_to_toml, load_config
 from fedbus.run.experiment import metrics_line, write_outputs
-from fedbus.run.federation import _model, build_client, build_model_and_data, build_server
-from fedbus.run.outputs import CONFIG_FILE, RunDirectory, _atomic_file, read_metrics
+from fedbus.run.federation import (
+    build_client,
+    build_config_model,
+    build_model_and_data,
+    build_server,
+)
+from fedbus.run.outputs import CONFIG_FILE, RunDirectory, atomic_file, read_metrics
 from fedbus.runtime.grpc import ClientSettings, GrpcServer, Heartbeat, ServerTls, connect, serve
 
 __all__ = ["ClientOptions", "DeploymentResult", "ServerOptions", "run_client", "run_server"]
@@ -112,7 +117,7 @@ def _keep_metrics_up_to(run_dir: Path, completed: int) -> None:
         return
     lines = [line for line in read_metrics(run_dir) if int(line.get("round", 0)) <= completed]
     text = "".join(json.dumps(line) + "\n" for line in lines)
-    with _atomic_file(run_dir / "metrics.jsonl") as file:
+    with atomic_file(run_dir / "metrics.jsonl") as file:
         file.write(text.encode("utf-8"))
 
 
@@ -295,7 +300,7 @@ def run_client(config: Config, options: ClientOptions) -> int:
         data = dataset.client(options.partition)
     else:
         data, num_features, num_classes = _local_data(config, options)
-        model, node_id = _model(config, num_features, num_classes), None
+        model, node_id = build_config_model(config, num_features, num_classes), None
     client = build_client(config, model, data, node_id)
     settings = ClientSettings(
         node_id=node_id,

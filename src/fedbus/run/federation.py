@@ -29,6 +29,7 @@ __all__ = [
     "STRATEGY_FACTORIES",
     "Federation",
     "build_client",
+    "build_config_model",
     "build_federation",
     "build_model_and_data",
     "build_server",
@@ -109,10 +110,11 @@ def _evaluate_fn(
 def build_model_and_data(config: Config) -> tuple[FederatedDataset, NumpyModel]:
     """The dataset split among ``federation.num_clients`` clients, and the model to train."""
     dataset = _dataset(config)
-    return dataset, _model(config, dataset.num_features, dataset.num_classes)
+    return dataset, build_config_model(config, dataset.num_features, dataset.num_classes)
 
 
-def _model(config: Config, num_features: int, num_classes: int) -> NumpyModel:
+def build_config_model(config: Config, num_features: int, num_classes: int) -> NumpyModel:
+    """The model ``config.model`` names, for data of this shape."""
     options = {"hidden": config.model.hidden} if config.model.name == "mlp" else {}
     return build_model(config.model.name, num_features, num_classes, **options)
 

@@ -48,6 +48,8 @@ __all__ = [
     "METRIC_KEYS",
     "SUMMARY_KEYS",
     "RunDirectory",
+    "atomic_file",
+    "save_arrays",
     "load_model",
     "read_metrics",
 ]
@@ -101,7 +103,7 @@ def _to_json(record: Mapping[str, Any], *, indent: int | None = None) -> str:
 
 
 @contextmanager
-def _atomic_file(target: Path) -> Iterator[IO[bytes]]:
+def atomic_file(target: Path) -> Iterator[IO[bytes]]:
     """Write to a temporary file beside ``target``, then put it in place in one step."""
     # a unique name opened with "x", not mkstemp: mkstemp's files are private (0600)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -116,7 +118,7 @@ def _atomic_file(target: Path) -> Iterator[IO[bytes]]:
         raise
 
 
-def _save_arrays(file: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+def save_arrays(file: IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
     """Write the ``.npz`` format np.savez writes, without pickle and for any array name.
 
     ``np.savez(file, **arrays)`` would refuse arrays named ``file`` or ``allow_pickle``.
@@ -185,7 +187,7 @@ class RunDirectory:
         except OSError as exc:
             raise InvalidArgumentError(f"cannot create a run directory in {parent}: {exc}") from exc
         run = cls(path)
-        with _atomic_file(path / CONFIG_FILE) as file:
+        with atomic_file(path / CONFIG_FILE) as file:
             file.write(config_toml.encode("utf-8"))
         return run
 
@@ -237,14 +239,14 @@ class RunDirectory:
                 f"summary: missing {', '.join(missing)}; expected at least {expected}"
             )
         text = _to_json(summary, indent=2) + "\n"
-        with _atomic_file(self.summary_path) as file:
+        with atomic_file(self.summary_path) as file:
             file.write(text.encode("utf-8"))
         return self.summary_path
 
     def save_model(self, arrays: Mapping[str, np.ndarray]) -> Path:
         """Write the model's named arrays to ``model.npz`` atomically (no pickle)."""
-        with _atomic_file(self.model_path) as file:
-            _save_arrays(file, arrays)
+        with atomic_file(self.model_path) as file:
+            save_arrays(file, arrays)
         return self.model_path
 
     def read_summary(self) -> dict[str, Any]:
