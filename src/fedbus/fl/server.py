@@ -153,6 +153,7 @@ class Server(Worker):
             round_timeout,
         )
         _require(max_round_retries >= 0, "max_round_retries", ">= 0", max_round_retries)
+        strategy.check_round_size(min_replies)
         self.strategy = strategy
         self.arrays = (
             initial_arrays

@@ -12,7 +12,7 @@ Examples
 
 from __future__ import annotations
 
-from fedbus.train.base import Arrays, Trainer
+from fedbus.train.base import Arrays, LocalTerms, Trainer
 from fedbus.train.models import MLP, MODEL_NAMES, NumpyModel, SoftmaxRegression, build_model
 from fedbus.train.numpy_trainer import NumpyTrainer
 
@@ -20,6 +20,7 @@ __all__ = [
     "MLP",
     "MODEL_NAMES",
     "Arrays",
+    "LocalTerms",
     "NumpyModel",
     "NumpyTrainer",
     "SoftmaxRegression",

@@ -14,13 +14,14 @@ work needs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError
-from fedbus.train.base import Arrays
+from fedbus.train.base import Arrays, LocalTerms
 from fedbus.train.models import NumpyModel, log_softmax
 
 __all__ = ["NumpyTrainer"]
@@ -104,13 +105,16 @@ class NumpyTrainer:
         """Number of examples ``evaluate`` measures (the test split, or the training data)."""
         return len(self._y_eval)
 
-    def fit(self, arrays: Arrays, config: dict[str, Any]) -> tuple[Arrays, int, dict[str, float]]:
+    def fit(
+        self, arrays: Arrays, config: dict[str, Any], terms: LocalTerms | None = None
+    ) -> tuple[Arrays, int, dict[str, float]]:
         """Run SGD from ``arrays`` and return ``(new_arrays, num_examples, metrics)``.
 
         ``arrays`` is never modified (it may be read-only); the result is a new dict of new
         arrays in the model's parameter order and the parameters' dtype. ``metrics`` holds
-        ``"train_loss"`` (mean minibatch loss of the last epoch, each measured before its step)
-        and ``"samples_processed"`` (examples times epochs).
+        ``"train_loss"`` (mean minibatch loss of the last epoch, each measured before its step),
+        ``"samples_processed"`` (examples times epochs) and ``"steps"`` (SGD steps taken).
+        ``terms`` adds a proximal pull and a gradient correction to every step.
         """
         self.model.check_params(arrays)
         lr = _learning_rate(config, self.lr)
@@ -120,12 +124,17 @@ class NumpyTrainer:
         # Our own writable copies: SGD then updates in place without touching the input.
         params = {name: np.array(arrays[name], copy=True) for name in self.model.param_shapes()}
         dtype = params[next(iter(params))].dtype
+        step = _Step(lr, terms, params)
         x = self._features("train", self._x_train, dtype)
         epoch_loss = 0.0
         for _ in range(epochs):
-            epoch_loss = self._run_epoch(params, x, self._y_train, lr, batch_size, rng)
+            epoch_loss = self._run_epoch(params, x, self._y_train, batch_size, rng, step)
         num_examples = len(self._y_train)
-        metrics = {"train_loss": epoch_loss, "samples_processed": num_examples * epochs}
+        metrics = {
+            "train_loss": epoch_loss,
+            "samples_processed": num_examples * epochs,
+            "steps": step.count,
+        }
         return params, num_examples, metrics
 
     def evaluate(
@@ -157,15 +166,15 @@ class NumpyTrainer:
         params: Arrays,
         x: NDArray[Any],
         y: NDArray[np.int64],
-        lr: float,
         batch_size: int | None,
         rng: np.random.Generator,
+        step: _Step,
     ) -> float:
         num_examples = len(y)
         if batch_size is None or batch_size >= num_examples:
             # Full batch: the order of rows cannot change the step, so skip the shuffle.
             loss, grads = self.model.loss_and_grad(params, x, y)
-            _sgd_step(params, grads, lr)
+            step(params, grads)
             return loss
         # One gather per epoch, then contiguous slices: cheaper than a fancy index per batch.
         order = rng.permutation(num_examples)
@@ -175,7 +184,7 @@ class NumpyTrainer:
             y_batch = y_shuffled[start : start + batch_size]
             x_batch = x_shuffled[start : start + batch_size]
             loss, grads = self.model.loss_and_grad(params, x_batch, y_batch)
-            _sgd_step(params, grads, lr)
+            step(params, grads)
             total += loss * len(y_batch)
         return total / num_examples
 
@@ -200,9 +209,49 @@ class NumpyTrainer:
         )
 
 
-def _sgd_step(params: Arrays, grads: Arrays, lr: float) -> None:
-    for name, grad in grads.items():
-        params[name] -= lr * grad
+class _Step:
+    """One SGD step, with the ``LocalTerms`` cast once to the parameters' dtypes."""
+
+    __slots__ = ("_anchor", "_correction", "_lr", "_mu", "count")
+
+    def __init__(self, lr: float, terms: LocalTerms | None, params: Arrays) -> None:
+        self._lr = lr
+        self.count = 0
+        terms = terms or LocalTerms()
+        self._mu = terms.proximal_mu
+        self._anchor = _terms_arrays("anchor", terms.anchor, params) if self._mu > 0 else {}
+        self._correction = _terms_arrays("correction", terms.correction, params)
+
+    def __call__(self, params: Arrays, grads: Arrays) -> None:
+        for name, grad in grads.items():
+            anchor = self._anchor.get(name)
+            if anchor is not None:
+                grad += self._mu * (params[name] - anchor)
+            correction = self._correction.get(name)
+            if correction is not None:
+                grad += correction
+            params[name] -= self._lr * grad
+        self.count += 1
+
+
+def _terms_arrays(
+    what: str, arrays: Mapping[str, np.ndarray[Any, Any]] | None, params: Arrays
+) -> Arrays:
+    """``arrays`` checked against the parameters and cast to their dtypes."""
+    if not arrays:
+        return {}
+    unknown = sorted(set(arrays) - set(params))
+    if unknown:
+        raise InvalidArgumentError(f"LocalTerms.{what}: no parameters named {unknown}")
+    result: Arrays = {}
+    for name, value in arrays.items():
+        if value.shape != params[name].shape:
+            raise InvalidArgumentError(
+                f"LocalTerms.{what}[{name!r}]: expected shape {params[name].shape}, "
+                f"got {value.shape}"
+            )
+        result[name] = np.asarray(value, dtype=params[name].dtype)
+    return result
 
 
 def _check_split(

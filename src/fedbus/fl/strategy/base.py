@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import model_content, read_metrics, read_num_examples
@@ -80,6 +82,29 @@ class Strategy(ABC):
     @abstractmethod
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> Aggregator:
         """A fresh aggregator for this round's train replies (``arrays`` is the global model)."""
+
+    def check_round_size(self, min_replies: int) -> None:
+        """Raise ``InvalidArgumentError`` if rounds aggregating as few as ``min_replies``
+        replies cannot work with this strategy (Krum needs ``2f + 3``).
+
+        The server calls it once, when it is built; the default accepts any size.
+        """
+        return None
+
+    def state(self) -> dict[str, np.ndarray[Any, Any]]:
+        """What the strategy carries from one round to the next (a server optimiser's moments).
+
+        A checkpoint saves it with the model, so a resumed run continues exactly; a stateless
+        strategy returns ``{}``.
+        """
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        """Take back what ``state()`` returned (resuming a run)."""
+        if state:
+            raise InvalidArgumentError(
+                f"strategy {self.name!r} keeps no state between rounds, got {sorted(state)}"
+            )
 
     def configure_evaluate(
         self,
