@@ -34,6 +34,7 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/simulation.py
+	$(BIN)/python bench/torch_cnn.py
 
 docs: install
 	$(BIN)/python docs/update_config_reference.py

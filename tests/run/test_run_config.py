@@ -125,8 +125,8 @@ REFUSALS = [
     (["simulation.slow_factor=0.5"], ["simulation.slow_factor", ">= 1", "got 0.5"]),
     (["data.dataset=mnist"], ["data.dataset", '"digits", "synthetic", "npz", "csv"', '"mnist"']),
     (["data.partition=pathological"], ["data.partition", '"iid", "dirichlet", "shards"']),
-    (["model.name=cnn"], ["model.name", '"softmax", "mlp"', 'got "cnn"']),
-    (["strategy.name=fedprox"], ["strategy.name", 'one of "fedavg"', 'got "fedprox"']),
+    (["model.name=resnet"], ["model.name", '"softmax", "mlp", "cnn"', 'got "resnet"']),
+    (["strategy.name=fedsgd"], ["strategy.name", 'one of "fedavg", "fedavgm"', 'got "fedsgd"']),
     (["run.name=a/b"], ["run.name", "letters, digits", 'got "a/b"']),
     (["run.output_dir="], ["run.output_dir", "non-empty", 'got ""']),
     (
@@ -169,7 +169,7 @@ def test_refusals_name_the_key_what_is_allowed_and_what_was_given(
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(None, ["trainer.epochs=0", "model.name=cnn", "federation.bogus=1", "x.y=1"])
+        load_config(None, ["trainer.epochs=0", "model.name=resnet", "federation.bogus=1", "x.y=1"])
     message = str(caught.value)
     assert message.startswith("4 problems in the configuration:")
     for key in ("trainer.epochs", "model.name", "federation.bogus", "[x]"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from fedbus.errors import ConfigError
 from fedbus.fl.protocol import (
     ARRAYS,
     CONFIG,
@@ -20,17 +21,30 @@ from fedbus.fl.protocol import (
     TRAIN,
     read_arrays,
 )
+from fedbus.fl.state import ClientStateStore
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from fedbus.train.base import Trainer
+from fedbus.train.base import Arrays, LocalTerms, Trainer
 from fedbus.worker import SERVER_NODE_ID, Worker
 
-__all__ = ["Client"]
+__all__ = [
+    "PROXIMAL_MU",
+    "Client",
+    "is_request",
+    "plain_config",
+    "proximal_terms",
+    "train_reply_content",
+]
+
+#: The ``train`` config key of FedProx's proximal term: the client pulls its weights toward the
+#: global model it received with strength ``proximal_mu`` (0: plain local training).
+PROXIMAL_MU = "proximal_mu"
 
 logger = logging.getLogger("fedbus.client")
 
 
-def _is_request(message: Message) -> bool:
-    """True for a request; False for an error or a reply that reached a request handler."""
+def is_request(message: Message) -> bool:
+    """True for a request; False (logged) for an error or a reply that reached a request
+    handler: a client handler answers requests only."""
     if message.has_error():
         logger.info("client got an error for its %s message: %r", message.msg_type, message.error)
         return False
@@ -49,16 +63,26 @@ class Client(Worker):
     join_on_start
         Send a ``join`` message to the server when the client starts (deployments); in
         simulation the runtime registers clients without messages.
+    state
+        Where state that outlives a round is kept (SCAFFOLD's control variate, Ditto's personal
+        model), keyed by node id: a simulation shares one store among all its clients. Default:
+        a store of this client's own, in memory.
     """
 
     start_sends = (JOIN,)
 
     def __init__(
-        self, trainer: Trainer, node_id: int | None = None, *, join_on_start: bool = False
+        self,
+        trainer: Trainer,
+        node_id: int | None = None,
+        *,
+        join_on_start: bool = False,
+        state: ClientStateStore | None = None,
     ) -> None:
         super().__init__(node_id)
         self.trainer = trainer
         self.join_on_start = join_on_start
+        self.state = ClientStateStore() if state is None else state
         self.register_handlers(TRAIN, self.on_train)
         self.register_handlers(EVALUATE, self.on_evaluate)
         self.register_handlers(FINISH, self.on_finish)
@@ -71,25 +95,33 @@ class Client(Worker):
 
     def on_train(self, message: Message) -> Message | None:
         """Train the received model on local data and reply with the result."""
-        if not _is_request(message):
+        if not is_request(message):
             return None
         content = message.content
-        arrays, num_examples, metrics = self.trainer.fit(
-            read_arrays(content).to_numpy_dict(), _plain_config(content)
-        )
+        received = read_arrays(content).to_numpy_dict()
+        config = plain_config(content)
+        arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
+        return message.create_reply(train_reply_content(arrays, num_examples, metrics))
+
+    def fit(
+        self, arrays: Arrays, config: dict[str, object], terms: LocalTerms | None = None
+    ) -> tuple[Arrays, int, dict[str, float]]:
+        """Run the trainer (with ``terms`` when given) and report the work to the runtime."""
+        if terms is None:
+            result = self.trainer.fit(arrays, config)
+        else:
+            result = self.trainer.fit(arrays, config, terms)  # type: ignore[call-arg]
+        arrays, num_examples, metrics = result
         self.report_work(int(metrics.get("samples_processed", num_examples)))
-        reply_metrics = MetricRecord({**metrics, "num_examples": num_examples})
-        return message.create_reply(
-            RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: reply_metrics})
-        )
+        return arrays, num_examples, metrics
 
     def on_evaluate(self, message: Message) -> Message | None:
         """Evaluate the received model on local test data and reply with the metrics."""
-        if not _is_request(message):
+        if not is_request(message):
             return None
         content = message.content
         loss, num_examples, metrics = self.trainer.evaluate(
-            read_arrays(content).to_numpy_dict(), _plain_config(content)
+            read_arrays(content).to_numpy_dict(), plain_config(content)
         )
         self.report_work(num_examples)
         reply_metrics = MetricRecord({**metrics, "loss": loss, "num_examples": num_examples})
@@ -97,7 +129,7 @@ class Client(Worker):
 
     def on_finish(self, message: Message) -> None:
         """The federation is over: stop."""
-        if _is_request(message):
+        if is_request(message):
             self.stop()
 
     def on_join(self, message: Message) -> None:
@@ -106,6 +138,21 @@ class Client(Worker):
             logger.warning("node %s: join refused: %r", self.node_id, message.error)
 
 
-def _plain_config(content: RecordDict) -> dict[str, object]:
+def plain_config(content: RecordDict) -> dict[str, object]:
+    """The ``config`` record of a request as a plain dict (empty when there is none)."""
     record = content.get(CONFIG)
     return dict(record) if isinstance(record, ConfigRecord) else {}
+
+
+def proximal_terms(config: dict[str, object], anchor: Arrays) -> LocalTerms | None:
+    """FedProx's pull toward ``anchor`` when the config asks for it (``proximal_mu > 0``)."""
+    mu = config.get(PROXIMAL_MU, 0.0)
+    if isinstance(mu, bool) or not isinstance(mu, int | float) or mu < 0:
+        raise ConfigError(f"{PROXIMAL_MU!r}: expected a number >= 0, got {mu!r}")
+    return LocalTerms(proximal_mu=float(mu), anchor=anchor) if mu > 0 else None
+
+
+def train_reply_content(arrays: Arrays, num_examples: int, metrics: dict[str, float]) -> RecordDict:
+    """The content of a reply to ``train``: the local model and its metrics."""
+    reply_metrics = MetricRecord({**metrics, "num_examples": num_examples})
+    return RecordDict({ARRAYS: ArrayRecord(arrays), METRICS: reply_metrics})

@@ -57,6 +57,7 @@ class RoundRecord:
     late_replies: int = 0
     retries: int = 0
     train_metrics: dict[str, float] = field(default_factory=dict)
+    federated_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -190,9 +191,15 @@ class Server(Worker):
         self._phase: _Phase | None = None
         self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
         self._started = False
+        self._message_types = {
+            TRAIN: strategy.train_message_type,
+            EVALUATE: strategy.evaluate_message_type,
+        }
+        sends = (strategy.train_message_type, strategy.evaluate_message_type, FINISH)
+        self.start_sends = sends
         self.register_handlers(JOIN, self.on_join)
-        self.register_handlers(TRAIN, self.on_train_reply, sends=(TRAIN, EVALUATE, FINISH))
-        self.register_handlers(EVALUATE, self.on_evaluate_reply, sends=(TRAIN, EVALUATE, FINISH))
+        self.register_handlers(strategy.train_message_type, self.on_train_reply, sends=sends)
+        self.register_handlers(strategy.evaluate_message_type, self.on_evaluate_reply, sends=sends)
 
     # -- membership -----------------------------------------------------------------------------
     def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
@@ -255,7 +262,8 @@ class Server(Worker):
         self._phase = phase
         for node_id in node_ids:
             content = contents if isinstance(contents, RecordDict) else contents[node_id]
-            message = Message(content, node_id, kind, group_id=str(server_round))
+            message_type = self._message_types[kind]
+            message = Message(content, node_id, message_type, group_id=str(server_round))
             self.send(message)
             phase.pending[message.metadata.message_id] = node_id
             self._participants.add(node_id)
@@ -353,6 +361,7 @@ class Server(Worker):
         record.time = now()
         record.federated_loss = federated.get("loss")
         record.federated_accuracy = federated.get("accuracy")
+        record.federated_metrics = federated
         self.history.append(record)
         if self.on_round_end is not None:
             self.on_round_end(record)

@@ -1,8 +1,9 @@
 """Round checkpoints of a deployment, so that a restarted server continues where it stopped.
 
 After each completed round the server writes ``checkpoint.npz`` in its run directory: the
-global model's arrays, the number of the round they come from and the client sampler's state (as
-JSON text, so the resumed run samples as the uninterrupted one would), in one file replaced
+global model's arrays, the number of the round they come from, the client sampler's state (as
+JSON text, so the resumed run samples as the uninterrupted one would) and the strategy's state
+(a server optimiser's moments, SCAFFOLD's control variate), in one file replaced
 atomically (written beside it, then ``os.replace``). A crash at any moment leaves either the
 previous checkpoint or the new one, never a model of one round labelled with another.
 
@@ -21,12 +22,20 @@ import numpy as np
 from fedbus.errors import InvalidArgumentError
 from fedbus.run.outputs import atomic_file, load_model, save_arrays
 
-__all__ = ["CHECKPOINT_FILE", "load_checkpoint", "load_sampler_state", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "load_checkpoint",
+    "load_sampler_state",
+    "load_strategy_state",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FILE = "checkpoint.npz"
 # Reserved name of the round number inside the archive; model arrays keep their own names.
 _ROUND_KEY = "__fedbus_completed_round__"
 _SAMPLER_KEY = "__fedbus_sampler_state__"
+# Strategy state arrays are stored under this prefix followed by their own key.
+_STRATEGY_PREFIX = "__fedbus_strategy__:"
 _RESERVED = (_ROUND_KEY, _SAMPLER_KEY)
 
 
@@ -35,12 +44,15 @@ def save_checkpoint(
     completed_round: int,
     arrays: Mapping[str, np.ndarray[Any, Any]],
     sampler_state: Mapping[str, Any] | None = None,
+    strategy_state: Mapping[str, np.ndarray[Any, Any]] | None = None,
 ) -> Path:
-    """Write the model and sampler after ``completed_round`` atomically; return the path."""
-    reserved = [key for key in _RESERVED if key in arrays]
+    """Write the model, sampler and strategy after ``completed_round`` atomically."""
+    reserved = [key for key in arrays if key in _RESERVED or key.startswith(_STRATEGY_PREFIX)]
     if reserved:
         raise InvalidArgumentError(f"a model array may not be named {reserved[0]!r}")
     extra = {_ROUND_KEY: np.array(completed_round, dtype=np.int64)}
+    for key, value in (strategy_state or {}).items():
+        extra[_STRATEGY_PREFIX + key] = value
     if sampler_state is not None:
         text = json.dumps(dict(sampler_state)).encode("utf-8")
         extra[_SAMPLER_KEY] = np.frombuffer(text, dtype=np.uint8)
@@ -60,7 +72,11 @@ def load_checkpoint(run_dir: str | Path) -> tuple[int, dict[str, np.ndarray[Any,
         raise InvalidArgumentError(
             f"{path}: no checkpoint; a run can be resumed once its first round has completed"
         )
-    arrays = load_model(path)
+    arrays = {
+        key: value
+        for key, value in load_model(path).items()
+        if not key.startswith(_STRATEGY_PREFIX)
+    }
     arrays.pop(_SAMPLER_KEY, None)
     completed = arrays.pop(_ROUND_KEY, None)
     if completed is None or completed.shape != () or completed.dtype.kind != "i":
@@ -81,3 +97,13 @@ def load_sampler_state(run_dir: str | Path) -> dict[str, Any] | None:
     if not isinstance(state, dict):
         raise InvalidArgumentError(f"{path}: the sampler state is not a JSON object")
     return state
+
+
+def load_strategy_state(run_dir: str | Path) -> dict[str, np.ndarray[Any, Any]]:
+    """The strategy's state saved with the checkpoint (``{}`` for a stateless strategy)."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    return {
+        key.removeprefix(_STRATEGY_PREFIX): value
+        for key, value in load_model(path).items()
+        if key.startswith(_STRATEGY_PREFIX)
+    }

@@ -1,4 +1,4 @@
-"""Configuration: a TOML file of seven sections, every key declared once.
+"""Configuration: a TOML file of eight sections, every key declared once.
 
 Each section is a frozen dataclass; each key is a field declared with ``setting`` (type,
 default, meaning, accepted values). Validation, ``--set`` overrides, ``config_to_toml`` and the
@@ -42,11 +42,14 @@ from fedbus.run.schema import (
 )
 
 __all__ = [
+    "ATTACKS",
     "DATASETS",
+    "FRAMEWORKS",
     "MODELS",
     "PARTITIONS",
     "SECTIONS",
     "STRATEGIES",
+    "AttackConfig",
     "Config",
     "DataConfig",
     "FederationConfig",
@@ -66,8 +69,26 @@ __all__ = [
 # is one more name in its tuple (plus the code that builds it from a Config).
 DATASETS: tuple[str, ...] = ("digits", "synthetic", "npz", "csv")
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")
-MODELS: tuple[str, ...] = ("softmax", "mlp")
-STRATEGIES: tuple[str, ...] = ("fedavg",)
+MODELS: tuple[str, ...] = ("softmax", "mlp", "cnn")
+FRAMEWORKS: tuple[str, ...] = ("numpy", "torch")
+STRATEGIES: tuple[str, ...] = (
+    "fedavg",
+    "fedavgm",
+    "fedadagrad",
+    "fedadam",
+    "fedyogi",
+    "fedprox",
+    "scaffold",
+    "krum",
+    "multikrum",
+    "median",
+    "trimmed_mean",
+    "bulyan",
+    "norm_bound",
+    "fedbn",
+    "ditto",
+)
+ATTACKS: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip")
 _FILE_DATASETS: tuple[str, ...] = ("npz", "csv")
 
 
@@ -181,7 +202,12 @@ class ModelConfig(ConfigSection):
     """[model]: the model every client trains."""
 
     section: ClassVar[str] = "model"
-    name: str = setting("softmax", "model architecture", choices=MODELS)
+    framework: str = setting(
+        "numpy", "what trains the model: NumPy, or PyTorch (fedbus[torch])", choices=FRAMEWORKS
+    )
+    name: str = setting(
+        "softmax", "model architecture (cnn: torch only, square images)", choices=MODELS
+    )
     hidden: int = setting(64, "hidden units (mlp only)", bounds="x >= 1")
 
 
@@ -200,7 +226,63 @@ class StrategyConfig(ConfigSection):
     """[strategy]: how the server combines client updates."""
 
     section: ClassVar[str] = "strategy"
-    name: str = setting("fedavg", "aggregation strategy", choices=STRATEGIES)
+    name: str = setting("fedavg", "aggregation strategy or algorithm", choices=STRATEGIES)
+    server_lr: float = setting(
+        0.0,
+        "server learning rate of fedavgm, fedadagrad, fedadam, fedyogi and scaffold "
+        "(0 = the algorithm's default)",
+        bounds="x >= 0",
+    )
+    momentum: float = setting(0.9, "server momentum (fedavgm)", bounds="0 <= x < 1")
+    beta1: float = setting(
+        0.9, "first-moment decay (fedadagrad, fedadam, fedyogi)", bounds="0 <= x < 1"
+    )
+    beta2: float = setting(0.99, "second-moment decay (fedadam, fedyogi)", bounds="0 <= x < 1")
+    tau: float = setting(
+        0.001,
+        "adaptivity: added to the root of the second moment (fedadagrad, fedadam, fedyogi)",
+        bounds="x > 0",
+    )
+    proximal_mu: float = setting(
+        0.01, "strength of the pull to the global model (fedprox)", bounds="x >= 0"
+    )
+    num_malicious: int = setting(
+        1, "attackers the rule must withstand, f (krum, multikrum, bulyan)", bounds="x >= 0"
+    )
+    num_selected: int = setting(
+        0, "updates averaged by multikrum (0 = clients_per_round - num_malicious)", bounds="x >= 0"
+    )
+    trim_fraction: float = setting(
+        0.1,
+        "share of the largest and of the smallest values dropped (trimmed_mean)",
+        bounds="0 <= x < 0.5",
+    )
+    max_norm: float = setting(1.0, "largest norm of a client update (norm_bound)", bounds="x > 0")
+    local_layers: str = setting(
+        "bn*,*.bn*",
+        "comma-separated glob patterns of the arrays that stay on the clients (fedbn)",
+        pattern=r"[^,\s]+(,[^,\s]+)*",
+        pattern_text="glob patterns separated by commas, without spaces",
+    )
+    ditto_lambda: float = setting(
+        0.1, "pull of each personal model toward the global one (ditto)", bounds="x >= 0"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AttackConfig(ConfigSection):
+    """[attack]: malicious clients, for robustness experiments (simulation)."""
+
+    section: ClassVar[str] = "attack"
+    kind: str = setting(
+        "none",
+        "what attackers do: flip the sign of, scale or add noise to their update, or train on "
+        "flipped labels",
+        choices=ATTACKS,
+    )
+    fraction: float = setting(0.0, "share of the clients that attack", bounds="0 <= x <= 1")
+    scale: float = setting(10.0, "factor of a scaled or sign-flipped update")
+    noise_std: float = setting(1.0, "standard deviation of the gaussian noise", bounds="x >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +322,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
         ModelConfig,
         TrainerConfig,
         StrategyConfig,
+        AttackConfig,
         SimulationConfig,
     )
 }
@@ -265,6 +348,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
 

@@ -29,6 +29,7 @@ from fedbus.run.checkpoint import (
     CHECKPOINT_FILE,
     load_checkpoint,
     load_sampler_state,
+    load_strategy_state,
     save_checkpoint,
 )
 from fedbus.run.config import Config, config_to_toml, load_config
@@ -146,6 +147,7 @@ class _RoundLog:
             server_round,
             self.server.arrays.to_numpy_dict(),
             self.server.sampler_state(),
+            self.server.strategy.state(),
         )
         stats = self.handle.stats
         up, down = stats.bytes_in - self._bytes[0], stats.bytes_out - self._bytes[1]
@@ -201,6 +203,8 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         first_round=completed + 1,
         sampler_state=load_sampler_state(run_dir.path) if completed else None,
     )
+    if completed:
+        server.strategy.load_state(load_strategy_state(run_dir.path))
     handle = log.handle = serve(
         server,
         options.listen,

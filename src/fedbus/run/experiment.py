@@ -43,7 +43,16 @@ def metrics_line(
     bytes_up: int,
     bytes_down: int,
 ) -> dict[str, Any]:
-    """One ``metrics.jsonl`` line: a round's record with the runtime's clock and bytes added."""
+    """One ``metrics.jsonl`` line: a round's record with the runtime's clock and bytes added.
+
+    Federated-evaluation metrics beyond loss and accuracy (Ditto's ``personal_accuracy``) are
+    added as ``federated_<name>``.
+    """
+    extra = {
+        f"federated_{name}": value
+        for name, value in record.federated_metrics.items()
+        if name not in ("loss", "accuracy", "num_examples")
+    }
     return {
         "round": server_round,
         "simulated_time": simulated_time,
@@ -60,6 +69,7 @@ def metrics_line(
         "retries": record.retries,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
+        **extra,
     }
 
 

@@ -7,14 +7,17 @@ below ``run`` takes plain arguments.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from fedbus.data import ClientData, FederatedDataset, build_dataset
 from fedbus.errors import ConfigError
-from fedbus.fl import Client, FedAvg, RoundRecord, Server, Strategy
+from fedbus.fl import Client, EvaluateFn, RoundRecord, Server
+from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
+from fedbus.fl.state import ClientStateStore
+from fedbus.run.algorithms import ALGORITHMS, build_strategy
 from fedbus.run.config import Config
 from fedbus.runtime.simulation import (
     ProfileDistribution,
@@ -23,11 +26,11 @@ from fedbus.runtime.simulation import (
     Simulation,
     load_profiles_csv,
 )
-from fedbus.train import NumpyModel, NumpyTrainer, build_model
+from fedbus.train import NumpyModel, NumpyTrainer, Trainer, build_model
 
 __all__ = [
-    "STRATEGY_FACTORIES",
     "Federation",
+    "ModelKit",
     "build_client",
     "build_config_model",
     "build_federation",
@@ -35,8 +38,84 @@ __all__ = [
     "build_server",
 ]
 
-#: Strategy names in configuration files, and how to build each.
-STRATEGY_FACTORIES: dict[str, Callable[[Config], Strategy]] = {"fedavg": lambda config: FedAvg()}
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class ModelKit:
+    """The model ``[model]`` names, for data of one shape, in NumPy or PyTorch.
+
+    It makes what the rest of a run needs, whichever framework trains: the initial arrays, a
+    trainer for one client's data, and the central evaluation. Both frameworks name and shape
+    the arrays of ``softmax`` and ``mlp`` alike. Torch is imported only for a torch model.
+    """
+
+    def __init__(self, config: Config, num_features: int, num_classes: int) -> None:
+        model = config.model
+        self.framework, self.name = model.framework, model.name
+        self.num_features, self.num_classes = num_features, num_classes
+        self._options: dict[str, Any] = {"hidden": model.hidden} if model.name == "mlp" else {}
+        self._trainer_options: dict[str, Any] = {
+            "epochs": config.trainer.epochs,
+            "batch_size": config.trainer.batch_size,
+            "lr": config.trainer.lr,
+        }
+        if self.framework == "numpy":
+            if model.name == "cnn":
+                raise ConfigError(
+                    'model.name = "cnn" is a PyTorch model: set model.framework = "torch" '
+                    "(and install fedbus[torch])"
+                )
+            self.numpy_model: NumpyModel | None = build_model(
+                model.name, num_features, num_classes, **self._options
+            )
+        else:
+            self.numpy_model = None
+            self._torch_model()  # fails now, with the install hint, rather than in a client
+
+    def _torch_model(self) -> Any:
+        from fedbus.train.torch_models import build_torch_model
+
+        return build_torch_model(self.name, self.num_features, self.num_classes, **self._options)
+
+    def init(self, seed: int) -> Arrays:
+        """The initial global model."""
+        if self.numpy_model is not None:
+            return self.numpy_model.init(seed=seed)
+        from fedbus.train.torch_models import init_state
+
+        return init_state(self._torch_model(), seed)
+
+    def trainer(self, data: ClientData, seed: int) -> Trainer:
+        """A trainer on one client's data, with the configured epochs, batch size and lr."""
+        splits = (data.x_train, data.y_train, data.x_test, data.y_test)
+        if self.numpy_model is not None:
+            return NumpyTrainer(self.numpy_model, *splits, **self._trainer_options, seed=seed)
+        from fedbus.train.torch_trainer import TorchTrainer
+
+        return TorchTrainer(self._torch_model(), *splits, **self._trainer_options, seed=seed)
+
+    def evaluate_fn(self, x_test: np.ndarray[Any, Any], y_test: np.ndarray[Any, Any]) -> EvaluateFn:
+        """Central evaluation of global arrays on ``(x_test, y_test)``: loss and accuracy."""
+        model = self.numpy_model
+        if model is None:
+            from fedbus.train.torch_trainer import TorchTrainer
+
+            trainer = TorchTrainer(self._torch_model(), x_test, y_test)
+
+            def evaluate_torch(arrays: Arrays) -> tuple[float, dict[str, float]]:
+                loss, _, metrics = trainer.evaluate(arrays, {})
+                return loss, {"accuracy": metrics["accuracy"]}
+
+            return evaluate_torch
+
+        def evaluate(arrays: Arrays) -> tuple[float, dict[str, float]]:
+            accuracy = float(np.mean(model.predict(arrays, x_test) == y_test))
+            return model.loss(arrays, x_test, y_test), {"accuracy": accuracy}
+
+        return evaluate
+
+    def __repr__(self) -> str:
+        return f"ModelKit({self.framework} {self.name}, {self.num_features} -> {self.num_classes})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +124,7 @@ class Federation:
 
     config: Config
     dataset: FederatedDataset
-    model: NumpyModel
+    model: ModelKit
     server: Server
     client_fn: Callable[[int], Client]
     simulation: Simulation
@@ -95,34 +174,21 @@ def _profiles(config: Config) -> ProfileSource:
     return ProfileTable(table, distribution.typical())
 
 
-def _evaluate_fn(
-    model: NumpyModel, dataset: FederatedDataset
-) -> Callable[[dict[str, np.ndarray[Any, Any]]], tuple[float, dict[str, float]]]:
-    x_test, y_test = dataset.test_set()
-
-    def evaluate(arrays: dict[str, np.ndarray[Any, Any]]) -> tuple[float, dict[str, float]]:
-        accuracy = float(np.mean(model.predict(arrays, x_test) == y_test))
-        return model.loss(arrays, x_test, y_test), {"accuracy": accuracy}
-
-    return evaluate
-
-
-def build_model_and_data(config: Config) -> tuple[FederatedDataset, NumpyModel]:
+def build_model_and_data(config: Config) -> tuple[FederatedDataset, ModelKit]:
     """The dataset split among ``federation.num_clients`` clients, and the model to train."""
     dataset = _dataset(config)
     return dataset, build_config_model(config, dataset.num_features, dataset.num_classes)
 
 
-def build_config_model(config: Config, num_features: int, num_classes: int) -> NumpyModel:
+def build_config_model(config: Config, num_features: int, num_classes: int) -> ModelKit:
     """The model ``config.model`` names, for data of this shape."""
-    options = {"hidden": config.model.hidden} if config.model.name == "mlp" else {}
-    return build_model(config.model.name, num_features, num_classes, **options)
+    return ModelKit(config, num_features, num_classes)
 
 
 def build_server(
     config: Config,
     dataset: FederatedDataset,
-    model: NumpyModel,
+    model: ModelKit,
     on_round_end: Callable[[RoundRecord], None] | None = None,
     *,
     initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
@@ -136,15 +202,15 @@ def build_server(
     """
     federation, trainer = config.federation, config.trainer
     return Server(
-        STRATEGY_FACTORIES[config.strategy.name](config),
-        model.init(seed=federation.seed) if initial_arrays is None else dict(initial_arrays),
+        build_strategy(config),
+        model.init(federation.seed) if initial_arrays is None else dict(initial_arrays),
         num_rounds=federation.num_rounds,
         clients_per_round=federation.clients_per_round,
         min_replies=federation.min_replies or None,
         round_timeout=federation.round_timeout or None,
         max_round_retries=federation.max_round_retries,
         train_config={"epochs": trainer.epochs, "batch_size": trainer.batch_size, "lr": trainer.lr},
-        evaluate_fn=_evaluate_fn(model, dataset),
+        evaluate_fn=model.evaluate_fn(*dataset.test_set()),
         evaluate_every=federation.evaluate_every,
         federated_evaluate_every=federation.federated_evaluate_every,
         clients_per_evaluation=federation.clients_per_evaluation,
@@ -156,27 +222,34 @@ def build_server(
 
 
 def build_client(
-    config: Config, model: NumpyModel, data: ClientData, node_id: int | None
+    config: Config,
+    model: ModelKit,
+    data: ClientData,
+    node_id: int | None,
+    state: ClientStateStore | None = None,
 ) -> Client:
     """The FL client of node ``node_id``, training ``model`` on ``data`` as configured.
 
-    ``node_id=None`` leaves the id to the runtime (a deployed client with its own data); its
-    trainer is then seeded as node 0's.
+    The client's class is the configured algorithm's; an attacker (``[attack]``) trains on
+    flipped labels or poisons its update. ``state`` is the store of per-client state that a
+    simulation shares among its clients. ``node_id=None`` leaves the id to the runtime (a
+    deployed client with its own data); its trainer is then seeded as node 0's.
     """
-    federation, trainer = config.federation, config.trainer
-    local = NumpyTrainer(
-        model,
-        data.x_train,
-        data.y_train,
-        data.x_test,
-        data.y_test,
-        epochs=trainer.epochs,
-        batch_size=trainer.batch_size,
-        lr=trainer.lr,
-        # One stream per client, the same in every run with this seed.
-        seed=federation.seed * 1_000_003 + (node_id or 0),
+    federation, attack = config.federation, config.attack
+    # One stream per client, the same in every run with this seed.
+    seed = federation.seed * 1_000_003 + (node_id or 0)
+    attacking = attack.kind != "none" and node_id in choose_attackers(
+        federation.num_clients, attack.fraction, federation.seed
     )
-    return Client(local, node_id)
+    if attacking and attack.kind == "label_flip":
+        data = replace(data, y_train=flip_labels(data.y_train, model.num_classes))
+    trainer = model.trainer(data, seed)
+    if attacking and attack.kind != "label_flip":
+        trainer = AttackedTrainer(
+            trainer, attack.kind, scale=attack.scale, noise_std=attack.noise_std, seed=seed
+        )
+    client_class = ALGORITHMS[config.strategy.name].client
+    return client_class(trainer, node_id, state=state)
 
 
 def build_federation(
@@ -191,9 +264,10 @@ def build_federation(
         )
     dataset, model = build_model_and_data(config)
     server = build_server(config, dataset, model, on_round_end)
+    state = ClientStateStore()
 
     def client_fn(node_id: int) -> Client:
-        return build_client(config, model, dataset.client(node_id - 1), node_id)
+        return build_client(config, model, dataset.client(node_id - 1), node_id, state)
 
     simulation = Simulation(
         server,

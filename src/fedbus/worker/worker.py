@@ -99,7 +99,8 @@ class Worker:
     Attributes
     ----------
     start_sends
-        Class attribute: message types ``on_start`` may send, for the message-flow check.
+        Message types ``on_start`` may send, for the message-flow check: a class attribute,
+        which an instance may override when what it sends depends on how it was built.
     failed_messages
         Number of incoming errors and replies that met no handler or a raising handler
         (logged and counted, never answered).
@@ -107,7 +108,7 @@ class Worker:
         The reason of the last message this worker failed to handle, or None.
     """
 
-    start_sends: ClassVar[Sequence[str]] = ()
+    start_sends: Sequence[str] = ()
     _declared_handlers: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = ()
 
     def __init__(self, node_id: int | None = None) -> None:

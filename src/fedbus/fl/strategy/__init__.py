@@ -1,6 +1,33 @@
-"""Strategies: how a round is configured and how replies are aggregated. One module each."""
+"""Strategies: how a round is configured and how replies are aggregated. One module each.
+
+- ``fedavg``: FedAvg and the streaming ``WeightedAverage`` the others build on.
+- ``fedopt``: server optimisers (FedAvgM, FedAdagrad, FedAdam, FedYogi).
+- ``robust``: Byzantine-robust rules (Krum, Multi-Krum, median, trimmed mean, Bulyan, norm bound).
+
+Algorithms that also change what clients do (FedProx, SCAFFOLD, Ditto, FedBN) are in
+``fedbus.fl.algorithms``.
+"""
 
 from fedbus.fl.strategy.base import Aggregator, Strategy, WeightedMetrics
 from fedbus.fl.strategy.fedavg import FedAvg, WeightedAverage
+from fedbus.fl.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
+from fedbus.fl.strategy.robust import Bulyan, Krum, Median, MultiKrum, NormBound, TrimmedMean
 
-__all__ = ["Aggregator", "FedAvg", "Strategy", "WeightedAverage", "WeightedMetrics"]
+__all__ = [
+    "Aggregator",
+    "Bulyan",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedYogi",
+    "Krum",
+    "Median",
+    "MultiKrum",
+    "NormBound",
+    "Strategy",
+    "TrimmedMean",
+    "WeightedAverage",
+    "WeightedMetrics",
+]

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.protocol import model_content, read_metrics, read_num_examples
+from fedbus.fl.protocol import EVALUATE, TRAIN, model_content, read_metrics, read_num_examples
 from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 __all__ = ["Aggregator", "Strategy", "WeightedMetrics"]
@@ -65,6 +65,11 @@ class Strategy(ABC):
 
     #: Name used in configuration files and outputs.
     name = "strategy"
+    #: The message types that carry train and evaluate requests to clients. An algorithm that
+    #: exchanges something new (SCAFFOLD's control variates) names its own types, and its
+    #: clients register handlers for them.
+    train_message_type: str = TRAIN
+    evaluate_message_type: str = EVALUATE
 
     def configure_train(
         self,

@@ -67,8 +67,9 @@ class WeightedAverage:
         """The weighted average and the weighted train metrics."""
         if self._sums is None:
             return self._fallback, self._metrics.result()
+        # np.asarray: a 0-d sum divided gives a NumPy scalar, not an array
         averaged = {
-            key: (total / self._total).astype(self._dtypes[key])
+            key: np.asarray(total / self._total).astype(self._dtypes[key])
             for key, total in self._sums.items()
         }
         return ArrayRecord(averaged), self._metrics.result()
