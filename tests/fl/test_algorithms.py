@@ -339,7 +339,7 @@ def test_fedbn_client_replies_with_shared_arrays_and_reuses_its_local_ones() -> 
 
 def test_fedbn_refuses_patterns_that_match_nothing_and_bad_patterns() -> None:
     with pytest.raises(InvalidArgumentError, match="no array"):
-        FedBN(["bn*"]).configure_train(1, ArrayRecord({"w": np.zeros(1)}), ConfigRecord(), [1])
+        FedBN(["bn*"]).start_aggregation(1, ArrayRecord({"w": np.zeros(1)}))
     for bad in ("bn*", [], [""]):
         with pytest.raises(InvalidArgumentError, match="local_layers"):
             FedBN(bad)  # type: ignore[arg-type]

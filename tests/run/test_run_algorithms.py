@@ -151,3 +151,16 @@ def test_the_strategy_state_travels_in_the_checkpoint(tmp_path: Path) -> None:
     assert set(restored) == set(state)
     for key, value in state.items():
         np.testing.assert_array_equal(restored[key], value)
+
+
+def test_client_state_spills_beyond_the_configured_budget() -> None:
+    config = load_config(
+        None, [*SMALL, "strategy.name=scaffold", "simulation.client_state_mb=0.001"]
+    )
+    federation = build_federation(config)
+    federation.simulation.run()
+    store = federation.client_fn(1).state
+    assert store.max_memory_bytes == 1048
+    assert len(store) >= 8
+    assert store.spilled > 0
+    assert store.memory_bytes <= 1048

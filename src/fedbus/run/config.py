@@ -311,6 +311,12 @@ class SimulationConfig(ConfigSection):
     dropout: float = setting(
         0.0, "probability that a client silently fails a message", bounds="0 <= x <= 1"
     )
+    client_state_mb: float = setting(
+        0.0,
+        "memory for client state that outlives a round (scaffold, ditto, fedbn); beyond it "
+        "the least recently used spills to a temporary directory (0 = no limit)",
+        bounds="x >= 0",
+    )
 
 
 SECTIONS: dict[str, type[ConfigSection]] = {

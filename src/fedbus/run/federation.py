@@ -264,7 +264,8 @@ def build_federation(
         )
     dataset, model = build_model_and_data(config)
     server = build_server(config, dataset, model, on_round_end)
-    state = ClientStateStore()
+    budget = config.simulation.client_state_mb
+    state = ClientStateStore(int(budget * 2**20) if budget > 0 else None)
 
     def client_fn(node_id: int) -> Client:
         return build_client(config, model, dataset.client(node_id - 1), node_id, state)

@@ -21,15 +21,14 @@ global model's accuracy on the clients' data (``accuracy``) next to the personal
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any, Final
 
-from fedbus.errors import ConfigError, InvalidArgumentError
+from fedbus.errors import ConfigError
 from fedbus.fl.client import Client, is_request, plain_config, train_reply_content
-from fedbus.fl.protocol import METRICS, model_content, read_arrays
+from fedbus.fl.protocol import METRICS, read_arrays
+from fedbus.fl.strategy.base import check_parameter
 from fedbus.fl.strategy.fedavg import FedAvg
-from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fedbus.message import Message, MetricRecord, RecordDict
 from fedbus.train.base import Arrays, LocalTerms, Trainer
 
 __all__ = ["DITTO_EVALUATE", "DITTO_LAMBDA", "DITTO_TRAIN", "Ditto", "DittoClient"]
@@ -63,21 +62,11 @@ class Ditto(FedAvg):
     evaluate_message_type = DITTO_EVALUATE
 
     def __init__(self, lam: float = 0.1) -> None:
-        if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam):
-            raise InvalidArgumentError(f"Ditto: lam must be a number >= 0, got {lam!r}")
-        if lam < 0:
-            raise InvalidArgumentError(f"Ditto: lam must be >= 0, got {lam}")
-        self.lam = float(lam)
+        self.lam = check_parameter(self, "lam", lam, ">= 0", lambda value: value >= 0)
 
-    def configure_train(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: Sequence[int],
-    ) -> RecordDict:
-        """The global model and the settings, with ``ditto_lambda`` added."""
-        return model_content(arrays, ConfigRecord({**config, DITTO_LAMBDA: self.lam}))
+    def client_settings(self) -> dict[str, Any]:
+        """``ditto_lambda``, added to every request's config."""
+        return {DITTO_LAMBDA: self.lam}
 
 
 class DittoClient(Client):

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
-from typing import Final
+from typing import Any, Final
 
 from fedbus.errors import ConfigError, InvalidArgumentError
 from fedbus.fl.client import Client, is_request, plain_config, train_reply_content
-from fedbus.fl.protocol import METRICS, model_content, read_arrays
+from fedbus.fl.protocol import METRICS, read_arrays
 from fedbus.fl.strategy.base import Strategy
 from fedbus.fl.strategy.fedavg import WeightedAverage
-from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fedbus.message import ArrayRecord, Message, MetricRecord, RecordDict
 from fedbus.train.base import Arrays
 
 __all__ = ["DEFAULT_LOCAL_LAYERS", "LOCAL_LAYERS", "FedBN", "FedBNClient", "is_local"]
@@ -68,39 +68,18 @@ class FedBN(Strategy):
     def __init__(self, local_layers: Sequence[str] = DEFAULT_LOCAL_LAYERS) -> None:
         self.local_layers = _patterns(local_layers)
 
-    def configure_train(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: Sequence[int],
-    ) -> RecordDict:
-        """The model and the settings, with the local layer patterns added."""
-        return self._content(arrays, config)
-
-    def configure_evaluate(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: Sequence[int],
-    ) -> RecordDict:
-        """As for training: clients evaluate with their own local arrays."""
-        return self._content(arrays, config)
+    def client_settings(self) -> dict[str, Any]:
+        """``local_layers``, added to every request's config: clients need no set-up."""
+        return {LOCAL_LAYERS: list(self.local_layers)}
 
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> _SharedAverage:
         """FedAvg over the shared arrays; the global model's local arrays are kept."""
-        return _SharedAverage(arrays, self.local_layers)
-
-    def _content(self, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         if not any(is_local(name, self.local_layers) for name in arrays):
             raise InvalidArgumentError(
                 f"FedBN: no array of the model matches local_layers {list(self.local_layers)}; "
                 f"the model has {sorted(arrays)}"
             )
-        return model_content(
-            arrays, ConfigRecord({**config, LOCAL_LAYERS: list(self.local_layers)})
-        )
+        return _SharedAverage(arrays, self.local_layers)
 
 
 class _SharedAverage:

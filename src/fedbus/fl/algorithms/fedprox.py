@@ -8,14 +8,11 @@ model as the anchor of ``LocalTerms`` to its trainer. With ``mu = 0`` it is FedA
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from typing import Any
 
-from fedbus.errors import InvalidArgumentError
 from fedbus.fl.client import PROXIMAL_MU
-from fedbus.fl.protocol import model_content
+from fedbus.fl.strategy.base import check_parameter
 from fedbus.fl.strategy.fedavg import FedAvg
-from fedbus.message import ArrayRecord, ConfigRecord, RecordDict
 
 __all__ = ["FedProx"]
 
@@ -32,19 +29,12 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def __init__(self, proximal_mu: float = 0.01) -> None:
-        mu = proximal_mu
-        if isinstance(mu, bool) or not isinstance(mu, int | float) or not math.isfinite(mu):
-            raise InvalidArgumentError(f"FedProx: proximal_mu must be a number >= 0, got {mu!r}")
-        if mu < 0:
-            raise InvalidArgumentError(f"FedProx: proximal_mu must be >= 0, got {mu}")
-        self.proximal_mu = float(mu)
+        self.proximal_mu = check_parameter(self, "proximal_mu", proximal_mu, ">= 0", _at_least_0)
 
-    def configure_train(
-        self,
-        server_round: int,
-        arrays: ArrayRecord,
-        config: ConfigRecord,
-        node_ids: Sequence[int],
-    ) -> RecordDict:
-        """The model and the settings, with ``proximal_mu`` added."""
-        return model_content(arrays, ConfigRecord({**config, PROXIMAL_MU: self.proximal_mu}))
+    def client_settings(self) -> dict[str, Any]:
+        """``proximal_mu``, added to every request's config."""
+        return {PROXIMAL_MU: self.proximal_mu}
+
+
+def _at_least_0(value: float) -> bool:
+    return value >= 0

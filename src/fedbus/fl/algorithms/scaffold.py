@@ -28,8 +28,8 @@ import numpy as np
 
 from fedbus.errors import ConfigError, InvalidArgumentError
 from fedbus.fl.client import Client, is_request, plain_config, train_reply_content
-from fedbus.fl.protocol import ARRAYS, CONFIG, read_arrays
-from fedbus.fl.strategy.base import Strategy
+from fedbus.fl.protocol import model_content, read_arrays
+from fedbus.fl.strategy.base import Strategy, check_parameter
 from fedbus.fl.strategy.fedavg import WeightedAverage
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict
 from fedbus.train.base import Arrays, LocalTerms, Trainer
@@ -72,16 +72,8 @@ class Scaffold(Strategy):
             raise InvalidArgumentError(
                 f"Scaffold: num_clients must be an int >= 1, got {num_clients!r}"
             )
-        if (
-            isinstance(server_lr, bool)
-            or not isinstance(server_lr, int | float)
-            or not server_lr > 0
-        ):
-            raise InvalidArgumentError(
-                f"Scaffold: server_lr must be a number > 0, got {server_lr!r}"
-            )
         self.num_clients = num_clients
-        self.server_lr = float(server_lr)
+        self.server_lr = check_parameter(self, "server_lr", server_lr, "> 0", lambda x: x > 0)
         #: The server control variate ``c``, shaped like the model; None before round 1.
         self.control: Arrays | None = None
 
@@ -97,7 +89,9 @@ class Scaffold(Strategy):
             self.control = {
                 name: np.zeros_like(value) for name, value in arrays.to_numpy_dict().items()
             }
-        return RecordDict({ARRAYS: arrays, CONTROL: ArrayRecord(self.control), CONFIG: config})
+        content = model_content(arrays, config)
+        content[CONTROL] = ArrayRecord(self.control)
+        return content
 
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> _ScaffoldAggregator:
         """Averages the models and the control variate changes of this round's replies."""

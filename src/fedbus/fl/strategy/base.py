@@ -8,8 +8,9 @@ models at once, while a rule that needs them all (median, Krum) may keep them.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,7 +19,7 @@ from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import EVALUATE, TRAIN, model_content, read_metrics, read_num_examples
 from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-__all__ = ["Aggregator", "Strategy", "WeightedMetrics"]
+__all__ = ["Aggregator", "Strategy", "WeightedMetrics", "check_parameter"]
 
 
 class Aggregator(Protocol):
@@ -71,6 +72,11 @@ class Strategy(ABC):
     train_message_type: str = TRAIN
     evaluate_message_type: str = EVALUATE
 
+    def client_settings(self) -> dict[str, Any]:
+        """Settings this strategy adds to the config of every request it sends (FedProx's
+        ``proximal_mu``); none by default."""
+        return {}
+
     def configure_train(
         self,
         server_round: int,
@@ -80,9 +86,14 @@ class Strategy(ABC):
     ) -> RecordDict | Mapping[int, RecordDict]:
         """What to send to the sampled clients: one content for all (default) or one each.
 
-        The default shares one ``RecordDict`` by reference: no model is copied per client.
+        The default shares one ``RecordDict`` by reference (no model is copied per client):
+        the model, and the config with ``client_settings()`` added.
         """
-        return model_content(arrays, config)
+        return model_content(arrays, self._with_settings(config))
+
+    def _with_settings(self, config: ConfigRecord) -> ConfigRecord:
+        settings = self.client_settings()
+        return ConfigRecord({**config, **settings}) if settings else config
 
     @abstractmethod
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> Aggregator:
@@ -118,8 +129,8 @@ class Strategy(ABC):
         config: ConfigRecord,
         node_ids: Sequence[int],
     ) -> RecordDict | Mapping[int, RecordDict]:
-        """What to send to the clients sampled for federated evaluation."""
-        return model_content(arrays, config)
+        """What to send to the clients sampled for federated evaluation (as for training)."""
+        return model_content(arrays, self._with_settings(config))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Sequence[tuple[int, RecordDict]]
@@ -132,3 +143,21 @@ class Strategy(ABC):
             except InvalidArgumentError:
                 continue
         return totals.result()
+
+
+def check_parameter(
+    owner: object, name: str, value: object, expected: str, valid: Callable[[float], bool]
+) -> float:
+    """``value`` as a float if it is a finite real number that passes ``valid``; else an
+    ``InvalidArgumentError`` naming ``owner``'s class, the parameter and what it must be.
+
+    >>> check_parameter(Strategy, "mu", 0.5, ">= 0", lambda x: x >= 0)
+    0.5
+    """
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and valid(value)):  # type: ignore[arg-type]
+        owner_name = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+        raise InvalidArgumentError(
+            f"{owner_name}: {name} must be a finite number {expected}, got {value!r}"
+        )
+    return float(value)  # type: ignore[arg-type]

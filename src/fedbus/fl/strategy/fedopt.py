@@ -14,9 +14,8 @@ so whatever follows the first ``:`` is the array's name, whatever characters tha
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from numpy.typing import NDArray
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import read_num_examples
-from fedbus.fl.strategy.base import Strategy
+from fedbus.fl.strategy.base import Strategy, check_parameter
 from fedbus.fl.strategy.fedavg import WeightedAverage
 from fedbus.message import ArrayRecord, RecordDict
 
@@ -69,7 +68,7 @@ class FedOpt(Strategy):
     moment_names: tuple[str, ...] = ()
 
     def __init__(self, server_lr: float) -> None:
-        self.server_lr = _check(self, "server_lr", server_lr, "> 0", lambda x: x > 0)
+        self.server_lr = check_parameter(self, "server_lr", server_lr, "> 0", lambda x: x > 0)
         self._moments: dict[str, Moments] | None = None  # array name -> moment name -> values
 
     @abstractmethod
@@ -199,7 +198,7 @@ class FedAvgM(FedOpt):
 
     def __init__(self, server_lr: float = 1.0, momentum: float = 0.9) -> None:
         super().__init__(server_lr)
-        self.momentum = _check(self, "momentum", momentum, "in [0, 1)", _below_one)
+        self.momentum = check_parameter(self, "momentum", momentum, "in [0, 1)", _below_one)
 
     def initial_moment(self, moment: str, shape: tuple[int, ...]) -> Float64Array:
         """Zero velocity."""
@@ -235,8 +234,8 @@ class AdaptiveFedOpt(FedOpt):
 
     def __init__(self, server_lr: float, beta1: float, tau: float) -> None:
         super().__init__(server_lr)
-        self.beta1 = _check(self, "beta1", beta1, "in [0, 1)", _below_one)
-        self.tau = _check(self, "tau", tau, "> 0", lambda x: x > 0)
+        self.beta1 = check_parameter(self, "beta1", beta1, "in [0, 1)", _below_one)
+        self.tau = check_parameter(self, "tau", tau, "> 0", lambda x: x > 0)
 
     def initial_moment(self, moment: str, shape: tuple[int, ...]) -> Float64Array:
         """``m`` starts at 0, ``v`` at ``tau**2``."""
@@ -284,7 +283,7 @@ class FedAdam(AdaptiveFedOpt):
         self, server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
     ) -> None:
         super().__init__(server_lr, beta1, tau)
-        self.beta2 = _check(self, "beta2", beta2, "in [0, 1)", _below_one)
+        self.beta2 = check_parameter(self, "beta2", beta2, "in [0, 1)", _below_one)
 
     def second_moment(self, v: Float64Array, delta_squared: Float64Array) -> Float64Array:
         """``beta2 * v + (1 - beta2) * delta**2``."""
@@ -306,7 +305,7 @@ class FedYogi(AdaptiveFedOpt):
         self, server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
     ) -> None:
         super().__init__(server_lr, beta1, tau)
-        self.beta2 = _check(self, "beta2", beta2, "in [0, 1)", _below_one)
+        self.beta2 = check_parameter(self, "beta2", beta2, "in [0, 1)", _below_one)
 
     def second_moment(self, v: Float64Array, delta_squared: Float64Array) -> Float64Array:
         """``v - (1 - beta2) * delta**2 * sign(v - delta**2)``."""
@@ -315,18 +314,6 @@ class FedYogi(AdaptiveFedOpt):
 
 def _below_one(value: float) -> bool:
     return 0 <= value < 1
-
-
-def _check(
-    strategy: Strategy, name: str, value: float, expected: str, valid: Callable[[float], bool]
-) -> float:
-    """``value`` as a float, if it is a finite real number that passes ``valid``."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and valid(value)):
-        raise InvalidArgumentError(
-            f"{type(strategy).__name__}: {name} must be a finite number {expected}, got {value!r}"
-        )
-    return float(value)
 
 
 def _shapes(moments: Mapping[str, Moments]) -> dict[str, tuple[int, ...]]:
