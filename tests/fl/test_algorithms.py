@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,9 +26,10 @@ from fedbus.fl.state import ClientStateStore
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from fedbus.runtime.simulation import Simulation
 from fedbus.train import MLP, LocalTerms, NumpyTrainer, SoftmaxRegression
-from fedbus.worker import MessageFlow
+from fedbus.worker import MessageFlow, Worker
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+RunFederation = Callable[[Worker, Sequence[Worker]], None]
 
 
 def blobs(separation: float = 0.6, seed: int = 0) -> ArrayDataset:
@@ -39,7 +40,7 @@ def blobs(separation: float = 0.6, seed: int = 0) -> ArrayDataset:
     return ArrayDataset(centers[y] + rng.normal(size=(4000, 20)), y, 10)
 
 
-def federation(
+def run_blobs(
     strategy: Strategy,
     client_class: type[Client],
     *,
@@ -118,8 +119,8 @@ def rounds_to(server: Server, accuracy: float) -> int | None:
 
 # -- FedProx ------------------------------------------------------------------------------------
 def test_fedprox_with_mu_zero_is_fedavg_bit_for_bit() -> None:
-    fedavg = federation(FedAvg(), Client, rounds=4)
-    fedprox = federation(FedProx(proximal_mu=0.0), Client, rounds=4)
+    fedavg = run_blobs(FedAvg(), Client, rounds=4)
+    fedprox = run_blobs(FedProx(proximal_mu=0.0), Client, rounds=4)
     for name, value in fedavg.arrays.to_numpy_dict().items():
         np.testing.assert_array_equal(fedprox.arrays.to_numpy_dict()[name], value)
 
@@ -160,8 +161,8 @@ def test_fedprox_sends_mu_and_refuses_a_negative_one() -> None:
 
 # -- SCAFFOLD -----------------------------------------------------------------------------------
 def test_scaffold_reaches_accuracy_in_fewer_rounds_than_fedavg_on_a_dirichlet_01_split() -> None:
-    fedavg = federation(FedAvg(), Client, rounds=12)
-    scaffold = federation(Scaffold(num_clients=30), ScaffoldClient, rounds=12)
+    fedavg = run_blobs(FedAvg(), Client, rounds=12)
+    scaffold = run_blobs(Scaffold(num_clients=30), ScaffoldClient, rounds=12)
     # same seed, same first round (every client starts with c_i = c = 0)
     assert scaffold.history[0].test_accuracy == fedavg.history[0].test_accuracy
     fedavg_rounds, scaffold_rounds = rounds_to(fedavg, 0.75), rounds_to(scaffold, 0.75)
@@ -265,7 +266,7 @@ def test_scaffold_flow_uses_its_own_message_type() -> None:
 
 # -- Ditto --------------------------------------------------------------------------------------
 def test_ditto_personal_models_beat_the_global_model_on_a_non_iid_split() -> None:
-    server = federation(Ditto(lam=0.1), DittoClient, rounds=10, federated_evaluate_every=5)
+    server = run_blobs(Ditto(lam=0.1), DittoClient, rounds=10, federated_evaluate_every=5)
     evaluated = [record.federated_metrics for record in server.history if record.federated_metrics]
     assert len(evaluated) == 2
     final = evaluated[-1]
@@ -297,7 +298,7 @@ def test_ditto_keeps_the_personal_model_in_the_state_store() -> None:
 
 # -- FedBN --------------------------------------------------------------------------------------
 def test_fedbn_keeps_local_layers_on_the_clients() -> None:
-    server = federation(FedBN(["output.*"]), FedBNClient, rounds=3, model_name="mlp", lr=0.05)
+    server = run_blobs(FedBN(["output.*"]), FedBNClient, rounds=3, model_name="mlp", lr=0.05)
     start = MLP(20, hidden=16, num_classes=10).init(seed=0)
     final = server.arrays.to_numpy_dict()
     # the global model's local arrays never change; the shared ones do
@@ -343,3 +344,52 @@ def test_fedbn_refuses_patterns_that_match_nothing_and_bad_patterns() -> None:
     for bad in ("bn*", [], [""]):
         with pytest.raises(InvalidArgumentError, match="local_layers"):
             FedBN(bad)  # type: ignore[arg-type]
+
+
+def test_scaffold_and_ditto_give_the_same_model_on_every_runtime(federation: RunFederation) -> None:
+    """Their own message types travel over gRPC as in simulation (encoded, decoded)."""
+    data = blobs()
+    model = SoftmaxRegression(20, 10)
+    for strategy, client_class in (
+        (Scaffold(num_clients=3), ScaffoldClient),
+        (Ditto(lam=0.1), DittoClient),
+    ):
+        server = Server(
+            strategy,
+            model.init(seed=0),
+            num_rounds=2,
+            clients_per_round=3,
+            train_config={"lr": 0.1, "epochs": 1, "batch_size": 16},
+        )
+        clients = [
+            client_class(
+                NumpyTrainer(
+                    model, data.x[100 * i : 100 * i + 100], data.y[100 * i : 100 * i + 100], seed=i
+                ),
+                i,
+            )
+            for i in (1, 2, 3)
+        ]
+        federation(server, clients)
+        assert server.finished, server.failure
+        assert len(server.history) == 2
+        # against a fresh run in simulation of the same federation
+        twin = Server(
+            type(strategy)(num_clients=3) if isinstance(strategy, Scaffold) else Ditto(lam=0.1),
+            model.init(seed=0),
+            num_rounds=2,
+            clients_per_round=3,
+            train_config={"lr": 0.1, "epochs": 1, "batch_size": 16},
+        )
+        twins = [
+            client_class(
+                NumpyTrainer(
+                    model, data.x[100 * i : 100 * i + 100], data.y[100 * i : 100 * i + 100], seed=i
+                ),
+                i,
+            )
+            for i in (1, 2, 3)
+        ]
+        Simulation(twin, twins).run()
+        for name, value in twin.arrays.to_numpy_dict().items():
+            np.testing.assert_allclose(server.arrays.to_numpy_dict()[name], value, atol=1e-6)
