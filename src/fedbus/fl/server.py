@@ -83,7 +83,9 @@ class Server(Worker):
     Parameters
     ----------
     strategy
-        Configures rounds and aggregates replies (e.g. ``FedAvg()``).
+        Configures rounds and aggregates replies (e.g. ``FedAvg()``). The server registers
+        handlers for the strategy's message types when it is built: to change the strategy,
+        build a new server.
     initial_arrays
         The initial global model.
     num_rounds, clients_per_round
