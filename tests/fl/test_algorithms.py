@@ -346,50 +346,44 @@ def test_fedbn_refuses_patterns_that_match_nothing_and_bad_patterns() -> None:
             FedBN(bad)  # type: ignore[arg-type]
 
 
-def test_scaffold_and_ditto_give_the_same_model_on_every_runtime(federation: RunFederation) -> None:
+def small_federation(
+    make_strategy: Callable[[], Strategy], client_class: type[Client]
+) -> tuple[Server, list[Client]]:
+    """Three clients of 100 samples each and a server for two rounds of ``make_strategy()``."""
+    data, model = blobs(), SoftmaxRegression(20, 10)
+    server = Server(
+        make_strategy(),
+        model.init(seed=0),
+        num_rounds=2,
+        clients_per_round=3,
+        train_config={"lr": 0.1, "epochs": 1, "batch_size": 16},
+    )
+    clients = [
+        client_class(
+            NumpyTrainer(model, data.x[i * 100 :][:100], data.y[i * 100 :][:100], seed=i), i
+        )
+        for i in (1, 2, 3)
+    ]
+    return server, clients
+
+
+@pytest.mark.parametrize(
+    ("make_strategy", "client_class"),
+    [(lambda: Scaffold(num_clients=3), ScaffoldClient), (lambda: Ditto(lam=0.1), DittoClient)],
+    ids=["scaffold", "ditto"],
+)
+def test_scaffold_and_ditto_give_the_same_model_on_every_runtime(
+    federation: RunFederation,
+    make_strategy: Callable[[], Strategy],
+    client_class: type[Client],
+) -> None:
     """Their own message types travel over gRPC as in simulation (encoded, decoded)."""
-    data = blobs()
-    model = SoftmaxRegression(20, 10)
-    for strategy, client_class in (
-        (Scaffold(num_clients=3), ScaffoldClient),
-        (Ditto(lam=0.1), DittoClient),
-    ):
-        server = Server(
-            strategy,
-            model.init(seed=0),
-            num_rounds=2,
-            clients_per_round=3,
-            train_config={"lr": 0.1, "epochs": 1, "batch_size": 16},
-        )
-        clients = [
-            client_class(
-                NumpyTrainer(
-                    model, data.x[100 * i : 100 * i + 100], data.y[100 * i : 100 * i + 100], seed=i
-                ),
-                i,
-            )
-            for i in (1, 2, 3)
-        ]
-        federation(server, clients)
-        assert server.finished, server.failure
-        assert len(server.history) == 2
-        # against a fresh run in simulation of the same federation
-        twin = Server(
-            type(strategy)(num_clients=3) if isinstance(strategy, Scaffold) else Ditto(lam=0.1),
-            model.init(seed=0),
-            num_rounds=2,
-            clients_per_round=3,
-            train_config={"lr": 0.1, "epochs": 1, "batch_size": 16},
-        )
-        twins = [
-            client_class(
-                NumpyTrainer(
-                    model, data.x[100 * i : 100 * i + 100], data.y[100 * i : 100 * i + 100], seed=i
-                ),
-                i,
-            )
-            for i in (1, 2, 3)
-        ]
-        Simulation(twin, twins).run()
-        for name, value in twin.arrays.to_numpy_dict().items():
-            np.testing.assert_allclose(server.arrays.to_numpy_dict()[name], value, atol=1e-6)
+    server, clients = small_federation(make_strategy, client_class)
+    federation(server, clients)
+    assert server.finished, server.failure
+    assert len(server.history) == 2
+    # against a fresh run of the same federation in simulation
+    twin, twins = small_federation(make_strategy, client_class)
+    Simulation(twin, twins).run()
+    for name, value in twin.arrays.to_numpy_dict().items():
+        np.testing.assert_allclose(server.arrays.to_numpy_dict()[name], value, atol=1e-6)

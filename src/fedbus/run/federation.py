@@ -70,7 +70,9 @@ class ModelKit:
             )
         else:
             self.numpy_model = None
-            self._torch_model()  # fails now, with the install hint, rather than in a client
+        # The server's own torch module (initial arrays, central evaluation); built now so that
+        # a missing torch fails here, with the install hint, rather than in a client.
+        self._server_module: Any = None if self.numpy_model is not None else self._torch_model()
 
     def _torch_model(self) -> Any:
         from fedbus.train.torch_models import build_torch_model
@@ -83,10 +85,13 @@ class ModelKit:
             return self.numpy_model.init(seed=seed)
         from fedbus.train.torch_models import init_state
 
-        return init_state(self._torch_model(), seed)
+        return init_state(self._server_module, seed)
 
     def trainer(self, data: ClientData, seed: int) -> Trainer:
-        """A trainer on one client's data, with the configured epochs, batch size and lr."""
+        """A trainer on one client's data, with the configured epochs, batch size and lr.
+
+        Each torch trainer gets a module of its own: clients may train on parallel threads.
+        """
         splits = (data.x_train, data.y_train, data.x_test, data.y_test)
         if self.numpy_model is not None:
             return NumpyTrainer(self.numpy_model, *splits, **self._trainer_options, seed=seed)
@@ -100,7 +105,7 @@ class ModelKit:
         if model is None:
             from fedbus.train.torch_trainer import TorchTrainer
 
-            trainer = TorchTrainer(self._torch_model(), x_test, y_test)
+            trainer = TorchTrainer(self._server_module, x_test, y_test)
 
             def evaluate_torch(arrays: Arrays) -> tuple[float, dict[str, float]]:
                 loss, _, metrics = trainer.evaluate(arrays, {})

@@ -290,22 +290,16 @@ class FedAdam(AdaptiveFedOpt):
         return self.beta2 * v + (1.0 - self.beta2) * delta_squared
 
 
-class FedYogi(AdaptiveFedOpt):
-    """FedYogi: ``v = v - (1 - beta2) * delta**2 * sign(v - delta**2)``; ``beta2`` in [0, 1), the
-    rest as ``AdaptiveFedOpt``'s. ``v`` moves by an amount independent of ``v`` itself, so it
-    changes more gently than Adam's.
+class FedYogi(FedAdam):
+    """FedYogi: ``v = v - (1 - beta2) * delta**2 * sign(v - delta**2)``; parameters as
+    ``FedAdam``'s. ``v`` moves by an amount independent of ``v`` itself, so it changes more
+    gently than Adam's.
 
     >>> FedYogi().name, FedYogi().tau
     ('fedyogi', 0.001)
     """
 
     name = "fedyogi"
-
-    def __init__(
-        self, server_lr: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
-    ) -> None:
-        super().__init__(server_lr, beta1, tau)
-        self.beta2 = check_parameter(self, "beta2", beta2, "in [0, 1)", _below_one)
 
     def second_moment(self, v: Float64Array, delta_squared: Float64Array) -> Float64Array:
         """``v - (1 - beta2) * delta**2 * sign(v - delta**2)``."""
