@@ -5,6 +5,7 @@ These start several Python processes each: they are marked slow, and every wait 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -292,3 +293,26 @@ def test_a_client_with_its_own_data_file_joins_after_the_partitions(tmp_path: Pa
     summary = results["server"].summary  # type: ignore[attr-defined]
     assert summary["num_rounds"] == 3
     assert summary["failure"] is None
+
+
+def test_an_asynchronous_federation_runs_across_processes(fleet: Fleet) -> None:
+    """FedBuff from a configuration, three client processes: versions, not rounds."""
+    config = write_config(fleet.root / "fed.toml", rounds=8)
+    with config.open("a") as file:
+        file.write(
+            '\n[strategy]\nname = "fedbuff"\n\n'
+            '[aggregation]\ntrigger = "goal"\ngoal = 2\nconcurrency = 3\n'
+        )
+    port = free_port()
+    server = fleet.server(config, port, "--insecure", "--min-clients", "3")
+    clients = [fleet.client(config, port, k, "--insecure") for k in range(3)]
+    assert fleet.finish(server) == 0, fleet.log(server)
+    assert [fleet.finish(c) for c in clients] == [0] * 3
+    run_dir = run_dir_of(fleet.root)
+    metrics = read_metrics(run_dir)
+    assert [m["round"] for m in metrics] == list(range(1, 9))
+    assert all(sum(m["staleness"].values()) == m["clients_replied"] == 2 for m in metrics)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert sum(summary["participation"].values()) == 16
+    assert set(summary["participation"]) <= {"1", "2", "3"}
+    assert metrics[-1]["test_accuracy"] > 0.8

@@ -36,6 +36,8 @@ def test_every_algorithm_runs_from_its_config_name(name: str) -> None:
     options = {
         "fedbn": ["model.name=mlp", "strategy.local_layers=output.*"],
         "trimmed_mean": ["strategy.trim_fraction=0.2"],
+        "fedasync": ["aggregation.trigger=goal", "aggregation.goal=1"],
+        "fedbuff": ["aggregation.trigger=goal", "aggregation.goal=4"],
     }.get(name, [])
     federation = build_federation(load_config(None, [*SMALL, f"strategy.name={name}", *options]))
     result = federation.simulation.run()

@@ -1,19 +1,22 @@
-"""``Server``: the standard FL flow as event-driven round logic, written once.
+"""``Server``: the standard synchronous FL flow as event-driven round logic, written once.
 
 A round is a *phase* of requests (``train``, then optionally ``evaluate``) sent to sampled
 clients; it advances when a condition holds, never by a blocking loop:
 
 - every sampled client answered (a reply or an error reply), or
+- ``clients_per_round`` replies arrived when more were sampled (``over_selection``), or
 - ``round_timeout`` passed (simulated seconds in simulation, wall seconds in deployment).
 
 A train phase that closes with at least ``min_replies`` replies is aggregated by the strategy;
 with fewer, it is retried with a fresh sample up to ``max_round_retries`` times, after which
 the run stops with ``failure`` set. Replies to an earlier phase are counted as late and dropped.
+Asynchronous training (aggregating after K updates or every T seconds) is ``AsyncServer``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,43 +24,15 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import FedbusError, InvalidArgumentError
-from fedbus.fl.protocol import EVALUATE, FINISH, JOIN, TRAIN
+from fedbus.fl.protocol import EVALUATE, FINISH, TRAIN
+from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase, mean_wait
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
-from fedbus.worker import SERVER_NODE_ID, TimerHandle, Worker
+from fedbus.worker import SERVER_NODE_ID, TimerHandle
 
 __all__ = ["EvaluateFn", "RoundRecord", "Server"]
 
 logger = logging.getLogger("fedbus.server")
-
-#: Central evaluation: the global arrays -> (loss, metrics such as {"accuracy": ...}).
-EvaluateFn = Callable[[dict[str, np.ndarray[Any, Any]]], tuple[float, dict[str, float]]]
-
-
-@dataclass(slots=True)
-class RoundRecord:
-    """What happened in one round (one line of ``metrics.jsonl``).
-
-    ``time`` is the runtime's clock when the round ended: simulated seconds in simulation.
-    Test metrics come from central evaluation, federated ones from the clients; ``None`` when
-    that evaluation did not run this round. ``late_replies`` counts replies to earlier rounds
-    (or earlier attempts of this one) that arrived while this round ran, and were dropped.
-    """
-
-    round: int
-    time: float = 0.0
-    train_loss: float | None = None
-    test_loss: float | None = None
-    test_accuracy: float | None = None
-    federated_loss: float | None = None
-    federated_accuracy: float | None = None
-    clients_sampled: int = 0
-    clients_replied: int = 0
-    clients_failed: int = 0
-    late_replies: int = 0
-    retries: int = 0
-    train_metrics: dict[str, float] = field(default_factory=dict)
-    federated_metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -69,6 +44,8 @@ class _Phase:
     sampled: int
     aggregator: Aggregator | None = None
     replies: list[tuple[int, RecordDict]] = field(default_factory=list)
+    contributors: list[int] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
     failed: int = 0
     timer: TimerHandle | None = None
 
@@ -77,7 +54,7 @@ class _Phase:
         return self.sampled - len(self.pending) - self.failed
 
 
-class Server(Worker):
+class Server(ServerBase):
     """The FL server: samples clients, sends them work, aggregates, evaluates, repeats.
 
     Parameters
@@ -96,6 +73,10 @@ class Server(Worker):
         Seconds after which a phase closes with the replies it has (default: wait for all).
     max_round_retries
         Fresh samples tried for a round that got fewer than ``min_replies``.
+    over_selection
+        Sample ``ceil(clients_per_round * (1 + over_selection))`` clients and close the round
+        on the first ``clients_per_round`` replies; the stragglers' replies arrive late and are
+        dropped (default 0: sample exactly ``clients_per_round``).
     train_config
         Settings sent to clients with each ``train`` request (e.g. lr, epochs, batch_size).
     evaluate_fn
@@ -127,6 +108,7 @@ class Server(Worker):
         min_replies: int | None = None,
         round_timeout: float | None = None,
         max_round_retries: int = 2,
+        over_selection: float = 0.0,
         train_config: Mapping[str, Any] | None = None,
         evaluate_fn: EvaluateFn | None = None,
         evaluate_every: int = 1,
@@ -139,117 +121,79 @@ class Server(Worker):
         on_round_end: Callable[[RoundRecord], None] | None = None,
         node_id: int = SERVER_NODE_ID,
     ) -> None:
-        super().__init__(node_id)
-        _require(num_rounds >= 1, "num_rounds", ">= 1", num_rounds)
-        _require(clients_per_round >= 1, "clients_per_round", ">= 1", clients_per_round)
+        super().__init__(
+            strategy,
+            initial_arrays,
+            num_rounds=num_rounds,
+            min_clients=clients_per_round if min_clients is None else min_clients,
+            train_config=train_config,
+            evaluate_fn=evaluate_fn,
+            evaluate_every=evaluate_every,
+            seed=seed,
+            first_round=first_round,
+            sampler_state=sampler_state,
+            on_round_end=on_round_end,
+            node_id=node_id,
+        )
+        require = self.require
+        require(clients_per_round >= 1, "clients_per_round", ">= 1", clients_per_round)
         min_replies = clients_per_round if min_replies is None else min_replies
-        _require(
+        require(
             1 <= min_replies <= clients_per_round,
             "min_replies",
             "in 1..clients_per_round",
             min_replies,
         )
-        _require(
+        require(
             round_timeout is None or round_timeout > 0,
             "round_timeout",
             "> 0 or None",
             round_timeout,
         )
-        _require(max_round_retries >= 0, "max_round_retries", ">= 0", max_round_retries)
-        strategy.check_round_size(min_replies)
-        self.strategy = strategy
-        self.arrays = (
-            initial_arrays
-            if isinstance(initial_arrays, ArrayRecord)
-            else ArrayRecord(dict(initial_arrays))
+        require(max_round_retries >= 0, "max_round_retries", ">= 0", max_round_retries)
+        require(
+            math.isfinite(over_selection) and over_selection >= 0,
+            "over_selection",
+            "a finite number >= 0",
+            over_selection,
         )
-        self.num_rounds = num_rounds
+        if strategy.asynchronous:
+            raise InvalidArgumentError(
+                f"Server: strategy {strategy.name!r} aggregates asynchronously; "
+                'run it with AsyncServer (aggregation.trigger = "goal" or "time")'
+            )
+        strategy.check_round_size(min_replies)
         self.clients_per_round = clients_per_round
         self.min_replies = min_replies
         self.round_timeout = round_timeout
         self.max_round_retries = max_round_retries
-        self.train_config = dict(train_config or {})
-        self.evaluate_fn = evaluate_fn
-        self.evaluate_every = evaluate_every
+        self.over_selection = over_selection
         self.federated_evaluate_every = federated_evaluate_every
         self.clients_per_evaluation = clients_per_evaluation or clients_per_round
-        self.min_clients = clients_per_round if min_clients is None else min_clients
-        self.on_round_end = on_round_end
-        self.history: list[RoundRecord] = []
-        self.finished = False
-        #: Why the run stopped early, or None.
-        self.failure: str | None = None
-        _require(1 <= first_round <= num_rounds, "first_round", "in 1..num_rounds", first_round)
-        self.first_round = first_round
-        self._rng = np.random.default_rng(seed)
-        if sampler_state is not None:
-            try:
-                self._rng.bit_generator.state = dict(sampler_state)
-            except (TypeError, ValueError, KeyError) as exc:
-                raise InvalidArgumentError(f"Server: unusable sampler_state: {exc}") from exc
-        self._clients: list[int] = []
-        self._known: set[int] = set()
-        self._participants: set[int] = set()
         self._phase: _Phase | None = None
         self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
-        self._started = False
         self._message_types = {
             TRAIN: strategy.train_message_type,
             EVALUATE: strategy.evaluate_message_type,
         }
         sends = (strategy.train_message_type, strategy.evaluate_message_type, FINISH)
         self.start_sends = sends
-        self.register_handlers(JOIN, self.on_join)
         self.register_handlers(strategy.train_message_type, self.on_train_reply, sends=sends)
         self.register_handlers(strategy.evaluate_message_type, self.on_evaluate_reply, sends=sends)
 
-    # -- membership -----------------------------------------------------------------------------
-    def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
-        """Clients the runtime registered (simulation): available for sampling."""
-        for node_id in node_ids:
-            self._add_client(node_id)
-
-    def on_join(self, message: Message) -> Message | None:
-        """A client asked to join: register it and acknowledge."""
-        if message.has_error() or message.metadata.reply_to_message_id:
-            return None
-        self._add_client(message.sender)
-        self._participants.add(message.sender)  # a joined client is told when the run ends
-        self._maybe_start()
-        return message.create_reply(RecordDict())
-
-    def _add_client(self, node_id: int) -> None:
-        if node_id not in self._known:
-            self._known.add(node_id)
-            self._clients.append(node_id)
-
-    def on_start(self) -> None:
-        """Start round 1 as soon as ``min_clients`` clients are known."""
-        self._maybe_start()
-
-    def _maybe_start(self) -> None:
-        if not self._started and len(self._clients) >= self.min_clients:
-            self._started = True
-            self._start_round(self.first_round)
-
-    def sampler_state(self) -> dict[str, Any]:
-        """The client sampler's state (JSON-serialisable), to continue a run exactly later."""
-        return dict(self._rng.bit_generator.state)
+    def begin_training(self) -> None:
+        """Start round ``first_round``."""
+        self._start_round(self.first_round)
 
     # -- rounds ---------------------------------------------------------------------------------
     def _start_round(self, server_round: int, attempt: int = 0) -> None:
         if attempt == 0:
             self._record = RoundRecord(round=server_round)
-        node_ids = self._sample(self.clients_per_round)
+        node_ids = self.sample(math.ceil(self.clients_per_round * (1 + self.over_selection)))
         config = ConfigRecord({**self.train_config, "server_round": server_round})
         contents = self.strategy.configure_train(server_round, self.arrays, config, node_ids)
         aggregator = self.strategy.start_aggregation(server_round, self.arrays)
         self._open_phase(TRAIN, server_round, attempt, node_ids, contents, aggregator)
-
-    def _sample(self, count: int) -> list[int]:
-        count = min(count, len(self._clients))
-        picks = self._rng.choice(len(self._clients), size=count, replace=False)
-        return [self._clients[int(index)] for index in picks]
 
     def _open_phase(
         self,
@@ -268,7 +212,7 @@ class Server(Worker):
             message = Message(content, node_id, message_type, group_id=str(server_round))
             self.send(message)
             phase.pending[message.metadata.message_id] = node_id
-            self._participants.add(node_id)
+            self.note_participant(node_id)
         if self.round_timeout is not None:
             phase.timer = self.call_later(self.round_timeout, lambda: self._on_timeout(phase))
         if not phase.pending:
@@ -303,9 +247,14 @@ class Server(Worker):
                 logger.warning(
                     "round %s: reply of node %s refused: %s", phase.server_round, node_id, exc
                 )
+            else:
+                phase.contributors.append(node_id)
+                phase.arrivals.append(now())
         else:
             phase.replies.append((node_id, message.content))
-        if not phase.pending:
+        # over-selected: the first clients_per_round replies close the round
+        enough = kind == TRAIN and phase.replied >= self.clients_per_round
+        if not phase.pending or enough:
             self._close_phase()
 
     def _on_timeout(self, phase: _Phase) -> None:
@@ -328,7 +277,7 @@ class Server(Worker):
             self._record.retries += 1
             self._start_round(phase.server_round, phase.attempt + 1)
         else:
-            self._stop_run(
+            self.stop_run(
                 f"round {phase.server_round}: {phase.replied} of {phase.sampled} sampled clients "
                 f"replied, fewer than min_replies={self.min_replies}, after "
                 f"{phase.attempt + 1} attempts; lower min_replies or raise round_timeout"
@@ -341,48 +290,28 @@ class Server(Worker):
         record = self._record
         record.clients_sampled, record.clients_replied = phase.sampled, phase.replied
         record.clients_failed = phase.failed
-        record.train_metrics, record.train_loss = train_metrics, train_metrics.get("train_loss")
-        if self._due(server_round, self.evaluate_every) and self.evaluate_fn is not None:
-            loss, metrics = self.evaluate_fn(self.arrays.to_numpy_dict())
-            record.test_loss, record.test_accuracy = float(loss), metrics.get("accuracy")
-        if self.federated_evaluate_every > 0 and self._due(
+        record.straggler_wait = mean_wait(phase.arrivals, now())
+        if phase.contributors:
+            record.staleness = {0: len(phase.contributors)}
+        self.record_aggregation(record, phase.contributors, train_metrics)
+        self.evaluate_centrally(record)
+        if self.federated_evaluate_every > 0 and self.is_due(
             server_round, self.federated_evaluate_every
         ):
-            node_ids = self._sample(self.clients_per_evaluation)
+            node_ids = self.sample(self.clients_per_evaluation)
             config = ConfigRecord({**self.train_config, "server_round": server_round})
             contents = self.strategy.configure_evaluate(server_round, self.arrays, config, node_ids)
             self._open_phase(EVALUATE, server_round, 0, node_ids, contents)
         else:
             self._end_round(server_round, {})
 
-    def _due(self, server_round: int, every: int) -> bool:
-        return server_round == self.num_rounds or (every > 0 and server_round % every == 0)
-
     def _end_round(self, server_round: int, federated: dict[str, float]) -> None:
         record = self._record
-        record.time = now()
         record.federated_loss = federated.get("loss")
         record.federated_accuracy = federated.get("accuracy")
         record.federated_metrics = federated
-        self.history.append(record)
-        if self.on_round_end is not None:
-            self.on_round_end(record)
+        self.end_round(record)
         if server_round >= self.num_rounds:
-            self._stop_run(None)
+            self.stop_run(None)
         else:
             self._start_round(server_round + 1)
-
-    def _stop_run(self, failure: str | None) -> None:
-        """Tell every client that took part to finish, then stop."""
-        self.failure = failure
-        if failure is not None:
-            logger.error("the run stops: %s", failure)
-        for node_id in sorted(self._participants):
-            self.send(Message(RecordDict(), node_id, FINISH))
-        self.finished = failure is None
-        self.stop()
-
-
-def _require(condition: bool, name: str, expected: str, value: object) -> None:
-    if not condition:
-        raise InvalidArgumentError(f"Server: {name} must be {expected}, got {value!r}")

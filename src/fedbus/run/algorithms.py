@@ -21,6 +21,8 @@ from fedbus.fl.algorithms import (
     Scaffold,
     ScaffoldClient,
 )
+from fedbus.fl.strategy.fedasync import FedAsync
+from fedbus.fl.strategy.fedbuff import FedBuff
 from fedbus.fl.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedbus.fl.strategy.robust import Bulyan, Krum, Median, MultiKrum, NormBound, TrimmedMean
 from fedbus.run.config import Config
@@ -81,6 +83,8 @@ ALGORITHMS: dict[str, Algorithm] = {
     "norm_bound": Algorithm(lambda config: NormBound(config.strategy.max_norm)),
     "fedbn": Algorithm(lambda config: FedBN(config.strategy.local_layers.split(",")), FedBNClient),
     "ditto": Algorithm(lambda config: Ditto(config.strategy.ditto_lambda), DittoClient),
+    "fedasync": Algorithm(lambda config: FedAsync(config.strategy.fedasync_alpha)),
+    "fedbuff": Algorithm(lambda config: FedBuff(**_server_lr(config))),
 }
 
 

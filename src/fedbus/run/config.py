@@ -1,4 +1,4 @@
-"""Configuration: a TOML file of eight sections, every key declared once.
+"""Configuration: a TOML file of nine sections, every key declared once.
 
 Each section is a frozen dataclass; each key is a field declared with ``setting`` (type,
 default, meaning, accepted values). Validation, ``--set`` overrides, ``config_to_toml`` and the
@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 import tomli_w
 
 from fedbus.errors import ConfigError
+from fedbus.fl.asynchronous import BROADCASTS, DISCOUNTS
+from fedbus.fl.asynchronous import TRIGGERS as ASYNC_TRIGGERS
 from fedbus.run.schema import (
     ConfigSection,
     format_problems,
@@ -49,6 +51,8 @@ __all__ = [
     "PARTITIONS",
     "SECTIONS",
     "STRATEGIES",
+    "TRIGGERS",
+    "AggregationConfig",
     "AttackConfig",
     "Config",
     "DataConfig",
@@ -87,7 +91,11 @@ STRATEGIES: tuple[str, ...] = (
     "norm_bound",
     "fedbn",
     "ditto",
+    "fedasync",
+    "fedbuff",
 )
+#: "all" is the synchronous Server; the others are AsyncServer's triggers.
+TRIGGERS: tuple[str, ...] = ("all", *ASYNC_TRIGGERS)
 ATTACKS: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip")
 _FILE_DATASETS: tuple[str, ...] = ("npz", "csv")
 
@@ -122,7 +130,9 @@ class FederationConfig(ConfigSection):
     clients_per_round: int = setting(
         10, "clients sampled for training each round", bounds="1 <= x <= num_clients"
     )
-    num_rounds: int = setting(80, "training rounds", bounds="x >= 1")
+    num_rounds: int = setting(
+        80, "training rounds (asynchronous training: aggregations)", bounds="x >= 1"
+    )
     seed: int = setting(0, "seed of every random choice: same seed, same run", bounds="x >= 0")
     min_replies: int = setting(
         0,
@@ -131,7 +141,8 @@ class FederationConfig(ConfigSection):
     )
     round_timeout: float = setting(
         0.0,
-        "seconds a round waits for replies, simulated in simulation (0 = wait for all)",
+        "seconds a round waits for replies, simulated in simulation (0 = wait for all); "
+        "asynchronous training: seconds after which a client that has not answered is given up",
         bounds="x >= 0",
     )
     max_round_retries: int = setting(
@@ -229,7 +240,7 @@ class StrategyConfig(ConfigSection):
     name: str = setting("fedavg", "aggregation strategy or algorithm", choices=STRATEGIES)
     server_lr: float = setting(
         0.0,
-        "server learning rate of fedavgm, fedadagrad, fedadam, fedyogi and scaffold "
+        "server learning rate of fedavgm, fedadagrad, fedadam, fedyogi, scaffold and fedbuff "
         "(0 = the algorithm's default)",
         bounds="x >= 0",
     )
@@ -267,6 +278,61 @@ class StrategyConfig(ConfigSection):
     ditto_lambda: float = setting(
         0.1, "pull of each personal model toward the global one (ditto)", bounds="x >= 0"
     )
+    fedasync_alpha: float = setting(
+        0.5, "mixing weight of a fresh update (fedasync)", bounds="0 < x <= 1"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AggregationConfig(ConfigSection):
+    """[aggregation]: when the server aggregates and whom it sends the model (synchronous
+    rounds or asynchronous training; docs/async.md)."""
+
+    section: ClassVar[str] = "aggregation"
+    trigger: str = setting(
+        "all",
+        "when to aggregate: once every sampled client answered (all: synchronous rounds), "
+        "after `goal` updates, or every `period` seconds",
+        choices=TRIGGERS,
+    )
+    goal: int = setting(10, "updates per aggregation (goal trigger)", bounds="x >= 1")
+    period: float = setting(
+        5.0, "seconds between aggregations, simulated in simulation (time trigger)", bounds="x > 0"
+    )
+    broadcast: str = setting(
+        "after_receiving",
+        "asynchronous: send the current model to a fresh client as soon as one reports, or "
+        "only after each aggregation",
+        choices=BROADCASTS,
+    )
+    concurrency: int = setting(
+        0,
+        "asynchronous: clients training at once (0 = federation.clients_per_round)",
+        bounds="x >= 0",
+    )
+    over_selection: float = setting(
+        0.0,
+        "synchronous: sample this share more clients than clients_per_round and close each "
+        "round on the first clients_per_round replies",
+        bounds="x >= 0",
+    )
+    staleness_tolerance: int = setting(
+        10,
+        "asynchronous: oldest update aggregated, in model versions; older ones are dropped",
+        bounds="x >= 0",
+    )
+    staleness_discount: str = setting(
+        "polynomial",
+        "weight of an update s versions old: 1 (constant), (1 + s)^-a (polynomial), or 1 up "
+        "to s = b then 1 / (a (s - b) + 1) (hinge)",
+        choices=DISCOUNTS,
+    )
+    staleness_exponent: float = setting(
+        0.5, "a of the polynomial and hinge discounts", bounds="x > 0"
+    )
+    staleness_hinge: float = setting(
+        4.0, "b of the hinge discount: staleness that still counts fully", bounds="x >= 0"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +362,9 @@ class SimulationConfig(ConfigSection):
     profiles_csv: str = setting(
         "",
         "CSV with one row per client (columns node_id, speed, uplink_mbps, downlink_mbps, "
-        "latency, dropout); overrides the distributions below",
+        "latency, dropout, windows, window_period; windows are online seconds like "
+        "0-100;200-350.5, repeated every window_period seconds if > 0); overrides the "
+        "distributions below",
         is_path=True,
     )
     speed: float = setting(2000.0, "median client speed, samples per second", bounds="x > 0")
@@ -310,6 +378,19 @@ class SimulationConfig(ConfigSection):
     latency: float = setting(0.05, "one-way network latency, seconds", bounds="x >= 0")
     dropout: float = setting(
         0.0, "probability that a client silently fails a message", bounds="0 <= x <= 1"
+    )
+    availability: float = setting(
+        1.0, "share of the time each client is online (1 = always)", bounds="0 < x <= 1"
+    )
+    availability_period: float = setting(
+        0.0,
+        "seconds of one on/off cycle of a client's availability (needed when availability < 1)",
+        bounds="x >= 0",
+    )
+    offline: str = setting(
+        "wait",
+        "what a message to an offline client does: wait for its next window, or fail at once",
+        choices=("wait", "fail"),
     )
     client_state_mb: float = setting(
         0.0,
@@ -328,6 +409,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
         ModelConfig,
         TrainerConfig,
         StrategyConfig,
+        AggregationConfig,
         AttackConfig,
         SimulationConfig,
     )
@@ -354,6 +436,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 

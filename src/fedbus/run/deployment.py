@@ -24,7 +24,7 @@ import numpy as np
 from fedbus.data import ClientData, load_csv, load_npz
 from fedbus.data.base import split_client
 from fedbus.errors import ConfigError
-from fedbus.fl import RoundRecord, Server
+from fedbus.fl import RoundRecord, ServerBase
 from fedbus.run.checkpoint import (
     CHECKPOINT_FILE,
     load_checkpoint,
@@ -33,7 +33,7 @@ from fedbus.run.checkpoint import (
     save_checkpoint,
 )
 from fedbus.run.config import Config, config_to_toml, load_config
-from fedbus.run.experiment import metrics_line, write_outputs
+from fedbus.run.experiment import metrics_line, run_statistics, write_outputs
 from fedbus.run.federation import (
     build_client,
     build_config_model,
@@ -127,7 +127,7 @@ class _RoundLog:
 
     def __init__(self, run_dir: RunDirectory, completed: int, num_rounds: int) -> None:
         self.run_dir, self.offset, self.num_rounds = run_dir, completed, num_rounds
-        self.server: Server | None = None
+        self.server: ServerBase | None = None
         self.handle: GrpcServer | None = None
         previous = read_metrics(run_dir.path)[-1:] if completed else []
         self.earlier = float(previous[0].get("wall_time") or 0.0) if previous else 0.0
@@ -239,7 +239,7 @@ def _wait(handle: GrpcServer) -> None:
 
 
 def _finish(
-    config: Config, run_dir: RunDirectory, server: Server, handle: GrpcServer, log: _RoundLog
+    config: Config, run_dir: RunDirectory, server: ServerBase, handle: GrpcServer, log: _RoundLog
 ) -> DeploymentResult:
     failure = server.failure or (None if handle.error is None else str(handle.error))
     if failure is None and not server.finished:
@@ -259,6 +259,7 @@ def _finish(
         "bytes_down": stats.bytes_out,
         "messages": stats.messages_in + stats.messages_out,
         "resumed_after_round": log.offset,
+        **run_statistics(server),
         "failure": failure,
     }
     write_outputs(config, run_dir, summary, server.arrays.to_numpy_dict())

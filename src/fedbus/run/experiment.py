@@ -15,14 +15,20 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import RunError
-from fedbus.fl import RoundRecord
+from fedbus.fl import RoundRecord, ServerBase
 from fedbus.run.config import Config, config_to_toml
 from fedbus.run.federation import Federation, build_federation
 from fedbus.run.outputs import RunDirectory
 from fedbus.run.plot import write_curves
 from fedbus.run.progress import RoundProgress
 
-__all__ = ["ExperimentResult", "metrics_line", "run_experiment", "write_outputs"]
+__all__ = [
+    "ExperimentResult",
+    "metrics_line",
+    "run_experiment",
+    "run_statistics",
+    "write_outputs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +52,8 @@ def metrics_line(
     """One ``metrics.jsonl`` line: a round's record with the runtime's clock and bytes added.
 
     Federated-evaluation metrics beyond loss and accuracy (Ditto's ``personal_accuracy``) are
-    added as ``federated_<name>``.
+    added as ``federated_<name>``. ``staleness`` maps each staleness (in model versions, as
+    text: JSON keys are strings) to the number of updates aggregated that stale.
     """
     extra = {
         f"federated_{name}": value
@@ -67,6 +74,9 @@ def metrics_line(
         "clients_failed": record.clients_failed,
         "late_replies": record.late_replies,
         "retries": record.retries,
+        "straggler_wait": record.straggler_wait,
+        "stale_dropped": record.stale_dropped,
+        "staleness": {str(age): count for age, count in sorted(record.staleness.items())},
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
         **extra,
@@ -140,10 +150,31 @@ def run_experiment(config: Config, *, quiet: bool = False) -> ExperimentResult:
         "bytes_up": outcome.stats.bytes_up,
         "bytes_down": outcome.stats.bytes_down,
         "messages": outcome.stats.messages_sent,
+        **run_statistics(server),
         "failure": failure,
     }
     write_outputs(config, run_dir, summary, server.arrays.to_numpy_dict())
     return ExperimentResult(run_dir.path, summary, federation)
+
+
+def run_statistics(server: ServerBase) -> dict[str, Any]:
+    """A run's totals for ``summary.json``: straggler wait, staleness and participation.
+
+    ``straggler_wait`` sums the rounds' waits (seconds); ``staleness`` merges the rounds'
+    histograms; ``participation`` maps each client that contributed to how many of its updates
+    were aggregated, and ``clients_participated`` counts those clients.
+    """
+    staleness: dict[int, int] = {}
+    for record in server.history:
+        for age, count in record.staleness.items():
+            staleness[age] = staleness.get(age, 0) + count
+    return {
+        "straggler_wait": sum(record.straggler_wait for record in server.history),
+        "stale_dropped": sum(record.stale_dropped for record in server.history),
+        "staleness": {str(age): count for age, count in sorted(staleness.items())},
+        "clients_participated": len(server.participation),
+        "participation": {str(node): n for node, n in sorted(server.participation.items())},
+    }
 
 
 def write_outputs(

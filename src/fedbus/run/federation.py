@@ -14,7 +14,16 @@ import numpy as np
 
 from fedbus.data import ClientData, FederatedDataset, build_dataset
 from fedbus.errors import ConfigError
-from fedbus.fl import Client, EvaluateFn, RoundRecord, Server
+from fedbus.fl import (
+    AsyncServer,
+    Client,
+    EvaluateFn,
+    RoundRecord,
+    Server,
+    ServerBase,
+    Staleness,
+    Strategy,
+)
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
 from fedbus.fl.state import ClientStateStore
 from fedbus.run.algorithms import ALGORITHMS, build_strategy
@@ -130,7 +139,7 @@ class Federation:
     config: Config
     dataset: FederatedDataset
     model: ModelKit
-    server: Server
+    server: ServerBase
     client_fn: Callable[[int], Client]
     simulation: Simulation
 
@@ -171,6 +180,8 @@ def _profiles(config: Config) -> ProfileSource:
         latency=simulation.latency,
         dropout=simulation.dropout,
         seed=config.federation.seed,
+        availability=simulation.availability,
+        availability_period=simulation.availability_period,
     )
     if not simulation.profiles_csv:
         return distribution
@@ -199,31 +210,108 @@ def build_server(
     initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
     first_round: int = 1,
     sampler_state: Mapping[str, Any] | None = None,
-) -> Server:
+) -> ServerBase:
     """The FL server ``config`` describes, evaluating on ``dataset``'s central test set.
 
-    ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a run (a resumed
-    deployment): the model, the round and the client sampler where it stopped.
+    ``aggregation.trigger = "all"`` gives the synchronous ``Server``; ``"goal"`` and ``"time"``
+    give ``AsyncServer``. ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a
+    run (a resumed deployment): the model, the round and the client sampler where it stopped.
     """
-    federation, trainer = config.federation, config.trainer
-    return Server(
-        build_strategy(config),
-        model.init(federation.seed) if initial_arrays is None else dict(initial_arrays),
-        num_rounds=federation.num_rounds,
-        clients_per_round=federation.clients_per_round,
-        min_replies=federation.min_replies or None,
-        round_timeout=federation.round_timeout or None,
-        max_round_retries=federation.max_round_retries,
-        train_config={"epochs": trainer.epochs, "batch_size": trainer.batch_size, "lr": trainer.lr},
-        evaluate_fn=model.evaluate_fn(*dataset.test_set()),
-        evaluate_every=federation.evaluate_every,
-        federated_evaluate_every=federation.federated_evaluate_every,
-        clients_per_evaluation=federation.clients_per_evaluation,
-        seed=federation.seed,
-        first_round=first_round,
-        sampler_state=sampler_state,
-        on_round_end=on_round_end,
+    federation, trainer, aggregation = config.federation, config.trainer, config.aggregation
+    strategy = build_strategy(config)
+    _check_schedule(config, strategy)
+    shared: dict[str, Any] = {
+        "num_rounds": federation.num_rounds,
+        "train_config": {
+            "epochs": trainer.epochs,
+            "batch_size": trainer.batch_size,
+            "lr": trainer.lr,
+        },
+        "evaluate_fn": model.evaluate_fn(*dataset.test_set()),
+        "evaluate_every": federation.evaluate_every,
+        "seed": federation.seed,
+        "first_round": first_round,
+        "sampler_state": sampler_state,
+        "on_round_end": on_round_end,
+    }
+    arrays = model.init(federation.seed) if initial_arrays is None else dict(initial_arrays)
+    if aggregation.trigger == "all":
+        return Server(
+            strategy,
+            arrays,
+            clients_per_round=federation.clients_per_round,
+            min_replies=federation.min_replies or None,
+            round_timeout=federation.round_timeout or None,
+            max_round_retries=federation.max_round_retries,
+            over_selection=aggregation.over_selection,
+            federated_evaluate_every=federation.federated_evaluate_every,
+            clients_per_evaluation=federation.clients_per_evaluation,
+            **shared,
+        )
+    return AsyncServer(
+        strategy,
+        arrays,
+        concurrency=_concurrency(config),
+        trigger=aggregation.trigger,
+        goal=aggregation.goal,
+        period=aggregation.period,
+        broadcast=aggregation.broadcast,
+        staleness=Staleness(
+            tolerance=aggregation.staleness_tolerance,
+            discount=aggregation.staleness_discount,
+            exponent=aggregation.staleness_exponent,
+            hinge=aggregation.staleness_hinge,
+        ),
+        request_timeout=federation.round_timeout or None,
+        **shared,
     )
+
+
+def _concurrency(config: Config) -> int:
+    return config.aggregation.concurrency or config.federation.clients_per_round
+
+
+def _check_schedule(config: Config, strategy: Strategy) -> None:
+    """Refuse, naming the keys to change, what the configured server cannot run."""
+    aggregation, federation = config.aggregation, config.federation
+    name = config.strategy.name
+    if aggregation.trigger == "all":
+        if strategy.asynchronous:
+            raise ConfigError(
+                f'strategy.name = "{name}" trains asynchronously: set aggregation.trigger = '
+                '"goal" (aggregate every aggregation.goal updates) or "time"'
+            )
+        return
+    problems = []
+    if strategy.synchronous_only:
+        problems.append(
+            f'strategy.name = "{name}" needs synchronous rounds: set aggregation.trigger = "all"'
+        )
+    if federation.federated_evaluate_every > 0:
+        problems.append(
+            "federation.federated_evaluate_every runs with synchronous rounds only: set it to 0 "
+            '(central evaluation still runs) or aggregation.trigger = "all"'
+        )
+    if aggregation.over_selection > 0:
+        problems.append(
+            "aggregation.over_selection applies to synchronous rounds; asynchronous training "
+            "keeps aggregation.concurrency clients busy instead: set it to 0"
+        )
+    concurrency = _concurrency(config)
+    if concurrency > federation.num_clients:
+        problems.append(
+            f"aggregation.concurrency = {concurrency} exceeds federation.num_clients = "
+            f"{federation.num_clients}"
+        )
+    after_aggregating = aggregation.broadcast == "after_aggregating"
+    if aggregation.trigger == "goal" and after_aggregating and aggregation.goal > concurrency:
+        problems.append(
+            f"aggregation.goal = {aggregation.goal} exceeds the {concurrency} clients busy at "
+            'once with broadcast = "after_aggregating": lower the goal or raise '
+            "aggregation.concurrency"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def build_client(
@@ -267,6 +355,12 @@ def build_federation(
             "simulation.dropout > 0 needs federation.round_timeout > 0: a lost reply is only "
             "noticed when the round times out"
         )
+    availability = config.simulation.availability
+    if availability < 1 and config.simulation.availability_period == 0:
+        raise ConfigError(
+            f"simulation.availability = {availability} needs simulation.availability_period "
+            "> 0: set it to the seconds of one on/off cycle (e.g. 86400 for a daily cycle)"
+        )
     dataset, model = build_model_and_data(config)
     server = build_server(config, dataset, model, on_round_end)
     budget = config.simulation.client_state_mb
@@ -282,5 +376,6 @@ def build_federation(
         seed=federation.seed,
         profiles=_profiles(config),
         check_serialization=config.simulation.check_serialization,
+        offline="fail" if config.simulation.offline == "fail" else "wait",
     )
     return Federation(config, dataset, model, server, client_fn, simulation)

@@ -66,6 +66,8 @@ class Scaffold(Strategy):
 
     name = "scaffold"
     train_message_type = SCAFFOLD_TRAIN
+    # control variates are corrections of the current model: a stale one would misdirect
+    synchronous_only = True
 
     def __init__(self, num_clients: int, server_lr: float = 1.0) -> None:
         if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:

@@ -2,6 +2,7 @@
 
 - ``fedavg``: FedAvg and the streaming ``WeightedAverage`` the others build on.
 - ``fedopt``: server optimisers (FedAvgM, FedAdagrad, FedAdam, FedYogi).
+- ``fedasync``, ``fedbuff``: asynchronous training (run by ``AsyncServer``).
 - ``robust``: Byzantine-robust rules (Krum, Multi-Krum, median, trimmed mean, Bulyan, norm bound).
 
 Algorithms that also change what clients do (FedProx, SCAFFOLD, Ditto, FedBN) are in
@@ -9,7 +10,9 @@ Algorithms that also change what clients do (FedProx, SCAFFOLD, Ditto, FedBN) ar
 """
 
 from fedbus.fl.strategy.base import Aggregator, Strategy, WeightedMetrics
+from fedbus.fl.strategy.fedasync import FedAsync
 from fedbus.fl.strategy.fedavg import FedAvg, WeightedAverage
+from fedbus.fl.strategy.fedbuff import FedBuff
 from fedbus.fl.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from fedbus.fl.strategy.robust import Bulyan, Krum, Median, MultiKrum, NormBound, TrimmedMean
 
@@ -18,8 +21,10 @@ __all__ = [
     "Bulyan",
     "FedAdagrad",
     "FedAdam",
+    "FedAsync",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
     "FedOpt",
     "FedYogi",
     "Krum",

@@ -71,6 +71,13 @@ class Strategy(ABC):
     #: clients register handlers for them.
     train_message_type: str = TRAIN
     evaluate_message_type: str = EVALUATE
+    #: True for a strategy written for asynchronous training (FedAsync, FedBuff): only
+    #: ``AsyncServer`` runs it. Other strategies run in both servers unless they set
+    #: ``synchronous_only``.
+    asynchronous: bool = False
+    #: True for a strategy whose state assumes every update was computed on the current model
+    #: (SCAFFOLD's control variates): ``AsyncServer`` refuses it.
+    synchronous_only: bool = False
 
     def client_settings(self) -> dict[str, Any]:
         """Settings this strategy adds to the config of every request it sends (FedProx's
@@ -98,6 +105,34 @@ class Strategy(ABC):
     @abstractmethod
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> Aggregator:
         """A fresh aggregator for this round's train replies (``arrays`` is the global model)."""
+
+    def stale_update(
+        self, current: ArrayRecord, base: ArrayRecord, update: ArrayRecord, weight: float
+    ) -> ArrayRecord:
+        """The model that ``update``, trained from the older ``base``, stands for now that the
+        global model is ``current``, discounted by ``weight`` in (0, 1] (asynchronous training).
+
+        The default moves ``current`` by the client's discounted change,
+        ``current + weight * (update - base)`` (FedBuff); a fresh update at full weight is
+        ``update`` itself, bit for bit. Arrays a client does not send (FedBN's local layers)
+        stay out; arithmetic is float64 and each array keeps its dtype.
+        """
+        if weight == 1.0 and base is current:
+            return update
+        now_arrays, base_arrays = current.to_numpy_dict(), base.to_numpy_dict()
+        moved: dict[str, np.ndarray[Any, Any]] = {}
+        for name, value in update.to_numpy_dict().items():
+            if name not in now_arrays or name not in base_arrays:
+                raise InvalidArgumentError(f"the update has an array {name!r} the model lacks")
+            if value.shape != base_arrays[name].shape:
+                raise InvalidArgumentError(
+                    f"the update's {name!r} has shape {value.shape}; "
+                    f"the model's has {base_arrays[name].shape}"
+                )
+            start = now_arrays[name].astype(np.float64)
+            change = value.astype(np.float64) - base_arrays[name]
+            moved[name] = np.asarray(start + weight * change).astype(value.dtype)
+        return ArrayRecord(moved)
 
     def check_round_size(self, min_replies: int) -> None:
         """Raise ``InvalidArgumentError`` if rounds aggregating as few as ``min_replies``

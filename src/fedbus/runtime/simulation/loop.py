@@ -10,6 +10,12 @@ When is a message delivered? ``send time + transfer + latency``, where the send 
 handler's start plus ``HANDLER_TIME`` plus the samples it reported divided by the node's speed
 (see ``profiles``). Messages travel by reference; ``check_serialization=True`` instead sends each
 one through the codec, proving the same code would run over a network.
+
+Clients whose profile has availability windows are offline outside them (the server never is).
+An offline device cannot send: a message it sends leaves at the start of its next window (and is
+lost if none is left). A message that arrives while its receiver is offline waits for the
+receiver's next window (``offline="wait"``, what a store-and-forward server does; its TTL still
+applies) or fails at once with ``NODE_UNAVAILABLE`` to the sender (``offline="fail"``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,7 +46,9 @@ __all__ = ["Simulation", "SimulationResult", "SimulationStats", "TraceEntry", "s
 
 logger = logging.getLogger("fedbus.simulation")
 
-TraceEvent = Literal["delivered", "expired", "unavailable", "undeliverable", "dropped"]
+TraceEvent = Literal[
+    "delivered", "expired", "unavailable", "undeliverable", "dropped", "held", "offline"
+]
 ClientFactory = Callable[[int], Worker]
 
 
@@ -48,8 +57,11 @@ class TraceEntry:
     """One thing that happened to a message, at a simulated time.
 
     ``event`` is ``delivered`` (a handler ran), ``expired`` (its TTL passed first),
-    ``unavailable`` (the receiver had stopped), ``undeliverable`` (no such node) or
-    ``dropped`` (lost by the receiver's dropout).
+    ``unavailable`` (the receiver had stopped), ``undeliverable`` (no such node),
+    ``dropped`` (lost by the receiver's dropout), ``held`` (the receiver was offline: the
+    message waits for its next window, where it gets another entry) or ``offline`` (lost
+    because its receiver, or its sender, was offline and had no window left, or because the
+    receiver was offline with ``offline="fail"``).
     """
 
     time: float
@@ -147,6 +159,10 @@ class Simulation:
         Keep the trace (on by default; large runs may turn it off).
     run_id
         Stamped on every message.
+    offline
+        What a message that reaches a client outside its availability windows does:
+        ``"wait"`` for the client's next window, or ``"fail"`` at once with a
+        ``NODE_UNAVAILABLE`` error to the sender.
     """
 
     def __init__(
@@ -160,8 +176,14 @@ class Simulation:
         check_serialization: bool = False,
         record_trace: bool = True,
         run_id: int = 1,
+        offline: Literal["wait", "fail"] = "wait",
     ) -> None:
+        if offline not in ("wait", "fail"):
+            raise InvalidArgumentError(
+                f'simulate: offline must be "wait" or "fail", got {offline!r}'
+            )
         self.server = server
+        self._offline = offline
         self.stats = SimulationStats()
         self.trace: list[TraceEntry] = []
         self._record_trace = record_trace
@@ -306,8 +328,10 @@ class Simulation:
         if worker is None:
             self._fail(message, "undeliverable", ErrorCode.NODE_UNAVAILABLE, f"no node {node_id}")
             return
-        dropout = self._profile(node_id).dropout
-        if dropout > 0 and self._rng.random() < dropout:
+        profile = self._profile(node_id)
+        if profile.windows and not self._online_or_held(message, profile):
+            return
+        if profile.dropout > 0 and self._rng.random() < profile.dropout:
             self._record("dropped", metadata)
             return
         if node_id in self._unstarted:
@@ -315,6 +339,21 @@ class Simulation:
             self._run_on(worker.on_start)
         self._record("delivered", metadata)
         self._run_on(lambda: worker.deliver(message))
+
+    def _online_or_held(self, message: Message, profile: ClientProfile) -> bool:
+        """Whether the receiver is online now; if not, hold the message or fail it."""
+        back = profile.next_online(self._now)
+        if back <= self._now:  # online now
+            return True
+        if self._offline == "fail" or back == math.inf:
+            node_id = message.metadata.dst_node_id
+            left = " and has no window left" if back == math.inf else ""
+            reason = f"node {node_id} is offline{left}"
+            self._fail(message, "offline", ErrorCode.NODE_UNAVAILABLE, reason)
+            return False
+        self._record("held", message.metadata)
+        self._push(back, message)  # a new sequence number: ties still break deterministically
+        return False
 
     def _fail(self, message: Message, event: TraceEvent, code: ErrorCode, reason: str) -> None:
         """Record a failed delivery and tell the sender, unless the message was an error."""
@@ -335,6 +374,12 @@ class Simulation:
         self._stamp(message, node_id)
         metadata = message.metadata
         depart = self._clock()
+        profile = self._profile(node_id)
+        if profile.windows:  # an offline device sends when it is back
+            depart = profile.next_online(depart)
+            if depart == math.inf:
+                self._record("offline", metadata)
+                return
         if metadata.ttl <= 0 or depart > metadata.expires_at:
             self._fail(
                 message, "expired", ErrorCode.MESSAGE_EXPIRED, "its TTL had passed when sent"
@@ -423,6 +468,7 @@ def simulate(
     check_serialization: bool = False,
     record_trace: bool = True,
     until: float | None = None,
+    offline: Literal["wait", "fail"] = "wait",
 ) -> SimulationResult:
     """Run ``server`` and ``clients`` in simulated time until no message is in flight.
 
@@ -455,5 +501,6 @@ def simulate(
         profiles=profiles,
         check_serialization=check_serialization,
         record_trace=record_trace,
+        offline=offline,
     )
     return simulation.run(until=until)

@@ -1,0 +1,259 @@
+"""What every FL server shares, whatever decides when it aggregates.
+
+``ServerBase`` holds the global model and the strategy, keeps the list of known clients and the
+seeded sampler, evaluates centrally, writes one ``RoundRecord`` per aggregation and ends the run.
+The two servers built on it differ only in when they aggregate and whom they send the model:
+
+- ``Server`` (``fl.server``): synchronous rounds, aggregating once the sampled clients answered;
+- ``AsyncServer`` (``fl.asynchronous``): aggregating after K updates or every T seconds, with
+  stale updates discounted.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedbus.errors import InvalidArgumentError
+from fedbus.fl.protocol import FINISH, JOIN
+from fedbus.fl.strategy.base import Strategy
+from fedbus.message import ArrayRecord, Message, RecordDict, now
+from fedbus.worker import Worker
+
+__all__ = ["EvaluateFn", "RoundRecord", "ServerBase"]
+
+logger = logging.getLogger("fedbus.server")
+
+#: Central evaluation: the global arrays -> (loss, metrics such as {"accuracy": ...}).
+EvaluateFn = Callable[[dict[str, np.ndarray[Any, Any]]], tuple[float, dict[str, float]]]
+
+
+@dataclass(slots=True)
+class RoundRecord:
+    """What happened in one round, i.e. one aggregation (one line of ``metrics.jsonl``).
+
+    ``time`` is the runtime's clock when the round ended: simulated seconds in simulation.
+    Test metrics come from central evaluation, federated ones from the clients; ``None`` when
+    that evaluation did not run this round. ``late_replies`` counts replies to earlier rounds
+    (or earlier attempts of this one) that arrived while this round ran, and were dropped.
+
+    ``straggler_wait`` is the mean time, in the runtime's seconds, that the updates aggregated
+    this round waited at the server between their arrival and the aggregation: in a synchronous
+    round, the time the fast clients' work sat idle until the slowest answered. ``staleness``
+    counts the aggregated updates by how many model versions old they were (all 0 in a
+    synchronous run), and ``stale_dropped`` the updates older than the tolerance.
+    """
+
+    round: int
+    time: float = 0.0
+    train_loss: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    federated_loss: float | None = None
+    federated_accuracy: float | None = None
+    clients_sampled: int = 0
+    clients_replied: int = 0
+    clients_failed: int = 0
+    late_replies: int = 0
+    retries: int = 0
+    straggler_wait: float = 0.0
+    stale_dropped: int = 0
+    staleness: dict[int, int] = field(default_factory=dict)
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    federated_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ServerBase(Worker):
+    """The global model, the known clients, the sampler, central evaluation and the run's end.
+
+    Subclasses start training in ``begin_training`` and call ``evaluate_centrally``,
+    ``record_aggregation``, ``end_round`` and ``stop_run`` as their own schedule dictates. See
+    ``Server`` for the parameters they share.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
+        *,
+        num_rounds: int,
+        min_clients: int,
+        train_config: Mapping[str, Any] | None,
+        evaluate_fn: EvaluateFn | None,
+        evaluate_every: int,
+        seed: int,
+        first_round: int,
+        sampler_state: Mapping[str, Any] | None,
+        on_round_end: Callable[[RoundRecord], None] | None,
+        node_id: int,
+    ) -> None:
+        super().__init__(node_id)
+        self.require(num_rounds >= 1, "num_rounds", ">= 1", num_rounds)
+        self.require(1 <= first_round <= num_rounds, "first_round", "in 1..num_rounds", first_round)
+        self.require(evaluate_every >= 0, "evaluate_every", ">= 0", evaluate_every)
+        self.strategy = strategy
+        self.arrays = (
+            initial_arrays
+            if isinstance(initial_arrays, ArrayRecord)
+            else ArrayRecord(dict(initial_arrays))
+        )
+        self.num_rounds = num_rounds
+        self.first_round = first_round
+        self.min_clients = min_clients
+        self.train_config = dict(train_config or {})
+        self.evaluate_fn = evaluate_fn
+        self.evaluate_every = evaluate_every
+        self.on_round_end = on_round_end
+        self.history: list[RoundRecord] = []
+        #: Updates aggregated per client over the run: node id -> count.
+        self.participation: dict[int, int] = {}
+        self.finished = False
+        #: Why the run stopped early, or None.
+        self.failure: str | None = None
+        self._rng = np.random.default_rng(seed)
+        if sampler_state is not None:
+            try:
+                self._rng.bit_generator.state = dict(sampler_state)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise InvalidArgumentError(
+                    f"{type(self).__name__}: unusable sampler_state: {exc}"
+                ) from exc
+        self._clients: list[int] = []
+        self._known: set[int] = set()
+        self._participants: set[int] = set()
+        self._started = False
+        self.register_handlers(JOIN, self.on_join)
+
+    def require(self, condition: bool, name: str, expected: str, value: object) -> None:
+        """Raise ``InvalidArgumentError`` naming this server's parameter unless ``condition``."""
+        if not condition:
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: {name} must be {expected}, got {value!r}"
+            )
+
+    # -- membership -----------------------------------------------------------------------------
+    def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
+        """Clients the runtime registered (simulation): available for sampling."""
+        for node_id in node_ids:
+            self._add_client(node_id)
+
+    def on_join(self, message: Message) -> Message | None:
+        """A client asked to join: register it and acknowledge."""
+        if message.has_error() or message.metadata.reply_to_message_id:
+            return None
+        self._add_client(message.sender)
+        self._participants.add(message.sender)  # a joined client is told when the run ends
+        self._maybe_start()
+        return message.create_reply(RecordDict())
+
+    def _add_client(self, node_id: int) -> None:
+        if node_id not in self._known:
+            self._known.add(node_id)
+            self._clients.append(node_id)
+            self.on_client_added(node_id)
+
+    def on_client_added(self, node_id: int) -> None:
+        """A client became known after training started; nothing to do by default."""
+
+    def on_start(self) -> None:
+        """Start training as soon as ``min_clients`` clients are known."""
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if not self._started and len(self._clients) >= self.min_clients:
+            self._started = True
+            self.begin_training()
+
+    @abstractmethod
+    def begin_training(self) -> None:
+        """Enough clients are known: send the first requests."""
+
+    @property
+    def num_clients(self) -> int:
+        """Clients known to the server."""
+        return len(self._clients)
+
+    # -- sampling -------------------------------------------------------------------------------
+    def sample(self, count: int) -> list[int]:
+        """``count`` distinct known clients (fewer if fewer are known), drawn by the seeded
+        sampler."""
+        count = min(count, len(self._clients))
+        picks = self._rng.choice(len(self._clients), size=count, replace=False)
+        return [self._clients[int(index)] for index in picks]
+
+    def sample_excluding(self, count: int, busy: set[int]) -> list[int]:
+        """``count`` distinct known clients not in ``busy`` (fewer if fewer are idle).
+
+        Draws by rejection while most clients are idle, so sampling 1 of 100,000 clients does
+        not list them all; the draws depend only on the seed and the calls, never on timing.
+        """
+        idle = len(self._clients) - len(busy & self._known)
+        count = min(count, idle)
+        if count <= 0:
+            return []
+        if 2 * len(busy) > len(self._clients):
+            candidates = [node for node in self._clients if node not in busy]
+            picks = self._rng.choice(len(candidates), size=count, replace=False)
+            return [candidates[int(index)] for index in picks]
+        chosen: list[int] = []
+        taken = set(busy)
+        while len(chosen) < count:
+            node = self._clients[int(self._rng.integers(len(self._clients)))]
+            if node not in taken:
+                taken.add(node)
+                chosen.append(node)
+        return chosen
+
+    def sampler_state(self) -> dict[str, Any]:
+        """The client sampler's state (JSON-serialisable), to continue a run exactly later."""
+        return dict(self._rng.bit_generator.state)
+
+    def note_participant(self, node_id: int) -> None:
+        """``node_id`` was sent work: it is told to finish when the run ends."""
+        self._participants.add(node_id)
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def record_aggregation(
+        self, record: RoundRecord, contributors: Sequence[int], train_metrics: dict[str, float]
+    ) -> None:
+        """Fill ``record`` with an aggregation's train metrics and count who contributed."""
+        record.train_metrics, record.train_loss = train_metrics, train_metrics.get("train_loss")
+        for node_id in contributors:
+            self.participation[node_id] = self.participation.get(node_id, 0) + 1
+
+    def evaluate_centrally(self, record: RoundRecord) -> None:
+        """Evaluate the global model into ``record`` if ``evaluate_every`` says so this round."""
+        if self.is_due(record.round, self.evaluate_every) and self.evaluate_fn is not None:
+            loss, metrics = self.evaluate_fn(self.arrays.to_numpy_dict())
+            record.test_loss, record.test_accuracy = float(loss), metrics.get("accuracy")
+
+    def is_due(self, server_round: int, every: int) -> bool:
+        """True in the last round and every ``every`` rounds (never when ``every`` is 0)."""
+        return server_round == self.num_rounds or (every > 0 and server_round % every == 0)
+
+    def end_round(self, record: RoundRecord) -> None:
+        """Stamp ``record`` with the clock, keep it and hand it to ``on_round_end``."""
+        record.time = now()
+        self.history.append(record)
+        if self.on_round_end is not None:
+            self.on_round_end(record)
+
+    def stop_run(self, failure: str | None) -> None:
+        """Tell every client that took part to finish, then stop."""
+        self.failure = failure
+        if failure is not None:
+            logger.error("the run stops: %s", failure)
+        for node_id in sorted(self._participants):
+            self.send(Message(RecordDict(), node_id, FINISH))
+        self.finished = failure is None
+        self.stop()
+
+
+def mean_wait(arrivals: Sequence[float], until: float) -> float:
+    """The mean of ``until - arrival`` over ``arrivals`` (0 when there are none)."""
+    return sum(until - arrival for arrival in arrivals) / len(arrivals) if arrivals else 0.0
