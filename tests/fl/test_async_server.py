@@ -334,3 +334,23 @@ def test_over_selection_closes_the_round_on_the_first_replies() -> None:
     assert first.staleness == {0: 4}
     with pytest.raises(InvalidArgumentError, match="over_selection must be a finite number >= 0"):
         Server(FedAvg(), start(), num_rounds=1, clients_per_round=1, over_selection=-0.1)
+
+
+def test_a_resumed_async_server_continues_the_version_numbers() -> None:
+    trainers = [StepTrainer(1.0) for _ in range(2)]
+    first = AsyncServer(FedBuff(), start(), num_rounds=3, concurrency=2, seed=5)
+    simulate(first, [Client(t) for t in trainers], profiles=profiles({1: 1000.0, 2: 500.0}))
+    resumed = AsyncServer(
+        FedBuff(),
+        first.arrays,
+        num_rounds=6,
+        concurrency=2,
+        first_round=4,
+        sampler_state=first.sampler_state(),
+    )
+    later = [StepTrainer(1.0) for _ in range(2)]
+    simulate(resumed, [Client(t) for t in later], profiles=profiles({1: 1000.0, 2: 500.0}))
+    assert [r.round for r in resumed.history] == [4, 5, 6]
+    assert min(v for t in later for v in t.received_versions) == 3
+    # it went on from the first run's model: three more versions, each moving it forward
+    assert (resumed.arrays.to_numpy_dict()["w"] > first.arrays.to_numpy_dict()["w"] + 1).all()

@@ -4,16 +4,20 @@ stragglers, what a run reports, and the combinations a configuration may not ask
 from __future__ import annotations
 
 import json
+import math
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedbus.errors import ConfigError
 from fedbus.fl import AsyncServer, RoundRecord, Server
-from fedbus.run import load_config
+from fedbus.run import config_from_dict, load_config
 from fedbus.run.experiment import run_experiment
 from fedbus.run.federation import build_federation
 from fedbus.run.outputs import read_metrics
+from fedbus.runtime.simulation import load_profiles_csv
 
 # 20% of the clients are 10x slower; compute, not latency, dominates a client's time
 STRAGGLERS = [
@@ -151,3 +155,48 @@ def test_over_selection_from_a_config() -> None:
 def test_configurations_that_cannot_run_are_refused(options: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_federation(load_config(None, ["data.dataset=synthetic", *options]))
+
+
+ASYNC_DOC = Path(__file__).resolve().parents[2] / "docs" / "async.md"
+
+
+def doc_block(language: str) -> list[str]:
+    """The fenced blocks of ``language`` in docs/async.md."""
+    text = ASYNC_DOC.read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_the_device_trace_in_the_docs_loads_as_described(tmp_path: Path) -> None:
+    (trace,) = doc_block("csv")
+    path = tmp_path / "devices.csv"
+    path.write_text(trace)
+    profiles = load_profiles_csv(path)
+    assert profiles[1].windows == ()
+    assert profiles[2].speed == 150
+    # online 5 minutes at the start of every hour, and from minute 15 to 20
+    assert profiles[2].is_online(3600 + 100)
+    assert profiles[2].is_online(3600 + 1000)
+    assert not profiles[2].is_online(3600 + 500)
+    # once, from 120 s to 480 s
+    assert profiles[3].next_online(0) == 120
+    assert profiles[3].next_online(500) == math.inf
+
+
+def test_the_toml_in_the_docs_is_valid_configuration() -> None:
+    for block in doc_block("toml"):
+        config = config_from_dict(tomllib.loads(block))
+        assert config is not None
+
+
+def test_an_async_run_on_devices_that_come_and_go_completes() -> None:
+    options = [
+        *FEDBUFF,
+        "simulation.availability=0.5",
+        "simulation.availability_period=20",
+        "federation.num_rounds=10",
+    ]
+    federation = build_federation(load_config(None, options))
+    result = federation.simulation.run()
+    assert federation.server.finished, federation.server.failure
+    assert len(federation.server.history) == 10
+    assert result.stats.events["held"] > 0  # requests waited for their clients to come online
