@@ -14,6 +14,7 @@ import pytest
 from fedbus.errors import ConfigError
 from fedbus.fl import AsyncServer, RoundRecord, Server
 from fedbus.run import config_from_dict, load_config
+from fedbus.run.config import STRATEGIES
 from fedbus.run.experiment import run_experiment
 from fedbus.run.federation import build_federation
 from fedbus.run.outputs import read_metrics
@@ -200,3 +201,35 @@ def test_an_async_run_on_devices_that_come_and_go_completes() -> None:
     assert federation.server.finished, federation.server.failure
     assert len(federation.server.history) == 10
     assert result.stats.events["held"] > 0  # requests waited for their clients to come online
+
+
+SMALL_ASYNC = [
+    "data.dataset=synthetic",
+    "data.num_features=10",
+    "federation.num_clients=12",
+    "federation.clients_per_round=8",
+    "federation.num_rounds=3",
+    "trainer.epochs=1",
+    "trainer.lr=0.1",
+    "simulation.speed_sigma=1.0",  # uneven devices: stale updates in every run
+    "aggregation.trigger=goal",
+    "aggregation.goal=5",
+]
+
+
+@pytest.mark.parametrize("name", [name for name in STRATEGIES if name != "scaffold"])
+def test_every_rule_but_scaffold_trains_asynchronously(name: str) -> None:
+    options = {
+        "fedbn": ["model.name=mlp", "strategy.local_layers=output.*"],
+        "trimmed_mean": ["strategy.trim_fraction=0.25"],
+        "bulyan": ["aggregation.goal=8", "aggregation.concurrency=12"],
+    }.get(name, [])
+    history = run([*SMALL_ASYNC, f"strategy.name={name}", *options])
+    assert len(history) == 3
+    assert any(age > 0 for record in history for age in record.staleness)
+
+
+def test_a_rule_that_needs_more_updates_than_the_goal_is_refused() -> None:
+    options = [*SMALL_ASYNC, "strategy.name=krum", "aggregation.goal=3"]
+    with pytest.raises(ConfigError, match=r"aggregation\.goal = 3: each aggregation is a round"):
+        build_federation(load_config(None, options))

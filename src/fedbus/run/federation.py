@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.data import ClientData, FederatedDataset, build_dataset
-from fedbus.errors import ConfigError
+from fedbus.errors import ConfigError, InvalidArgumentError
 from fedbus.fl import (
     AsyncServer,
     Client,
@@ -297,6 +297,16 @@ def _check_schedule(config: Config, strategy: Strategy) -> None:
             "aggregation.over_selection applies to synchronous rounds; asynchronous training "
             "keeps aggregation.concurrency clients busy instead: set it to 0"
         )
+    smallest = aggregation.goal if aggregation.trigger == "goal" else 1
+    try:
+        strategy.check_round_size(smallest)
+    except InvalidArgumentError as exc:
+        what = (
+            f"aggregation.goal = {smallest}"
+            if aggregation.trigger == "goal"
+            else ('aggregation.trigger = "time" (a window may close on one update)')
+        )
+        problems.append(f"{what}: each aggregation is a round here; {exc}")
     concurrency = _concurrency(config)
     if concurrency > federation.num_clients:
         problems.append(
