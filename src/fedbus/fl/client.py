@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from fedbus.errors import ConfigError
+from fedbus.fl.privacy.clipping import add_noise, clip_update
+from fedbus.fl.privacy.names import CLIPPING_NORM, NOISE_STD, UNCLIPPED
 from fedbus.fl.protocol import (
     ARRAYS,
     CONFIG,
@@ -31,6 +35,7 @@ __all__ = [
     "Client",
     "is_request",
     "plain_config",
+    "privatize",
     "proximal_terms",
     "train_reply_content",
 ]
@@ -67,6 +72,9 @@ class Client(Worker):
         Where state that outlives a round is kept (SCAFFOLD's control variate, Ditto's personal
         model), keyed by node id: a simulation shares one store among all its clients. Default:
         a store of this client's own, in memory.
+    noise_rng
+        Where the noise of local differential privacy comes from. Default: fresh entropy from
+        the operating system; a simulation passes a seeded generator so that runs repeat.
     """
 
     start_sends = (JOIN,)
@@ -78,9 +86,11 @@ class Client(Worker):
         *,
         join_on_start: bool = False,
         state: ClientStateStore | None = None,
+        noise_rng: np.random.Generator | None = None,
     ) -> None:
         super().__init__(node_id)
         self.trainer = trainer
+        self.noise_rng = np.random.default_rng() if noise_rng is None else noise_rng
         self.join_on_start = join_on_start
         self.state = ClientStateStore() if state is None else state
         self.register_handlers(TRAIN, self.on_train)
@@ -101,6 +111,7 @@ class Client(Worker):
         received = read_arrays(content).to_numpy_dict()
         config = plain_config(content)
         arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
+        arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng)
         return message.create_reply(train_reply_content(arrays, num_examples, metrics))
 
     def fit(
@@ -136,6 +147,34 @@ class Client(Worker):
         """The server acknowledged (or refused) this client's join."""
         if message.has_error():
             logger.warning("node %s: join refused: %r", self.node_id, message.error)
+
+
+def privatize(
+    arrays: Arrays,
+    metrics: dict[str, float],
+    received: Arrays,
+    config: dict[str, object],
+    rng: np.random.Generator,
+) -> tuple[Arrays, dict[str, float]]:
+    """Clip the update to the request's ``clipping_norm`` and add its ``noise_std`` (differential
+    privacy's client_clip and local modes); unchanged when the request asks for neither.
+
+    The metrics get ``unclipped`` (1 if the update was within the norm), which adaptive clipping
+    counts. Clipped arrays keep their dtypes.
+    """
+    norm = config.get(CLIPPING_NORM)
+    if norm is None:
+        return arrays, metrics
+    if isinstance(norm, bool) or not isinstance(norm, int | float):
+        raise ConfigError(f"{CLIPPING_NORM!r}: expected a number > 0, got {norm!r}")
+    clipped, unclipped = clip_update(arrays, received, float(norm))
+    std = config.get(NOISE_STD, 0.0)
+    if isinstance(std, bool) or not isinstance(std, int | float):
+        raise ConfigError(f"{NOISE_STD!r}: expected a number >= 0, got {std!r}")
+    if std > 0:
+        clipped = add_noise(clipped, float(std), rng)
+    private = {name: clipped[name].astype(value.dtype) for name, value in arrays.items()}
+    return private, {**metrics, UNCLIPPED: float(unclipped)}
 
 
 def plain_config(content: RecordDict) -> dict[str, object]:

@@ -188,6 +188,8 @@ class Server(ServerBase):
     # -- rounds ---------------------------------------------------------------------------------
     def _start_round(self, server_round: int, attempt: int = 0) -> None:
         if attempt == 0:
+            if self.stopped_by_strategy(server_round):
+                return
             self._record = RoundRecord(round=server_round)
         node_ids = self.sample(math.ceil(self.clients_per_round * (1 + self.over_selection)))
         config = ConfigRecord({**self.train_config, "server_round": server_round})

@@ -47,6 +47,8 @@ class RoundRecord:
     round, the time the fast clients' work sat idle until the slowest answered. ``staleness``
     counts the aggregated updates by how many model versions old they were (all 0 in a
     synchronous run), and ``stale_dropped`` the updates older than the tolerance.
+    ``strategy_metrics`` is what the strategy reported for the round (``Strategy.report``:
+    differential privacy's epsilon).
     """
 
     round: int
@@ -64,6 +66,7 @@ class RoundRecord:
     straggler_wait: float = 0.0
     stale_dropped: int = 0
     staleness: dict[int, int] = field(default_factory=dict)
+    strategy_metrics: dict[str, float] = field(default_factory=dict)
     train_metrics: dict[str, float] = field(default_factory=dict)
     federated_metrics: dict[str, float] = field(default_factory=dict)
 
@@ -115,6 +118,8 @@ class ServerBase(Worker):
         self.finished = False
         #: Why the run stopped early, or None.
         self.failure: str | None = None
+        #: Why the strategy ended a run before its last round (a privacy budget), or None.
+        self.stopped_early: str | None = None
         self._rng = np.random.default_rng(seed)
         if sampler_state is not None:
             try:
@@ -223,6 +228,7 @@ class ServerBase(Worker):
     ) -> None:
         """Fill ``record`` with an aggregation's train metrics and count who contributed."""
         record.train_metrics, record.train_loss = train_metrics, train_metrics.get("train_loss")
+        record.strategy_metrics = self.strategy.report(record.round)
         for node_id in contributors:
             self.participation[node_id] = self.participation.get(node_id, 0) + 1
 
@@ -242,6 +248,16 @@ class ServerBase(Worker):
         self.history.append(record)
         if self.on_round_end is not None:
             self.on_round_end(record)
+
+    def stopped_by_strategy(self, server_round: int) -> bool:
+        """End the run cleanly if the strategy says ``server_round`` must not run."""
+        reason = self.strategy.stop_reason(server_round)
+        if reason is None:
+            return False
+        logger.info("the run ends before round %s: %s", server_round, reason)
+        self.stopped_early = reason
+        self.stop_run(None)
+        return True
 
     def stop_run(self, failure: str | None) -> None:
         """Tell every client that took part to finish, then stop."""

@@ -1,4 +1,4 @@
-"""Configuration: a TOML file of nine sections, every key declared once.
+"""Configuration: a TOML file of ten sections, every key declared once.
 
 Each section is a frozen dataclass; each key is a field declared with ``setting`` (type,
 default, meaning, accepted values). Validation, ``--set`` overrides, ``config_to_toml`` and the
@@ -33,6 +33,7 @@ import tomli_w
 from fedbus.errors import ConfigError
 from fedbus.fl.asynchronous import BROADCASTS, DISCOUNTS
 from fedbus.fl.asynchronous import TRIGGERS as ASYNC_TRIGGERS
+from fedbus.fl.privacy import MODES as DP_MODES
 from fedbus.run.schema import (
     ConfigSection,
     format_problems,
@@ -49,6 +50,7 @@ __all__ = [
     "FRAMEWORKS",
     "MODELS",
     "PARTITIONS",
+    "PRIVACY_MODES",
     "SECTIONS",
     "STRATEGIES",
     "TRIGGERS",
@@ -58,6 +60,7 @@ __all__ = [
     "DataConfig",
     "FederationConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "RunConfig",
     "SimulationConfig",
     "StrategyConfig",
@@ -94,6 +97,7 @@ STRATEGIES: tuple[str, ...] = (
     "fedasync",
     "fedbuff",
 )
+PRIVACY_MODES: tuple[str, ...] = ("none", *DP_MODES)
 #: "all" is the synchronous Server; the others are AsyncServer's triggers.
 TRIGGERS: tuple[str, ...] = ("all", *ASYNC_TRIGGERS)
 ATTACKS: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip")
@@ -336,6 +340,47 @@ class AggregationConfig(ConfigSection):
 
 
 @dataclass(frozen=True, slots=True)
+class PrivacyConfig(ConfigSection):
+    """[privacy]: user-level differential privacy with accounting (docs/privacy.md)."""
+
+    section: ClassVar[str] = "privacy"
+    mode: str = setting(
+        "none",
+        "central: the server clips each update and noises the sum; client_clip: clients clip, "
+        "the server noises; local: clients clip and noise their own update",
+        choices=PRIVACY_MODES,
+    )
+    clipping_norm: float = setting(
+        1.0,
+        "largest L2 norm of a client's update (the start, with adaptive_clipping)",
+        bounds="x > 0",
+    )
+    noise_multiplier: float = setting(
+        1.0, "the noise's standard deviation divided by clipping_norm", bounds="x >= 0"
+    )
+    target_delta: float = setting(1e-5, "delta at which epsilon is reported", bounds="0 < x < 1")
+    max_epsilon: float = setting(
+        0.0,
+        "end the run cleanly before a round would pass this epsilon (0 = no limit)",
+        bounds="x >= 0",
+    )
+    adaptive_clipping: bool = setting(
+        False, "move clipping_norm toward a quantile of the update norms (central, client_clip)"
+    )
+    target_quantile: float = setting(
+        0.5, "share of updates adaptive clipping leaves unclipped", bounds="0 <= x <= 1"
+    )
+    clipping_lr: float = setting(
+        0.2, "learning rate of adaptive clipping's geometric update", bounds="x >= 0"
+    )
+    clipped_count_stddev: float = setting(
+        0.0,
+        "noise of adaptive clipping's unclipped count (0 = clients_per_round / 20)",
+        bounds="x >= 0",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AttackConfig(ConfigSection):
     """[attack]: malicious clients, for robustness experiments (simulation)."""
 
@@ -410,6 +455,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
         TrainerConfig,
         StrategyConfig,
         AggregationConfig,
+        PrivacyConfig,
         AttackConfig,
         SimulationConfig,
     )
@@ -437,6 +483,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
 

@@ -202,6 +202,7 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         initial_arrays=arrays,
         first_round=completed + 1,
         sampler_state=load_sampler_state(run_dir.path) if completed else None,
+        seeded_noise=False,
     )
     if completed:
         server.strategy.load_state(load_strategy_state(run_dir.path))
@@ -306,7 +307,7 @@ def run_client(config: Config, options: ClientOptions) -> int:
     else:
         data, num_features, num_classes = _local_data(config, options)
         model, node_id = build_config_model(config, num_features, num_classes), None
-    client = build_client(config, model, data, node_id)
+    client = build_client(config, model, data, node_id, seeded_noise=False)
     settings = ClientSettings(
         node_id=node_id,
         connect_timeout=options.connect_timeout,

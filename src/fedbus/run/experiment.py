@@ -51,9 +51,11 @@ def metrics_line(
 ) -> dict[str, Any]:
     """One ``metrics.jsonl`` line: a round's record with the runtime's clock and bytes added.
 
-    Federated-evaluation metrics beyond loss and accuracy (Ditto's ``personal_accuracy``) are
-    added as ``federated_<name>``. ``staleness`` maps each staleness (in model versions, as
-    text: JSON keys are strings) to the number of updates aggregated that stale.
+    What the strategy reported for the round (differential privacy's ``epsilon``,
+    ``clipping_norm`` and ``noise_std``) is added as it is. Federated-evaluation metrics beyond
+    loss and accuracy (Ditto's ``personal_accuracy``) are added as ``federated_<name>``.
+    ``staleness`` maps each staleness (in model versions, as text: JSON keys are strings) to
+    the number of updates aggregated that stale.
     """
     extra = {
         f"federated_{name}": value
@@ -79,6 +81,7 @@ def metrics_line(
         "staleness": {str(age): count for age, count in sorted(record.staleness.items())},
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
+        **record.strategy_metrics,
         **extra,
     }
 
@@ -162,9 +165,12 @@ def run_statistics(server: ServerBase) -> dict[str, Any]:
 
     ``straggler_wait`` sums the rounds' waits (seconds); ``staleness`` merges the rounds'
     histograms; ``participation`` maps each client that contributed to how many of its updates
-    were aggregated, and ``clients_participated`` counts those clients.
+    were aggregated, and ``clients_participated`` counts those clients. A private run adds
+    its final ``epsilon``; ``stopped_early`` says why the strategy ended the run before its
+    last round (a privacy budget), or is None.
     """
     staleness: dict[int, int] = {}
+    last = server.history[-1].strategy_metrics if server.history else {}
     for record in server.history:
         for age, count in record.staleness.items():
             staleness[age] = staleness.get(age, 0) + count
@@ -174,6 +180,8 @@ def run_statistics(server: ServerBase) -> dict[str, Any]:
         "staleness": {str(age): count for age, count in sorted(staleness.items())},
         "clients_participated": len(server.participation),
         "participation": {str(node): n for node, n in sorted(server.participation.items())},
+        **({"epsilon": last["epsilon"]} if "epsilon" in last else {}),
+        "stopped_early": server.stopped_early,
     }
 
 

@@ -25,6 +25,7 @@ from fedbus.fl import (
     Strategy,
 )
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
+from fedbus.fl.privacy import DifferentialPrivacy
 from fedbus.fl.state import ClientStateStore
 from fedbus.run.algorithms import ALGORITHMS, build_strategy
 from fedbus.run.config import Config
@@ -210,15 +211,18 @@ def build_server(
     initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
     first_round: int = 1,
     sampler_state: Mapping[str, Any] | None = None,
+    seeded_noise: bool = True,
 ) -> ServerBase:
     """The FL server ``config`` describes, evaluating on ``dataset``'s central test set.
 
     ``aggregation.trigger = "all"`` gives the synchronous ``Server``; ``"goal"`` and ``"time"``
     give ``AsyncServer``. ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a
     run (a resumed deployment): the model, the round and the client sampler where it stopped.
+    ``seeded_noise`` draws differential privacy's noise from the federation's seed, so that a
+    simulation repeats; a deployment sets it False, since the seed is no secret.
     """
     federation, trainer, aggregation = config.federation, config.trainer, config.aggregation
-    strategy = build_strategy(config)
+    strategy = _private(config, build_strategy(config), seeded_noise)
     _check_schedule(config, strategy)
     shared: dict[str, Any] = {
         "num_rounds": federation.num_rounds,
@@ -265,6 +269,43 @@ def build_server(
         request_timeout=federation.round_timeout or None,
         **shared,
     )
+
+
+def _private(config: Config, strategy: Strategy, seeded_noise: bool) -> Strategy:
+    """``strategy`` wrapped in ``DifferentialPrivacy`` when ``[privacy]`` asks for it."""
+    privacy, federation = config.privacy, config.federation
+    if privacy.mode == "none":
+        return strategy
+    if not strategy.aggregates_by_sum:
+        raise ConfigError(
+            f'privacy.mode = "{privacy.mode}" noises the sum of the updates, but strategy.name = '
+            f'"{config.strategy.name}" needs every update: use fedavg, fedavgm, fedadagrad, '
+            "fedadam, fedyogi or fedprox"
+        )
+    if config.aggregation.trigger != "all":
+        raise ConfigError(
+            "privacy.mode accounts for synchronous rounds of sampled clients: set "
+            'aggregation.trigger = "all"'
+        )
+    rng = np.random.default_rng([federation.seed, 0xD9]) if seeded_noise else None
+    try:
+        return DifferentialPrivacy(
+            strategy,
+            mode=privacy.mode,
+            clipping_norm=privacy.clipping_norm,
+            noise_multiplier=privacy.noise_multiplier,
+            num_clients=federation.num_clients,
+            clients_per_round=federation.clients_per_round,
+            target_delta=privacy.target_delta,
+            max_epsilon=privacy.max_epsilon or None,
+            adaptive_clipping=privacy.adaptive_clipping,
+            target_quantile=privacy.target_quantile,
+            clipping_lr=privacy.clipping_lr,
+            clipped_count_stddev=privacy.clipped_count_stddev or None,
+            rng=rng,
+        )
+    except InvalidArgumentError as exc:
+        raise ConfigError(f"[privacy]: {exc}") from exc
 
 
 def _concurrency(config: Config) -> int:
@@ -330,6 +371,8 @@ def build_client(
     data: ClientData,
     node_id: int | None,
     state: ClientStateStore | None = None,
+    *,
+    seeded_noise: bool = True,
 ) -> Client:
     """The FL client of node ``node_id``, training ``model`` on ``data`` as configured.
 
@@ -337,6 +380,8 @@ def build_client(
     flipped labels or poisons its update. ``state`` is the store of per-client state that a
     simulation shares among its clients. ``node_id=None`` leaves the id to the runtime (a
     deployed client with its own data); its trainer is then seeded as node 0's.
+    ``seeded_noise=False`` (deployments) draws local differential privacy's noise from the
+    operating system rather than from the federation's seed, which is no secret.
     """
     federation, attack = config.federation, config.attack
     # One stream per client, the same in every run with this seed.
@@ -352,7 +397,10 @@ def build_client(
             trainer, attack.kind, scale=attack.scale, noise_std=attack.noise_std, seed=seed
         )
     client_class = ALGORITHMS[config.strategy.name].client
-    return client_class(trainer, node_id, state=state)
+    client = client_class(trainer, node_id, state=state)
+    if seeded_noise:  # local differential privacy's noise, repeatable in a simulation
+        client.noise_rng = np.random.default_rng([seed, 0xD1])
+    return client
 
 
 def build_federation(

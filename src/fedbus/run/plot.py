@@ -2,8 +2,9 @@
 
 The figure has four panels: test accuracy vs round, test accuracy vs simulated time, loss vs
 round and loss vs simulated time (test loss solid, train loss dashed). Each run has one colour,
-and the legend names it by its run directory. Rounds without a value (no evaluation that round)
-are skipped, not drawn as zero.
+and the legend names it by its run directory. A differentially private run's epsilon is drawn
+dotted beside its accuracy, against rounds, on a second axis at the right. Rounds without a
+value (no evaluation that round) are skipped, not drawn as zero.
 
 Drawing uses Matplotlib's Agg renderer through ``matplotlib.figure.Figure`` directly, without
 ``pyplot``: no display is needed, no global figure state is touched, and the backend of a
@@ -88,6 +89,19 @@ def _draw_run(
         drawn[name] += _draw(axes, records, x_key, "train_loss", **dashed)
 
 
+def _draw_epsilon(axes: Axes, runs: Sequence[tuple[Path, list[dict[str, Any]]]]) -> None:
+    """Epsilon per round, dotted, on a right-hand axis of ``axes`` (only if a run has it)."""
+    private = [(index, records) for index, (_, records) in enumerate(runs)]
+    private = [(i, r) for i, r in private if any("epsilon" in record for record in r)]
+    if not private:
+        return
+    twin = axes.twinx()
+    colours = _colours(len(runs))
+    for index, records in private:
+        _draw(twin, records, "round", "epsilon", color=colours[index], linestyle=":")
+    twin.set_ylabel("epsilon (dotted)")
+
+
 def _decorate(panels: dict[str, Axes], drawn: dict[str, int]) -> None:
     titles = {
         "accuracy_round": ("Test accuracy", "round", "accuracy"),
@@ -147,6 +161,7 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
         _draw_run(panels, records, colour, drawn)
         handles.append(Line2D([], [], color=colour, linewidth=2, label=run_dir.name))
     _decorate(panels, drawn)
+    _draw_epsilon(panels["accuracy_round"], runs)
     figure.legend(handles=handles, loc="lower center", ncols=min(len(handles), 3), frameon=False)
     # room under the panels for one legend row per three runs
     rows = (len(handles) + 2) // 3

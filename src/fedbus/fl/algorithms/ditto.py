@@ -58,6 +58,8 @@ class Ditto(FedAvg):
     """
 
     name = "ditto"
+    # the global model is a sum, but DittoClient trains twice and privatizes neither
+    aggregates_by_sum = False
     train_message_type = DITTO_TRAIN
     evaluate_message_type = DITTO_EVALUATE
 

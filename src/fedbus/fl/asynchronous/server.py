@@ -187,6 +187,8 @@ class AsyncServer(ServerBase):
     # -- schedule -------------------------------------------------------------------------------
     def begin_training(self) -> None:
         """Start the first version's buffer and window, and keep ``concurrency`` clients busy."""
+        if self.stopped_by_strategy(self.version + 1):
+            return
         self._open_buffer()
         self._refill()
 
@@ -293,7 +295,7 @@ class AsyncServer(ServerBase):
             self._record.clients_failed += 1
         self._failures_in_row += 1
         if self._failures_in_row >= self.max_failures:
-            self._stop(
+            self.stop_run(
                 f"version {self.version}: {self._failures_in_row} requests in a row failed, "
                 f"timed out or were too stale (max_failures={self.max_failures}); check the "
                 "clients, or raise request_timeout or staleness_tolerance"
@@ -341,16 +343,19 @@ class AsyncServer(ServerBase):
         self.evaluate_centrally(record)
         self.end_round(record)
         if self.version >= self.num_rounds:
-            self._stop(None)
+            self.stop_run(None)
+            return
+        if self.stopped_by_strategy(self.version + 1):
             return
         self._open_buffer()
         self._refill()
 
-    def _stop(self, failure: str | None) -> None:
+    def stop_run(self, failure: str | None) -> None:
+        """Cancel every timer, then tell the clients to finish and stop."""
         self._stopped = True
         if self._window is not None:
             self._window.cancel()
         for request in self._requests.values():
             if request.timer is not None:
                 request.timer.cancel()
-        self.stop_run(failure)
+        super().stop_run(failure)

@@ -78,6 +78,10 @@ class Strategy(ABC):
     #: True for a strategy whose state assumes every update was computed on the current model
     #: (SCAFFOLD's control variates): ``AsyncServer`` refuses it.
     synchronous_only: bool = False
+    #: True for a rule that needs only the (weighted) sum of the updates, never one update on
+    #: its own: differential privacy may then noise the sum, and secure aggregation hide the
+    #: updates. Median, Krum and the other robust rules need every update.
+    aggregates_by_sum: bool = False
 
     def client_settings(self) -> dict[str, Any]:
         """Settings this strategy adds to the config of every request it sends (FedProx's
@@ -133,6 +137,16 @@ class Strategy(ABC):
             change = value.astype(np.float64) - base_arrays[name]
             moved[name] = np.asarray(start + weight * change).astype(value.dtype)
         return ArrayRecord(moved)
+
+    def report(self, server_round: int) -> dict[str, float]:
+        """Numbers this strategy reports for a round that ended (differential privacy's
+        epsilon), written into that round's metrics; none by default."""
+        return {}
+
+    def stop_reason(self, server_round: int) -> str | None:
+        """A reason to end the run cleanly before ``server_round`` starts (a privacy budget
+        spent), or None to run it; the default never stops a run."""
+        return None
 
     def check_round_size(self, min_replies: int) -> None:
         """Raise ``InvalidArgumentError`` if rounds aggregating as few as ``min_replies``

@@ -84,6 +84,7 @@ class FedAvg(Strategy):
     """
 
     name = "fedavg"
+    aggregates_by_sum = True
 
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> WeightedAverage:
         """A streaming weighted average; the current model is kept if nobody trained."""

@@ -64,6 +64,7 @@ class FedOpt(Strategy):
     """
 
     name = "fedopt"
+    aggregates_by_sum = True
     #: The moments kept for each model array: the prefixes of the keys of ``state()``.
     moment_names: tuple[str, ...] = ()
 
