@@ -1,0 +1,445 @@
+"""``SecAggServer``: synchronous rounds whose updates the server only ever sees summed.
+
+Each round runs the four SecAgg+ stages of ``protocol`` over the sampled clients, each stage a
+phase of requests that closes when every client still in the round answered or when
+``stage_timeout`` passes; a client that fails or stays silent drops out of the round. The
+server relays keys and encrypted shares, collects masked inputs, asks the survivors for the
+shares that remove the masks, and hands the strategy one update: the mean of the survivors'
+updates, recovered to quantisation error.
+
+A round in which some secret can no longer be recovered (fewer than ``threshold`` of a client's
+neighbours answered) fails cleanly: the model stays as it was, the failure is recorded in
+``secagg_failures``, and the federation goes on with the next round.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedbus.errors import FedbusError, InvalidArgumentError
+from fedbus.fl.protocol import ARRAYS, FINISH, METRICS, model_content
+from fedbus.fl.secagg import protocol as p
+from fedbus.fl.secagg.crypto import KeyPair, agree, mask
+from fedbus.fl.secagg.graph import default_degree, default_threshold, neighbour_graph
+from fedbus.fl.secagg.quantize import Quantizer
+from fedbus.fl.secagg.shamir import combine_shares
+from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase
+from fedbus.fl.strategy.base import Strategy, WeightedMetrics
+from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fedbus.worker import SERVER_NODE_ID, TimerHandle
+
+__all__ = ["SecAggServer"]
+
+logger = logging.getLogger("fedbus.secagg")
+
+_KEY_BYTES = 32
+
+
+@dataclass(slots=True)
+class _Stage:
+    kind: str
+    pending: dict[str, int]  # message id -> node
+    replies: dict[int, RecordDict] = field(default_factory=dict)
+    timer: TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class _Round:
+    number: int
+    sampled: list[int]
+    graph: dict[int, frozenset[int]]
+    threshold: int
+    quantizer: Quantizer
+    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # c_pk, s_pk
+    peers: dict[int, list[int]] = field(default_factory=dict)  # whom each client shares with
+    mask_peers: dict[int, set[int]] = field(default_factory=dict)
+    masked: dict[int, np.ndarray[Any, Any]] = field(default_factory=dict)
+    metrics: WeightedMetrics = field(default_factory=WeightedMetrics)
+
+
+class SecAggServer(ServerBase):
+    """The FL server of secure aggregation (SecAgg+) over a sum-based strategy.
+
+    Parameters
+    ----------
+    strategy
+        Applies the mean update (FedAvg, FedAvgM, FedOpt, ...); rules that need every update
+        are refused. Updates are averaged with equal weights: a weight would be one more value
+        each client reveals.
+    initial_arrays, num_rounds, clients_per_round
+        As for ``Server``.
+    degree, threshold
+        Each client's neighbours in the round's communication graph, and how many of them
+        must answer to recover its secrets (defaults: ``graph.default_degree`` and
+        ``graph.default_threshold``). Up to ``degree - threshold`` neighbours of a client may
+        drop out between stages.
+    clip_range, bits
+        Each coordinate of an update is clipped to ``[-clip_range, clip_range]`` and quantised
+        to integers modulo ``2**bits``.
+    stage_timeout
+        Seconds each stage waits for the clients still in the round (default: wait for all).
+    train_config, evaluate_fn, evaluate_every, min_clients, seed, first_round, sampler_state,
+    on_round_end
+        As for ``Server``.
+    """
+
+    start_sends = (p.SECAGG_TRAIN, FINISH)
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
+        *,
+        num_rounds: int,
+        clients_per_round: int,
+        degree: int | None = None,
+        threshold: int | None = None,
+        clip_range: float = 1.0,
+        bits: int = 32,
+        stage_timeout: float | None = None,
+        train_config: Mapping[str, Any] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        evaluate_every: int = 1,
+        min_clients: int | None = None,
+        seed: int = 0,
+        first_round: int = 1,
+        sampler_state: Mapping[str, Any] | None = None,
+        on_round_end: Callable[[RoundRecord], None] | None = None,
+        node_id: int = SERVER_NODE_ID,
+    ) -> None:
+        super().__init__(
+            strategy,
+            initial_arrays,
+            num_rounds=num_rounds,
+            min_clients=clients_per_round if min_clients is None else min_clients,
+            train_config=train_config,
+            evaluate_fn=evaluate_fn,
+            evaluate_every=evaluate_every,
+            seed=seed,
+            first_round=first_round,
+            sampler_state=sampler_state,
+            on_round_end=on_round_end,
+            node_id=node_id,
+        )
+        require = self.require
+        require(
+            clients_per_round >= 2,
+            "clients_per_round",
+            ">= 2 (a sum of one is no secret)",
+            clients_per_round,
+        )
+        require(
+            stage_timeout is None or stage_timeout > 0,
+            "stage_timeout",
+            "> 0 or None",
+            stage_timeout,
+        )
+        if not strategy.aggregates_by_sum:
+            raise InvalidArgumentError(
+                f"SecAggServer: strategy {strategy.name!r} needs every client's update, which "
+                "secure aggregation hides; use fedavg, fedavgm, fedadagrad, fedadam, fedyogi or "
+                "fedprox"
+            )
+        self.clients_per_round = clients_per_round
+        self.degree = default_degree(clients_per_round) if degree is None else degree
+        require(
+            1 <= self.degree <= clients_per_round - 1,
+            "degree",
+            f"in 1..clients_per_round - 1 = {clients_per_round - 1}",
+            self.degree,
+        )
+        self.threshold = default_threshold(self.degree) if threshold is None else threshold
+        require(1 <= self.threshold <= self.degree, "threshold", "in 1..degree", self.threshold)
+        self.clip_range, self.bits = clip_range, bits
+        Quantizer(clip_range, bits, clients_per_round)  # refuse bad settings now, not in round 1
+        self.stage_timeout = stage_timeout
+        #: Rounds that failed, and why: (round, reason).
+        self.secagg_failures: list[tuple[int, str]] = []
+        self._round: _Round | None = None
+        self._stage: _Stage | None = None
+        self._record = RoundRecord(round=0)
+        for kind in p.STAGES:
+            self.register_handlers(kind, self.on_stage_reply, sends=(*p.STAGES, FINISH))
+
+    def begin_training(self) -> None:
+        """Start round ``first_round``."""
+        self._start_round(self.first_round)
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _start_round(self, server_round: int) -> None:
+        if self.stopped_by_strategy(server_round):
+            return
+        self._record = RoundRecord(round=server_round)
+        sampled = sorted(self.sample(self.clients_per_round))
+        degree = min(self.degree, len(sampled) - 1)
+        graph_seed = int(self._rng.integers(2**63))
+        state = _Round(
+            number=server_round,
+            sampled=sampled,
+            graph=neighbour_graph(sampled, degree, graph_seed),
+            threshold=min(self.threshold, degree),
+            quantizer=Quantizer(self.clip_range, self.bits, len(sampled)),
+        )
+        self._round = state
+        self._record.clients_sampled = len(sampled)
+        contents = {}
+        for node in sampled:
+            config = ConfigRecord(
+                {
+                    **self.train_config,
+                    "server_round": server_round,
+                    p.ROUND: server_round,
+                    p.NEIGHBOURS: sorted(state.graph[node]),
+                    p.THRESHOLD: state.threshold,
+                    p.CLIP_RANGE: self.clip_range,
+                    p.BITS: self.bits,
+                    p.NUM_INPUTS: len(sampled),
+                }
+            )
+            contents[node] = model_content(self.arrays, config)
+        self._open_stage(p.SECAGG_TRAIN, contents)
+
+    def _open_stage(self, kind: str, contents: Mapping[int, RecordDict]) -> None:
+        assert self._round is not None
+        stage = _Stage(kind, {})
+        self._stage = stage
+        for node, content in contents.items():
+            message = Message(content, node, kind, group_id=str(self._round.number))
+            self.send(message)
+            stage.pending[message.metadata.message_id] = node
+            self.note_participant(node)
+        if self.stage_timeout is not None:
+            stage.timer = self.call_later(self.stage_timeout, lambda: self._on_timeout(stage))
+        if not stage.pending:
+            self._close_stage()
+
+    def on_stage_reply(self, message: Message) -> None:
+        """A client's reply (or error reply) to the current stage's request."""
+        stage = self._stage
+        node = (
+            None if stage is None else stage.pending.pop(message.metadata.reply_to_message_id, None)
+        )
+        if stage is None or node is None or message.msg_type != stage.kind:
+            self._record.late_replies += 1
+            return
+        if message.has_error():
+            logger.info(
+                "round %s: node %s dropped out at %s: %r",
+                self._record.round,
+                node,
+                stage.kind,
+                message.error,
+            )
+        else:
+            stage.replies[node] = message.content
+        if not stage.pending:
+            self._close_stage()
+
+    def _on_timeout(self, stage: _Stage) -> None:
+        if stage is self._stage:
+            logger.info("round %s: %s timed out", self._record.round, stage.kind)
+            self._close_stage()
+
+    def _close_stage(self) -> None:
+        stage, state = self._stage, self._round
+        assert stage is not None
+        assert state is not None
+        self._stage = None
+        if stage.timer is not None:
+            stage.timer.cancel()
+        try:
+            {
+                p.SECAGG_TRAIN: self._after_train,
+                p.SECAGG_SHARE: self._after_share,
+                p.SECAGG_MASK: self._after_mask,
+                p.SECAGG_UNMASK: self._after_unmask,
+            }[stage.kind](state, stage.replies)
+        except _RoundFailedError as failure:
+            self._fail_round(state, str(failure))
+
+    def _after_train(self, state: _Round, replies: dict[int, RecordDict]) -> None:
+        for node, content in replies.items():
+            keys, metrics = content.get("keys"), content.get(METRICS)
+            if not isinstance(keys, ConfigRecord) or not isinstance(metrics, MetricRecord):
+                continue
+            c_pk, s_pk = keys.get("c_pk"), keys.get("s_pk")
+            if (
+                isinstance(c_pk, bytes)
+                and isinstance(s_pk, bytes)
+                and len(c_pk) == len(s_pk) == _KEY_BYTES
+            ):
+                state.keys[node] = (c_pk, s_pk)
+                weight = metrics.get("num_examples", 0)
+                state.metrics.add(metrics, weight if isinstance(weight, int) else 0)
+        advertised = set(state.keys)
+        contents = {}
+        for node in sorted(advertised):
+            peers = sorted(state.graph[node] & advertised)
+            if len(peers) < state.threshold:
+                raise _RoundFailedError(
+                    f"client {node} has {len(peers)} neighbours left after key advertisement, "
+                    f"fewer than the threshold {state.threshold}"
+                )
+            state.peers[node] = peers
+            record = ConfigRecord(
+                {
+                    "ids": peers,
+                    "c_pks": [state.keys[v][0] for v in peers],
+                    "s_pks": [state.keys[v][1] for v in peers],
+                }
+            )
+            contents[node] = RecordDict({"peers": record})
+        self._open_stage(p.SECAGG_SHARE, contents)
+
+    def _after_share(self, state: _Round, replies: dict[int, RecordDict]) -> None:
+        relayed: dict[int, dict[int, bytes]] = {}  # receiver -> sender -> ciphertext
+        shared = set()
+        for node, content in replies.items():
+            record = content.get("shares")
+            if not isinstance(record, ConfigRecord):
+                continue
+            to, ciphertexts = record.get("to"), record.get("ciphertexts")
+            if (
+                to != state.peers[node]
+                or not isinstance(ciphertexts, list)
+                or len(ciphertexts) != len(to)
+            ):
+                continue  # shares for anyone but exactly its peers: dropped from the round
+            shared.add(node)
+            for receiver, ciphertext in zip(to, ciphertexts, strict=True):
+                if isinstance(receiver, int) and isinstance(ciphertext, bytes):
+                    relayed.setdefault(receiver, {})[node] = ciphertext
+        contents = {}
+        for node in sorted(shared):
+            senders = sorted(v for v in relayed.get(node, {}) if v in shared)
+            state.mask_peers[node] = set(senders)
+            record = ConfigRecord(
+                {"from": senders, "ciphertexts": [relayed[node][v] for v in senders]}
+            )
+            contents[node] = RecordDict({"shares": record})
+        self._open_stage(p.SECAGG_MASK, contents)
+
+    def _after_mask(self, state: _Round, replies: dict[int, RecordDict]) -> None:
+        size = sum(int(np.prod(shape)) for shape in self._shapes().values())
+        for node, content in replies.items():
+            record = content.get("masked")
+            if not isinstance(record, ArrayRecord) or "y" not in record:
+                continue
+            masked = record.to_numpy_dict()["y"]
+            if masked.dtype == np.uint64 and masked.shape == (size,):
+                state.masked[node] = masked
+        if not state.masked:
+            raise _RoundFailedError("no client sent a masked input")
+        survivors = set(state.masked)
+        contents = {}
+        for node in sorted(survivors):
+            peers = state.mask_peers[node]
+            status = ConfigRecord(
+                {
+                    "survivors": sorted(peers & survivors),
+                    "dropped": sorted(peers - survivors),
+                }
+            )
+            contents[node] = RecordDict({"status": status})
+        self._open_stage(p.SECAGG_UNMASK, contents)
+
+    def _after_unmask(self, state: _Round, replies: dict[int, RecordDict]) -> None:
+        seed_shares: dict[int, dict[int, bytes]] = {}  # owner -> holder -> share
+        key_shares: dict[int, dict[int, bytes]] = {}
+        for holder, content in replies.items():
+            record = content.get("reveal")
+            if not isinstance(record, ConfigRecord):
+                continue
+            for owners, shares, into in (
+                ("b_from", "b_shares", seed_shares),
+                ("s_from", "s_shares", key_shares),
+            ):
+                ids, values = record.get(owners, []), record.get(shares, [])
+                if not (isinstance(ids, list) and isinstance(values, list)):
+                    continue
+                for owner, share in zip(ids, values, strict=False):
+                    if isinstance(owner, int) and isinstance(share, bytes):
+                        into.setdefault(owner, {})[holder] = share
+        survivors = set(state.masked)
+        dropped = {v for node in survivors for v in state.mask_peers[node] - survivors}
+        bits = state.quantizer.bits
+        size = next(iter(state.masked.values())).size
+        total = np.zeros(size, dtype=np.uint64)
+        for node in sorted(survivors):
+            total += state.masked[node]
+            seed = self._recover(seed_shares.get(node, {}), state.threshold, "mask seed", node)
+            total -= mask(seed, size, bits)
+        for gone in sorted(dropped):
+            secret = self._recover(key_shares.get(gone, {}), state.threshold, "mask key", gone)
+            key = KeyPair.from_private_bytes(secret)
+            for node in sorted(state.graph[gone] & survivors):
+                if gone not in state.mask_peers[node]:
+                    continue
+                pairwise = mask(agree(key, state.keys[node][1], info=p.MASK_INFO), size, bits)
+                # node added sign(node, gone) * pairwise: take it back out
+                total = total - pairwise if p.pair_sign(node, gone) > 0 else total + pairwise
+        total &= np.uint64((1 << bits) - 1)
+        mean = state.quantizer.dequantize_sum(total, len(survivors)) / len(survivors)
+        self._apply(state, mean, sorted(survivors))
+
+    @staticmethod
+    def _recover(shares: Mapping[int, bytes], threshold: int, what: str, owner: int) -> bytes:
+        if len(shares) < threshold:
+            raise _RoundFailedError(
+                f"only {len(shares)} shares of client {owner}'s {what} came back, fewer than "
+                f"the threshold {threshold}"
+            )
+        return combine_shares(dict(list(shares.items())[:threshold]), threshold, _KEY_BYTES)
+
+    # -- the round's end ------------------------------------------------------------------------
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: array.shape for name, array in sorted(self.arrays.to_numpy_dict().items())}
+
+    def _apply(self, state: _Round, mean: np.ndarray[Any, Any], survivors: list[int]) -> None:
+        current = self.arrays.to_numpy_dict()
+        moved: dict[str, np.ndarray[Any, Any]] = {}
+        offset = 0
+        for name in sorted(current):
+            value = current[name]
+            part = mean[offset : offset + value.size].reshape(value.shape)
+            moved[name] = np.asarray(value.astype(np.float64) + part).astype(value.dtype)
+            offset += value.size
+        aggregator = self.strategy.start_aggregation(state.number, self.arrays)
+        pseudo = RecordDict(
+            {ARRAYS: ArrayRecord(moved), METRICS: MetricRecord({"num_examples": 1})}
+        )
+        try:
+            aggregator.add(-1, pseudo)
+        except FedbusError as exc:  # pragma: no cover - the layout is the model's own
+            raise _RoundFailedError(f"the strategy refused the aggregate: {exc}") from exc
+        self.arrays, _ = aggregator.result()
+        record = self._record
+        record.clients_replied = len(survivors)
+        record.clients_failed = len(state.sampled) - len(survivors)
+        self.record_aggregation(record, survivors, state.metrics.result())
+        self._end(state)
+
+    def _fail_round(self, state: _Round, reason: str) -> None:
+        logger.warning("round %s: secure aggregation failed: %s", state.number, reason)
+        self.secagg_failures.append((state.number, reason))
+        record = self._record
+        record.clients_failed = len(state.sampled)
+        self._end(state)
+
+    def _end(self, state: _Round) -> None:
+        self._round = None
+        self.evaluate_centrally(self._record)
+        self.end_round(self._record)
+        if state.number >= self.num_rounds:
+            self.stop_run(None)
+        else:
+            self._start_round(state.number + 1)
+
+
+class _RoundFailedError(Exception):
+    """A SecAgg+ round cannot be completed; the reason says why."""
