@@ -138,15 +138,16 @@ def test_a_masked_input_does_not_depend_on_the_clients_update() -> None:
         updates = steps(6, size=4000, seed=3)
         updates[0] = np.full(4000, value)
         server, clients = federation(updates, bits=bits)
-        original = server._after_mask
+        original = server._add_masked
 
         def spy(
-            state: Any, replies: Any, original: Any = original, first: Any = clients[0]
+            state: Any, node: int, content: Any, original: Any = original, first: Any = clients[0]
         ) -> None:
-            seen.append(replies[first.node_id].get("masked").to_numpy_dict()["y"].copy())
-            original(state, replies)
+            if node == first.node_id:
+                seen.append(content.get("masked").to_numpy_dict()["y"].copy())
+            original(state, node, content)
 
-        server._after_mask = spy  # type: ignore[method-assign]
+        server._add_masked = spy  # type: ignore[method-assign]
         simulate(server, clients)
         assert server.finished
     for masked in seen:
@@ -174,3 +175,82 @@ def test_the_flow_passes_the_message_flow_check() -> None:
     flow = Simulation(server, clients).message_flow()
     flow.check()
     assert set(p.STAGES) <= set(flow.handled["client"])
+
+
+# -- from a configuration, in simulation and over gRPC ------------------------------------------
+SECURE = [
+    "privacy.secure_aggregation=true",
+    "federation.num_rounds=20",
+    "federation.clients_per_round=20",
+    "privacy.secagg_clip_range=0.5",
+]
+
+
+def test_secure_aggregation_from_a_config_learns_like_plain_fedavg() -> None:
+    from fedbus.run import load_config
+    from fedbus.run.federation import build_federation
+
+    secure = build_federation(load_config(None, SECURE))
+    secure.simulation.run()
+    assert isinstance(secure.server, SecAggServer)
+    assert secure.server.finished
+    plain = build_federation(load_config(None, SECURE[1:]))
+    plain.simulation.run()
+    # uniform weights and quantisation: close to FedAvg, not equal
+    secure_accuracy = secure.server.history[-1].test_accuracy
+    plain_accuracy = plain.server.history[-1].test_accuracy
+    assert secure_accuracy is not None
+    assert plain_accuracy is not None
+    assert secure_accuracy > 0.85
+    assert abs(secure_accuracy - plain_accuracy) < 0.05
+
+
+def test_secure_aggregation_with_client_clipped_differential_privacy() -> None:
+    from fedbus.run import load_config
+    from fedbus.run.federation import build_federation
+
+    options = [*SECURE, "privacy.mode=client_clip", "privacy.noise_multiplier=0.5"]
+    federation = build_federation(load_config(None, options))
+    federation.simulation.run()
+    history = federation.server.history
+    assert federation.server.finished
+    assert history[-1].strategy_metrics["epsilon"] > 0
+    assert history[-1].test_accuracy is not None
+    assert history[-1].test_accuracy > 0.8
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["strategy.name=median"], "secure aggregation hides"),
+        (["privacy.mode=central"], "cannot clip"),
+        (["aggregation.trigger=goal", "strategy.name=fedbuff"], "synchronous rounds"),
+        (["strategy.name=scaffold"], "clients of its own"),
+    ],
+)
+def test_configurations_secure_aggregation_cannot_run_are_refused(
+    options: list[str], message: str
+) -> None:
+    from fedbus.errors import ConfigError
+    from fedbus.run import load_config
+    from fedbus.run.federation import build_federation
+
+    with pytest.raises(ConfigError, match=message):
+        build_federation(load_config(None, ["data.dataset=synthetic", *SECURE, *options]))
+
+
+def test_secagg_over_grpc_gives_the_simulations_model() -> None:
+    from fedbus.runtime.grpc import run_local
+
+    updates = steps(6, seed=7)
+    simulated, clients = federation(updates, num_rounds=2)
+    simulate(simulated, clients)
+    deployed, clients = federation(updates, num_rounds=2)
+    run_local(deployed, clients, timeout=60)
+    assert deployed.finished
+    np.testing.assert_allclose(
+        deployed.arrays.to_numpy_dict()["w"],
+        simulated.arrays.to_numpy_dict()["w"],
+        rtol=0,
+        atol=2 * step_of_quantisation(6),
+    )

@@ -316,3 +316,19 @@ def test_an_asynchronous_federation_runs_across_processes(fleet: Fleet) -> None:
     assert sum(summary["participation"].values()) == 16
     assert set(summary["participation"]) <= {"1", "2", "3"}
     assert metrics[-1]["test_accuracy"] > 0.8
+
+
+def test_secure_aggregation_runs_across_processes(fleet: Fleet) -> None:
+    """SecAgg+ from a configuration: four client processes, the server sees only sums."""
+    config = write_config(fleet.root / "fed.toml", rounds=4, per_round=4)
+    with config.open("a") as file:
+        file.write("\n[privacy]\nsecure_aggregation = true\nsecagg_clip_range = 0.5\n")
+    port = free_port()
+    server = fleet.server(config, port, "--insecure", "--min-clients", "4")
+    clients = [fleet.client(config, port, k, "--insecure") for k in range(4)]
+    assert fleet.finish(server) == 0, fleet.log(server)
+    assert [fleet.finish(c) for c in clients] == [0] * 4
+    metrics = read_metrics(run_dir_of(fleet.root))
+    assert [m["round"] for m in metrics] == [1, 2, 3, 4]
+    assert all(m["clients_replied"] == 4 for m in metrics)
+    assert metrics[-1]["test_accuracy"] > 0.7

@@ -378,6 +378,32 @@ class PrivacyConfig(ConfigSection):
         "noise of adaptive clipping's unclipped count (0 = clients_per_round / 20)",
         bounds="x >= 0",
     )
+    secure_aggregation: bool = setting(
+        False,
+        "SecAgg+: the server sees only the sum of the updates (sum-based strategies; with "
+        "mode none, client_clip or local)",
+    )
+    secagg_clip_range: float = setting(
+        1.0,
+        "secure aggregation: each coordinate of an update is clipped to [-x, x] before "
+        "quantisation",
+        bounds="x > 0",
+    )
+    secagg_bits: int = setting(
+        32, "secure aggregation: arithmetic modulo 2^bits", bounds="16 <= x <= 62"
+    )
+    secagg_degree: int = setting(
+        0,
+        "secure aggregation: neighbours each client shares its secrets with (0 = 2 log2 of "
+        "clients_per_round, at least 4)",
+        bounds="x >= 0",
+    )
+    secagg_threshold: int = setting(
+        0,
+        "secure aggregation: neighbours that must answer to rebuild a client's secrets "
+        "(0 = a majority of its neighbours)",
+        bounds="x >= 0",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from fedbus.fl import (
 )
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
 from fedbus.fl.privacy import DifferentialPrivacy
+from fedbus.fl.secagg import SecAggClient, SecAggServer
 from fedbus.fl.state import ClientStateStore
 from fedbus.run.algorithms import ALGORITHMS, build_strategy
 from fedbus.run.config import Config
@@ -239,6 +240,8 @@ def build_server(
         "on_round_end": on_round_end,
     }
     arrays = model.init(federation.seed) if initial_arrays is None else dict(initial_arrays)
+    if config.privacy.secure_aggregation:
+        return _secure_server(config, strategy, arrays, shared)
     if aggregation.trigger == "all":
         return Server(
             strategy,
@@ -306,6 +309,50 @@ def _private(config: Config, strategy: Strategy, seeded_noise: bool) -> Strategy
         )
     except InvalidArgumentError as exc:
         raise ConfigError(f"[privacy]: {exc}") from exc
+
+
+def _secure_server(
+    config: Config, strategy: Strategy, arrays: Arrays, shared: dict[str, Any]
+) -> SecAggServer:
+    """The SecAgg+ server ``[privacy]`` asks for, or a ConfigError naming what to change."""
+    privacy, federation = config.privacy, config.federation
+    problems = []
+    if config.aggregation.trigger != "all":
+        problems.append(
+            'secure aggregation runs synchronous rounds: set aggregation.trigger = "all"'
+        )
+    if privacy.mode == "central" or privacy.adaptive_clipping:
+        problems.append(
+            "privacy.secure_aggregation hides each update from the server, so it cannot clip "
+            'them (mode = "central") or count the clipped ones (adaptive_clipping): use '
+            'mode = "client_clip" without adaptive clipping'
+        )
+    if federation.federated_evaluate_every > 0 or config.aggregation.over_selection > 0:
+        problems.append(
+            "secure aggregation rounds have no federated evaluation and no over-selection: set "
+            "federation.federated_evaluate_every and aggregation.over_selection to 0"
+        )
+    if ALGORITHMS[config.strategy.name].client is not Client:
+        problems.append(
+            f'strategy.name = "{config.strategy.name}" has clients of its own, which do not '
+            "take part in secure aggregation"
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
+    try:
+        return SecAggServer(
+            strategy,
+            arrays,
+            clients_per_round=federation.clients_per_round,
+            degree=privacy.secagg_degree or None,
+            threshold=privacy.secagg_threshold or None,
+            clip_range=privacy.secagg_clip_range,
+            bits=privacy.secagg_bits,
+            stage_timeout=federation.round_timeout or None,
+            **shared,
+        )
+    except InvalidArgumentError as exc:
+        raise ConfigError(f"[privacy] secure aggregation: {exc}") from exc
 
 
 def _concurrency(config: Config) -> int:
@@ -396,7 +443,11 @@ def build_client(
         trainer = AttackedTrainer(
             trainer, attack.kind, scale=attack.scale, noise_std=attack.noise_std, seed=seed
         )
-    client_class = ALGORITHMS[config.strategy.name].client
+    client_class = (
+        SecAggClient
+        if config.privacy.secure_aggregation
+        else ALGORITHMS[config.strategy.name].client
+    )
     client = client_class(trainer, node_id, state=state)
     if seeded_noise:  # local differential privacy's noise, repeatable in a simulation
         client.noise_rng = np.random.default_rng([seed, 0xD1])

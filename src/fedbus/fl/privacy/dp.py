@@ -39,9 +39,15 @@ from fedbus.errors import InvalidArgumentError
 from fedbus.fl.privacy.accounting import PrivacyAccountant
 from fedbus.fl.privacy.clipping import clip_update
 from fedbus.fl.privacy.names import CLIPPING_NORM, NOISE_STD, UNCLIPPED
-from fedbus.fl.protocol import ARRAYS, METRICS, read_arrays, read_metrics, read_num_examples
-from fedbus.fl.strategy.base import Aggregator, Strategy, WeightedMetrics, check_parameter
-from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from fedbus.fl.protocol import read_arrays, read_metrics, read_num_examples
+from fedbus.fl.strategy.base import (
+    Aggregator,
+    Strategy,
+    WeightedMetrics,
+    apply_mean_update,
+    check_parameter,
+)
+from fedbus.message import ArrayRecord, ConfigRecord, RecordDict
 
 __all__ = ["MODES", "DifferentialPrivacy"]
 
@@ -205,8 +211,7 @@ class DifferentialPrivacy(Strategy):
     # -- aggregation ------------------------------------------------------------------------------
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> Aggregator:
         """Clip (central), check (client_clip), sum, then noise once the round closes."""
-        inner = self.inner.start_aggregation(server_round, arrays)
-        return _PrivateSum(self, server_round, arrays, inner)
+        return _PrivateSum(self, server_round, arrays)
 
     def after_round(self, unclipped: int) -> None:
         """Adaptive clipping: move the norm toward the target quantile of the update norms."""
@@ -246,6 +251,39 @@ class DifferentialPrivacy(Strategy):
             f"{self.max_epsilon} (delta {self.accountant.delta})"
         )
 
+    def aggregate_sum(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        update_sum: Mapping[str, np.ndarray[Any, Any]],
+        count: int,
+    ) -> ArrayRecord:
+        """Noise a sum of clipped updates (client_clip, local) and apply its mean: what secure
+        aggregation gives the server. Central mode needs each update and refuses."""
+        if self.mode == "central":
+            raise InvalidArgumentError(
+                "DifferentialPrivacy: central mode clips each update at the server, which "
+                "secure aggregation hides; use client_clip"
+            )
+        norm = self._norm_used.get(server_round, self.clipping_norm)
+        return self._noised_mean(server_round, arrays, update_sum, count, norm)
+
+    def _noised_mean(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        update_sum: Mapping[str, np.ndarray[Any, Any]],
+        count: int,
+        norm: float,
+    ) -> ArrayRecord:
+        std = 0.0 if self.mode == "local" else self.update_noise_multiplier * norm
+        denominator = max(self.clients_per_round, count)
+        mean = {
+            key: (np.asarray(total) + self.rng.normal(0.0, std, size=np.shape(total))) / denominator
+            for key, total in update_sum.items()
+        }
+        return apply_mean_update(self.inner, server_round, arrays, mean)
+
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray[Any, Any]]:
         """The inner strategy's state (prefixed ``inner:``) and the clipping norm."""
@@ -269,9 +307,8 @@ class _PrivateSum:
         strategy: DifferentialPrivacy,
         server_round: int,
         current: ArrayRecord,
-        inner: Aggregator,
     ) -> None:
-        self._strategy, self._inner = strategy, inner
+        self._strategy, self._round = strategy, server_round
         self._norm = strategy._norm_used.get(server_round, strategy.clipping_norm)
         self._current = current.to_numpy_dict()
         self._sum = {key: np.zeros(value.shape) for key, value in self._current.items()}
@@ -311,20 +348,9 @@ class _PrivateSum:
         if self._count == 0:
             self._result = ArrayRecord(self._current), self._metrics.result()
             return self._result
-        std = 0.0 if strategy.mode == "local" else strategy.update_noise_multiplier * self._norm
-        denominator = max(strategy.clients_per_round, self._count)
-        mean = {
-            key: (total + strategy.rng.normal(0.0, std, size=total.shape)) / denominator
-            for key, total in self._sum.items()
-        }
-        moved = {
-            key: np.asarray(value + mean[key]).astype(value.dtype)
-            for key, value in self._current.items()
-        }
-        self._inner.add(
-            -1, RecordDict({ARRAYS: ArrayRecord(moved), METRICS: MetricRecord({"num_examples": 1})})
+        arrays = strategy._noised_mean(
+            self._round, ArrayRecord(self._current), self._sum, self._count, self._norm
         )
-        arrays, _ = self._inner.result()
         strategy.after_round(self._unclipped)
         self._result = arrays, self._metrics.result()
         return self._result

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.client import Client, is_request, plain_config, proximal_terms
+from fedbus.fl.client import Client, is_request, plain_config, privatize, proximal_terms
 from fedbus.fl.protocol import METRICS, read_arrays
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, decrypt, encrypt, mask
@@ -86,6 +86,8 @@ class SecAggClient(Client):
         received = read_arrays(content).to_numpy_dict()
         config = plain_config(content)
         arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
+        # differential privacy's client_clip and local modes clip (and noise) before masking
+        arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng)
         quantizer = Quantizer(
             float(_number(config, p.CLIP_RANGE)),
             int(_number(config, p.BITS)),

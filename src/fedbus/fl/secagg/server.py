@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fedbus.errors import FedbusError, InvalidArgumentError
-from fedbus.fl.protocol import ARRAYS, FINISH, METRICS, model_content
+from fedbus.errors import InvalidArgumentError
+from fedbus.fl.protocol import FINISH, METRICS, model_content
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, mask
 from fedbus.fl.secagg.graph import default_degree, default_threshold, neighbour_graph
@@ -58,7 +58,8 @@ class _Round:
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # c_pk, s_pk
     peers: dict[int, list[int]] = field(default_factory=dict)  # whom each client shares with
     mask_peers: dict[int, set[int]] = field(default_factory=dict)
-    masked: dict[int, np.ndarray[Any, Any]] = field(default_factory=dict)
+    survivors: set[int] = field(default_factory=set)  # clients whose masked input arrived
+    masked_total: np.ndarray[Any, Any] | None = None  # their sum, modulo 2**bits
     metrics: WeightedMetrics = field(default_factory=WeightedMetrics)
 
 
@@ -235,6 +236,9 @@ class SecAggServer(ServerBase):
                 stage.kind,
                 message.error,
             )
+        elif stage.kind == p.SECAGG_MASK:
+            assert self._round is not None
+            self._add_masked(self._round, node, message.content)
         else:
             stage.replies[node] = message.content
         if not stage.pending:
@@ -324,18 +328,25 @@ class SecAggServer(ServerBase):
             contents[node] = RecordDict({"shares": record})
         self._open_stage(p.SECAGG_MASK, contents)
 
-    def _after_mask(self, state: _Round, replies: dict[int, RecordDict]) -> None:
+    def _add_masked(self, state: _Round, node: int, content: RecordDict) -> None:
+        """Fold one masked input into the running sum as it arrives: the server never holds
+        more than one vector of the model's size per round."""
+        record = content.get("masked")
+        if not isinstance(record, ArrayRecord) or "y" not in record:
+            return
+        masked = record.to_numpy_dict()["y"]
         size = sum(int(np.prod(shape)) for shape in self._shapes().values())
-        for node, content in replies.items():
-            record = content.get("masked")
-            if not isinstance(record, ArrayRecord) or "y" not in record:
-                continue
-            masked = record.to_numpy_dict()["y"]
-            if masked.dtype == np.uint64 and masked.shape == (size,):
-                state.masked[node] = masked
-        if not state.masked:
+        if masked.dtype != np.uint64 or masked.shape != (size,):
+            return
+        if state.masked_total is None:
+            state.masked_total = np.zeros(size, dtype=np.uint64)
+        state.masked_total += masked  # wraps modulo 2**64, a multiple of 2**bits
+        state.survivors.add(node)
+
+    def _after_mask(self, state: _Round, replies: dict[int, RecordDict]) -> None:
+        if not state.survivors:
             raise _RoundFailedError("no client sent a masked input")
-        survivors = set(state.masked)
+        survivors = state.survivors
         contents = {}
         for node in sorted(survivors):
             peers = state.mask_peers[node]
@@ -365,13 +376,13 @@ class SecAggServer(ServerBase):
                 for owner, share in zip(ids, values, strict=False):
                     if isinstance(owner, int) and isinstance(share, bytes):
                         into.setdefault(owner, {})[holder] = share
-        survivors = set(state.masked)
+        survivors = state.survivors
         dropped = {v for node in survivors for v in state.mask_peers[node] - survivors}
         bits = state.quantizer.bits
-        size = next(iter(state.masked.values())).size
-        total = np.zeros(size, dtype=np.uint64)
+        assert state.masked_total is not None  # there are survivors
+        total = state.masked_total
+        size = total.size
         for node in sorted(survivors):
-            total += state.masked[node]
             seed = self._recover(seed_shares.get(node, {}), state.threshold, "mask seed", node)
             total -= mask(seed, size, bits)
         for gone in sorted(dropped):
@@ -384,8 +395,8 @@ class SecAggServer(ServerBase):
                 # node added sign(node, gone) * pairwise: take it back out
                 total = total - pairwise if p.pair_sign(node, gone) > 0 else total + pairwise
         total &= np.uint64((1 << bits) - 1)
-        mean = state.quantizer.dequantize_sum(total, len(survivors)) / len(survivors)
-        self._apply(state, mean, sorted(survivors))
+        update_sum = state.quantizer.dequantize_sum(total, len(survivors))
+        self._apply(state, update_sum, sorted(survivors))
 
     @staticmethod
     def _recover(shares: Mapping[int, bytes], threshold: int, what: str, owner: int) -> bytes:
@@ -400,24 +411,16 @@ class SecAggServer(ServerBase):
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: array.shape for name, array in sorted(self.arrays.to_numpy_dict().items())}
 
-    def _apply(self, state: _Round, mean: np.ndarray[Any, Any], survivors: list[int]) -> None:
-        current = self.arrays.to_numpy_dict()
-        moved: dict[str, np.ndarray[Any, Any]] = {}
+    def _apply(self, state: _Round, flat_sum: np.ndarray[Any, Any], survivors: list[int]) -> None:
+        update_sum: dict[str, np.ndarray[Any, Any]] = {}
         offset = 0
-        for name in sorted(current):
-            value = current[name]
-            part = mean[offset : offset + value.size].reshape(value.shape)
-            moved[name] = np.asarray(value.astype(np.float64) + part).astype(value.dtype)
-            offset += value.size
-        aggregator = self.strategy.start_aggregation(state.number, self.arrays)
-        pseudo = RecordDict(
-            {ARRAYS: ArrayRecord(moved), METRICS: MetricRecord({"num_examples": 1})}
+        for name, shape in self._shapes().items():
+            size = int(np.prod(shape))
+            update_sum[name] = flat_sum[offset : offset + size].reshape(shape)
+            offset += size
+        self.arrays = self.strategy.aggregate_sum(
+            state.number, self.arrays, update_sum, len(survivors)
         )
-        try:
-            aggregator.add(-1, pseudo)
-        except FedbusError as exc:  # pragma: no cover - the layout is the model's own
-            raise _RoundFailedError(f"the strategy refused the aggregate: {exc}") from exc
-        self.arrays, _ = aggregator.result()
         record = self._record
         record.clients_replied = len(survivors)
         record.clients_failed = len(state.sampled) - len(survivors)

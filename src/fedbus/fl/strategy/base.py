@@ -16,10 +16,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.protocol import EVALUATE, TRAIN, model_content, read_metrics, read_num_examples
+from fedbus.fl.protocol import (
+    ARRAYS,
+    EVALUATE,
+    METRICS,
+    TRAIN,
+    model_content,
+    read_metrics,
+    read_num_examples,
+)
 from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-__all__ = ["Aggregator", "Strategy", "WeightedMetrics", "check_parameter"]
+__all__ = ["Aggregator", "Strategy", "WeightedMetrics", "apply_mean_update", "check_parameter"]
 
 
 class Aggregator(Protocol):
@@ -138,6 +146,23 @@ class Strategy(ABC):
             moved[name] = np.asarray(start + weight * change).astype(value.dtype)
         return ArrayRecord(moved)
 
+    def aggregate_sum(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        update_sum: Mapping[str, np.ndarray[Any, Any]],
+        count: int,
+    ) -> ArrayRecord:
+        """The new global model from the sum of ``count`` clients' updates (``trained -
+        arrays``, by array name): all that secure aggregation lets the server see.
+
+        Only for strategies that ``aggregates_by_sum``. The default hands the mean update to
+        this strategy's own aggregator as a single reply: FedAvg applies it, FedAvgM and the
+        adaptive optimisers take it as their pseudo-gradient.
+        """
+        mean = {name: np.asarray(total) / count for name, total in update_sum.items()}
+        return apply_mean_update(self, server_round, arrays, mean)
+
     def report(self, server_round: int) -> dict[str, float]:
         """Numbers this strategy reports for a round that ended (differential privacy's
         epsilon), written into that round's metrics; none by default."""
@@ -192,6 +217,29 @@ class Strategy(ABC):
             except InvalidArgumentError:
                 continue
         return totals.result()
+
+
+def apply_mean_update(
+    strategy: Strategy,
+    server_round: int,
+    arrays: ArrayRecord,
+    mean: Mapping[str, np.ndarray[Any, Any]],
+) -> ArrayRecord:
+    """``arrays`` moved by ``mean`` as ``strategy``'s aggregator would move it for one reply
+    ``arrays + mean`` (float64 arithmetic, each array keeping its dtype)."""
+    current = arrays.to_numpy_dict()
+    if mean.keys() != current.keys():
+        raise InvalidArgumentError(
+            f"the mean update has arrays {sorted(mean)}; the model has {sorted(current)}"
+        )
+    moved = {
+        name: np.asarray(value.astype(np.float64) + mean[name]).astype(value.dtype)
+        for name, value in current.items()
+    }
+    aggregator = strategy.start_aggregation(server_round, arrays)
+    single = RecordDict({ARRAYS: ArrayRecord(moved), METRICS: MetricRecord({"num_examples": 1})})
+    aggregator.add(-1, single)
+    return aggregator.result()[0]
 
 
 def check_parameter(
