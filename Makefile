@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The stamp is rebuilt when the project's dependencies change, so an existing .venv is reused.
 STAMP  := $(VENV)/.fedbus-installed
 
-.PHONY: install run test lint typecheck unit bench bench-codec bench-transport docs clean
+.PHONY: install run test lint typecheck unit bench bench-codec bench-transport bench-secagg docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: install
 
 docs: install
 	$(BIN)/python docs/update_config_reference.py
+
+bench-secagg: install
+	$(BIN)/python bench/secagg.py
 
 bench-codec: install
 	$(BIN)/python bench/codec.py

@@ -254,3 +254,22 @@ def test_secagg_over_grpc_gives_the_simulations_model() -> None:
         rtol=0,
         atol=2 * step_of_quantisation(6),
     )
+
+
+def test_a_silent_client_is_dropped_when_the_stage_times_out() -> None:
+    from fedbus.runtime.simulation import ClientProfile, ProfileTable
+
+    updates = steps(8, seed=9)
+    server, clients = federation(updates, stage_timeout=5.0, degree=6, threshold=4)
+    # node 3 silently loses every message it receives: only the timeout moves the stage on
+    silent = ProfileTable({3: ClientProfile(dropout=1.0)})
+    simulate(server, clients, profiles=silent)
+    assert server.finished
+    assert not server.secagg_failures
+    (record,) = server.history
+    assert record.clients_replied == 7
+    assert record.time >= 5.0  # the first stage waited out its timeout
+    expected = np.mean([u for i, u in enumerate(updates) if i != 2], axis=0)
+    np.testing.assert_allclose(
+        server.arrays.to_numpy_dict()["w"], expected, rtol=0, atol=step_of_quantisation(8)
+    )

@@ -100,7 +100,9 @@ class SecAggClient(Client):
             server_round=int(_number(config, p.ROUND)),
             threshold=int(_number(config, p.THRESHOLD)),
             neighbours=frozenset(int(n) for n in neighbours),
-            quantized=quantizer.quantize(flatten_update(arrays, received)),
+            quantized=_compact(
+                quantizer.quantize(flatten_update(arrays, received)), quantizer.bits
+            ),
             bits=int(_number(config, p.BITS)),
         )
         keys = ConfigRecord(
@@ -153,12 +155,14 @@ class SecAggClient(Client):
         }
         size, bits = current.quantized.size, current.bits
         modulus_mask = np.uint64((1 << bits) - 1)
-        masked = current.quantized + mask(current.seed, size, bits)
+        masked = current.quantized.astype(np.uint64) + mask(current.seed, size, bits)
         for v in senders:  # exactly the neighbours that will mask with this client
             seed = agree(current.masking, current.peer_keys[v][1], info=p.MASK_INFO)
             pairwise = mask(seed, size, bits)
             masked = masked + pairwise if p.pair_sign(self.node_id, v) > 0 else masked - pairwise
         masked &= modulus_mask
+        if bits <= 32:  # half the bytes on the wire
+            masked = masked.astype(np.uint32)
         return message.create_reply(RecordDict({"masked": ArrayRecord({"y": masked})}))
 
     # -- stage 3: unmasking ---------------------------------------------------------------------
@@ -206,6 +210,11 @@ class SecAggClient(Client):
                 "in progress on this client"
             )
         return current
+
+
+def _compact(values: np.ndarray[Any, Any], bits: int) -> np.ndarray[Any, Any]:
+    """Quantised values in uint32 when they fit: a simulation keeps one per client per round."""
+    return values.astype(np.uint32) if bits <= 32 else values
 
 
 def _number(config: dict[str, object], key: str) -> float:

@@ -11,7 +11,7 @@ message type the server sends and the client answers:
   its mask key, AES-GCM encrypted for that peer.
 - ``secagg_mask``: the server relays ``shares``, the ciphertexts addressed to the client; the
   client replies ``masked``: its quantised update plus its self mask and a pairwise mask with
-  every peer that shared, modulo ``2**bits``.
+  every peer that shared, modulo ``2**bits`` (uint32 when ``bits <= 32``, else uint64).
 - ``secagg_unmask``: the server sends ``status``, which peers sent a masked input
   (``survivors``) and which did not (``dropped``); the client replies ``reveal``: its shares of
   the survivors' seeds and of the dropped clients' mask keys, never both of one client.

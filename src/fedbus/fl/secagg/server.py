@@ -164,8 +164,12 @@ class SecAggServer(ServerBase):
         self._round: _Round | None = None
         self._stage: _Stage | None = None
         self._record = RoundRecord(round=0)
-        for kind in p.STAGES:
-            self.register_handlers(kind, self.on_stage_reply, sends=(*p.STAGES, FINISH))
+        # each stage's replies open the next stage; any stage may end the round (a failure),
+        # which starts the next round or ends the run
+        following = (*p.STAGES[1:], None)
+        for kind, after in zip(p.STAGES, following, strict=True):
+            sends = (p.SECAGG_TRAIN, FINISH) if after is None else (after, p.SECAGG_TRAIN, FINISH)
+            self.register_handlers(kind, self.on_stage_reply, sends=sends)
 
     def begin_training(self) -> None:
         """Start round ``first_round``."""
@@ -336,11 +340,11 @@ class SecAggServer(ServerBase):
             return
         masked = record.to_numpy_dict()["y"]
         size = sum(int(np.prod(shape)) for shape in self._shapes().values())
-        if masked.dtype != np.uint64 or masked.shape != (size,):
+        if masked.dtype not in (np.uint32, np.uint64) or masked.shape != (size,):
             return
         if state.masked_total is None:
             state.masked_total = np.zeros(size, dtype=np.uint64)
-        state.masked_total += masked  # wraps modulo 2**64, a multiple of 2**bits
+        state.masked_total += masked.astype(np.uint64)  # wraps modulo 2**64, a multiple of 2**bits
         state.survivors.add(node)
 
     def _after_mask(self, state: _Round, replies: dict[int, RecordDict]) -> None:
