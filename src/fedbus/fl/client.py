@@ -107,12 +107,20 @@ class Client(Worker):
         """Train the received model on local data and reply with the result."""
         if not is_request(message):
             return None
-        content = message.content
+        _, arrays, num_examples, metrics = self.train_on(message.content)
+        return message.create_reply(train_reply_content(arrays, num_examples, metrics))
+
+    def train_on(self, content: RecordDict) -> tuple[Arrays, Arrays, int, dict[str, float]]:
+        """Train on a request's model and config: ``(received, trained, num_examples, metrics)``.
+
+        FedProx's pull is applied when the config asks for it, and differential privacy's
+        clipping and noise (client_clip, local) to the trained arrays.
+        """
         received = read_arrays(content).to_numpy_dict()
         config = plain_config(content)
         arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
         arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng)
-        return message.create_reply(train_reply_content(arrays, num_examples, metrics))
+        return received, arrays, num_examples, metrics
 
     def fit(
         self, arrays: Arrays, config: dict[str, object], terms: LocalTerms | None = None

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.client import Client, is_request, plain_config, privatize, proximal_terms
-from fedbus.fl.protocol import METRICS, read_arrays
+from fedbus.fl.client import Client, is_request, plain_config
+from fedbus.fl.protocol import METRICS
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, decrypt, encrypt, mask
 from fedbus.fl.secagg.quantize import Quantizer
@@ -82,12 +82,9 @@ class SecAggClient(Client):
         """Train, quantise the update, keep it; reply with two fresh public keys."""
         if not is_request(message):
             return None
-        content = message.content
-        received = read_arrays(content).to_numpy_dict()
-        config = plain_config(content)
-        arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
         # differential privacy's client_clip and local modes clip (and noise) before masking
-        arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng)
+        received, arrays, num_examples, metrics = self.train_on(message.content)
+        config = plain_config(message.content)
         quantizer = Quantizer(
             float(_number(config, p.CLIP_RANGE)),
             int(_number(config, p.BITS)),
