@@ -147,3 +147,17 @@ def test_default_degree_grows_with_log_n() -> None:
     assert default_degree(1000) == 20
     assert default_degree(100_000) == 34
     assert default_threshold(20) == 11
+
+
+@pytest.mark.parametrize(("bits", "clients"), [(62, 1), (62, 2), (54, 1), (32, 10)])
+def test_sums_at_the_clip_range_never_wrap_whatever_the_bits(bits: int, clients: int) -> None:
+    quantizer = Quantizer(1.0, bits, clients)
+    for value in (1.0, -1.0):
+        total = sum(quantizer.quantize(np.array([value])) for _ in range(clients))
+        recovered = quantizer.dequantize_sum(np.asarray(total), clients)
+        assert abs(float(recovered[0]) - value * clients) <= clients * quantizer.step
+
+
+def test_a_share_outside_the_field_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="not a field element"):
+        combine_shares({1: (PRIME + 1).to_bytes(SHARE_BYTES, "big")}, 1, 1)

@@ -70,7 +70,9 @@ class Quantizer:
         else:
             floor = np.floor(scaled)
             rounded = floor + (rng.random(scaled.shape) < scaled - floor)
-        return np.clip(rounded, 0, self.levels).astype(np.uint64)
+        # clipped in integers: above 2**53 levels, a float clip to `levels` could round up past
+        # it, and a sum of such values could wrap modulo 2**bits
+        return np.minimum(np.maximum(rounded, 0).astype(np.uint64), np.uint64(self.levels))
 
     def dequantize_sum(
         self, total: np.ndarray[Any, Any], count: int

@@ -77,7 +77,10 @@ def combine_shares(shares: Mapping[int, bytes], threshold: int, length: int) -> 
             raise InvalidArgumentError(
                 f"combine_shares: share {share_id} has {len(share)} bytes, expected {SHARE_BYTES}"
             )
-        points.append((share_id, int.from_bytes(share, "big") % PRIME))
+        value = int.from_bytes(share, "big")
+        if value >= PRIME:
+            raise InvalidArgumentError(f"combine_shares: share {share_id} is not a field element")
+        points.append((share_id, value))
     secret = 0
     for i, (x_i, y_i) in enumerate(points):
         numerator = denominator = 1
