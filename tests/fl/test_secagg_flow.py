@@ -273,3 +273,26 @@ def test_a_silent_client_is_dropped_when_the_stage_times_out() -> None:
     np.testing.assert_allclose(
         server.arrays.to_numpy_dict()["w"], expected, rtol=0, atol=step_of_quantisation(8)
     )
+
+
+def test_clients_clip_to_the_privacy_norm_before_masking() -> None:
+    """DP's client_clip under secure aggregation: the request carries the clipping norm, the
+    clients clip, and the server's recovered mean is the mean of the clipped updates."""
+    from fedbus.fl.privacy import DifferentialPrivacy
+
+    updates = [np.full(4, 0.4), np.full(4, -0.1), np.full(4, 0.05), np.full(4, 0.3)]
+    strategy = DifferentialPrivacy(
+        FedAvg(), mode="client_clip", clipping_norm=0.2, noise_multiplier=0.0,
+        num_clients=4, clients_per_round=4,
+    )  # fmt: skip
+    clients = [SecAggClient(FixedUpdate(step)) for step in updates]
+    server = SecAggServer(
+        strategy, {"w": np.zeros(4)}, num_rounds=1, clients_per_round=4, evaluate_every=0,
+        clip_range=1.0, bits=40,
+    )  # fmt: skip
+    simulate(server, clients)
+    assert server.finished
+    clipped = [u * min(1.0, 0.2 / np.linalg.norm(u)) for u in updates]
+    np.testing.assert_allclose(
+        server.arrays.to_numpy_dict()["w"], np.mean(clipped, axis=0), rtol=0, atol=1e-9
+    )

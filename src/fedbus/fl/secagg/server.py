@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.protocol import FINISH, METRICS, model_content
+from fedbus.fl.protocol import CONFIG, FINISH, METRICS
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, mask
 from fedbus.fl.secagg.graph import default_degree, default_threshold, neighbour_graph
@@ -192,12 +192,17 @@ class SecAggServer(ServerBase):
         )
         self._round = state
         self._record.clients_sampled = len(sampled)
+        # the strategy's own request (FedProx's pull, differential privacy's clipping norm),
+        # with each client's neighbours and the round's quantisation added
+        base = ConfigRecord({**self.train_config, "server_round": server_round})
+        requests = self.strategy.configure_train(server_round, self.arrays, base, sampled)
         contents = {}
         for node in sampled:
+            request = requests if isinstance(requests, RecordDict) else requests[node]
+            given = request.get(CONFIG)
             config = ConfigRecord(
                 {
-                    **self.train_config,
-                    "server_round": server_round,
+                    **(given if isinstance(given, ConfigRecord) else base),
                     p.ROUND: server_round,
                     p.NEIGHBOURS: sorted(state.graph[node]),
                     p.THRESHOLD: state.threshold,
@@ -206,7 +211,7 @@ class SecAggServer(ServerBase):
                     p.NUM_INPUTS: len(sampled),
                 }
             )
-            contents[node] = model_content(self.arrays, config)
+            contents[node] = RecordDict({**request, CONFIG: config})
         self._open_stage(p.SECAGG_TRAIN, contents)
 
     def _open_stage(self, kind: str, contents: Mapping[int, RecordDict]) -> None:
