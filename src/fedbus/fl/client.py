@@ -73,8 +73,9 @@ class Client(Worker):
         model), keyed by node id: a simulation shares one store among all its clients. Default:
         a store of this client's own, in memory.
     noise_rng
-        Where the noise of local differential privacy comes from. Default: fresh entropy from
-        the operating system; a simulation passes a seeded generator so that runs repeat.
+        Where the noise of local differential privacy comes from. Default (None): fresh entropy
+        from the operating system, drawn only when noise is added; a simulation passes a seeded
+        generator so that runs repeat.
     """
 
     start_sends = (JOIN,)
@@ -90,7 +91,7 @@ class Client(Worker):
     ) -> None:
         super().__init__(node_id)
         self.trainer = trainer
-        self.noise_rng = np.random.default_rng() if noise_rng is None else noise_rng
+        self.noise_rng = noise_rng
         self.join_on_start = join_on_start
         self.state = ClientStateStore() if state is None else state
         self.register_handlers(TRAIN, self.on_train)
@@ -162,13 +163,14 @@ def privatize(
     metrics: dict[str, float],
     received: Arrays,
     config: dict[str, object],
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
 ) -> tuple[Arrays, dict[str, float]]:
     """Clip the update to the request's ``clipping_norm`` and add its ``noise_std`` (differential
     privacy's client_clip and local modes); unchanged when the request asks for neither.
 
     The metrics get ``unclipped`` (1 if the update was within the norm), which adaptive clipping
-    counts. Clipped arrays keep their dtypes.
+    counts. Clipped arrays keep their dtypes. Noise comes from ``rng``, or from the operating
+    system's entropy when it is None.
     """
     norm = config.get(CLIPPING_NORM)
     if norm is None:
@@ -180,7 +182,9 @@ def privatize(
     if isinstance(std, bool) or not isinstance(std, int | float):
         raise ConfigError(f"{NOISE_STD!r}: expected a number >= 0, got {std!r}")
     if std > 0:
-        clipped = add_noise(clipped, float(std), rng)
+        clipped = add_noise(
+            clipped, float(std), rng if rng is not None else np.random.default_rng()
+        )
     private = {name: clipped[name].astype(value.dtype) for name, value in arrays.items()}
     return private, {**metrics, UNCLIPPED: float(unclipped)}
 

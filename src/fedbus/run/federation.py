@@ -449,7 +449,9 @@ def build_client(
         else ALGORITHMS[config.strategy.name].client
     )
     client = client_class(trainer, node_id, state=state)
-    if seeded_noise:  # local differential privacy's noise, repeatable in a simulation
+    if (
+        seeded_noise and config.privacy.mode == "local"
+    ):  # clients' noise, repeatable in a simulation
         client.noise_rng = np.random.default_rng([seed, 0xD1])
     return client
 

@@ -20,30 +20,16 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.updates import model_delta
 
 __all__ = ["add_noise", "clip_update", "update_norm"]
 
 Arrays = Mapping[str, np.ndarray[Any, Any]]
 
 
-def _delta(arrays: Arrays, base: Arrays) -> dict[str, np.ndarray[Any, Any]]:
-    if arrays.keys() - base.keys():
-        raise InvalidArgumentError(
-            f"the update has arrays {sorted(arrays.keys() - base.keys())} the model lacks"
-        )
-    delta = {}
-    for name, value in arrays.items():
-        if value.shape != base[name].shape:
-            raise InvalidArgumentError(
-                f"the update's {name!r} has shape {value.shape}; the model's has {base[name].shape}"
-            )
-        delta[name] = value.astype(np.float64) - base[name]
-    return delta
-
-
 def update_norm(arrays: Arrays, base: Arrays) -> float:
     """The L2 norm of ``arrays - base`` over all the arrays ``arrays`` has."""
-    return math.sqrt(sum(float(np.sum(d * d)) for d in _delta(arrays, base).values()))
+    return math.sqrt(sum(float(np.sum(d * d)) for d in model_delta(arrays, base).values()))
 
 
 def clip_update(
@@ -55,7 +41,7 @@ def clip_update(
         raise InvalidArgumentError(
             f"clipping_norm must be a finite number > 0, got {clipping_norm}"
         )
-    delta = _delta(arrays, base)
+    delta = model_delta(arrays, base)
     norm = math.sqrt(sum(float(np.sum(d * d)) for d in delta.values()))
     scale = 1.0 if norm <= clipping_norm else clipping_norm / norm
     clipped = {name: base[name] + scale * d for name, d in delta.items()}

@@ -47,6 +47,7 @@ from fedbus.fl.strategy.base import (
     apply_mean_update,
     check_parameter,
 )
+from fedbus.fl.updates import check_layout
 from fedbus.message import ArrayRecord, ConfigRecord, RecordDict
 
 __all__ = ["MODES", "DifferentialPrivacy"]
@@ -193,10 +194,8 @@ class DifferentialPrivacy(Strategy):
         self._norm_used[server_round] = self.clipping_norm
         for node_id in node_ids:
             self._participation[node_id] = self._participation.get(node_id, 0) + 1
-        extra = {key: value for key, value in self.client_settings().items()}
-        return self.inner.configure_train(
-            server_round, arrays, ConfigRecord({**config, **extra}), node_ids
-        )
+        settings = ConfigRecord({**config, **self.client_settings()})
+        return self.inner.configure_train(server_round, arrays, settings, node_ids)
 
     def configure_evaluate(
         self,
@@ -318,11 +317,7 @@ class _PrivateSum:
 
     def add(self, node_id: int, content: RecordDict) -> None:
         arrays = read_arrays(content).to_numpy_dict()
-        if arrays.keys() != self._current.keys():
-            raise InvalidArgumentError(
-                f"node {node_id} replied with arrays {sorted(arrays)}; the model has "
-                f"{sorted(self._current)}"
-            )
+        check_layout(node_id, arrays, self._current)
         metrics = read_metrics(content)
         mode = self._strategy.mode
         if mode == "central":

@@ -20,9 +20,9 @@ from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, decrypt, encrypt, mask
 from fedbus.fl.secagg.quantize import Quantizer
 from fedbus.fl.secagg.shamir import split_secret
-from fedbus.fl.state import ClientStateStore
+from fedbus.fl.updates import model_delta
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from fedbus.train.base import Trainer
+from fedbus.worker import handler
 
 __all__ = ["SecAggClient", "flatten_update"]
 
@@ -35,9 +35,8 @@ def flatten_update(trained: dict[str, np.ndarray], received: dict[str, np.ndarra
         raise InvalidArgumentError(
             f"the trained arrays {sorted(trained)} differ from the model's {sorted(received)}"
         )
-    parts = [
-        (trained[name].astype(np.float64) - received[name]).ravel() for name in sorted(trained)
-    ]
+    delta = model_delta(trained, received)
+    parts = [delta[name].ravel() for name in sorted(delta)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
@@ -53,31 +52,19 @@ class _RoundSecrets:
     seed: bytes = field(default_factory=lambda: secrets.token_bytes(_SEED_BYTES))
     peer_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # c_pk, s_pk
     received: dict[int, bytes] = field(default_factory=dict)  # encrypted shares, by sender
-    revealed: set[int] = field(default_factory=set)  # whose secrets this client gave away
 
 
 class SecAggClient(Client):
-    """A client of secure aggregation: trains, then takes part in the four SecAgg+ stages."""
+    """A client of secure aggregation: trains, then takes part in the four SecAgg+ stages.
 
-    def __init__(
-        self,
-        trainer: Trainer,
-        node_id: int | None = None,
-        *,
-        join_on_start: bool = False,
-        state: ClientStateStore | None = None,
-        noise_rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            trainer, node_id, join_on_start=join_on_start, state=state, noise_rng=noise_rng
-        )
-        self._round: _RoundSecrets | None = None
-        self.register_handlers(p.SECAGG_TRAIN, self.on_secagg_train)
-        self.register_handlers(p.SECAGG_SHARE, self.on_secagg_share)
-        self.register_handlers(p.SECAGG_MASK, self.on_secagg_mask)
-        self.register_handlers(p.SECAGG_UNMASK, self.on_secagg_unmask)
+    It is built as a ``Client`` is; its four handlers are declared with ``@handler``.
+    """
+
+    #: The secrets of the round in progress; None between rounds.
+    _round: _RoundSecrets | None = None
 
     # -- stage 0: train, advertise keys ---------------------------------------------------------
+    @handler(p.SECAGG_TRAIN)
     def on_secagg_train(self, message: Message) -> Message | None:
         """Train, quantise the update, keep it; reply with two fresh public keys."""
         if not is_request(message):
@@ -112,6 +99,7 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"keys": keys, METRICS: reply_metrics}))
 
     # -- stage 1: share the secrets with the neighbours -----------------------------------------
+    @handler(p.SECAGG_SHARE)
     def on_secagg_share(self, message: Message) -> Message | None:
         """Shamir-share the mask seed and the mask key among the neighbours that advertised."""
         current = self._current(message)
@@ -138,6 +126,7 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"shares": shares}))
 
     # -- stage 2: masked input ------------------------------------------------------------------
+    @handler(p.SECAGG_MASK)
     def on_secagg_mask(self, message: Message) -> Message | None:
         """Keep the shares addressed to this client; reply with the masked, quantised update."""
         current = self._current(message)
@@ -163,6 +152,7 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"masked": ArrayRecord({"y": masked})}))
 
     # -- stage 3: unmasking ---------------------------------------------------------------------
+    @handler(p.SECAGG_UNMASK)
     def on_secagg_unmask(self, message: Message) -> Message | None:
         """Reveal the survivors' seed shares and the dropped clients' mask-key shares."""
         current = self._current(message)

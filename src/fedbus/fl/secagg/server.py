@@ -15,6 +15,7 @@ neighbours answered) fails cleanly: the model stays as it was, the failure is re
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,8 @@ class _Round:
     graph: dict[int, frozenset[int]]
     threshold: int
     quantizer: Quantizer
+    shapes: dict[str, tuple[int, ...]]  # the model's arrays, in the order updates are flattened
+    size: int  # values in a flattened update
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # c_pk, s_pk
     peers: dict[int, list[int]] = field(default_factory=dict)  # whom each client shares with
     mask_peers: dict[int, set[int]] = field(default_factory=dict)
@@ -183,12 +186,15 @@ class SecAggServer(ServerBase):
         sampled = sorted(self.sample(self.clients_per_round))
         degree = min(self.degree, len(sampled) - 1)
         graph_seed = int(self._rng.integers(2**63))
+        shapes = {name: array.shape for name, array in sorted(self.arrays.items())}
         state = _Round(
             number=server_round,
             sampled=sampled,
             graph=neighbour_graph(sampled, degree, graph_seed),
             threshold=min(self.threshold, degree),
             quantizer=Quantizer(self.clip_range, self.bits, len(sampled)),
+            shapes=shapes,
+            size=sum(math.prod(shape) for shape in shapes.values()),
         )
         self._round = state
         self._record.clients_sampled = len(sampled)
@@ -344,7 +350,7 @@ class SecAggServer(ServerBase):
         if not isinstance(record, ArrayRecord) or "y" not in record:
             return
         masked = record.to_numpy_dict()["y"]
-        size = sum(int(np.prod(shape)) for shape in self._shapes().values())
+        size = state.size
         if masked.dtype not in (np.uint32, np.uint64) or masked.shape != (size,):
             return
         if state.masked_total is None:
@@ -417,14 +423,11 @@ class SecAggServer(ServerBase):
         return combine_shares(dict(list(shares.items())[:threshold]), threshold, _KEY_BYTES)
 
     # -- the round's end ------------------------------------------------------------------------
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
-        return {name: array.shape for name, array in sorted(self.arrays.to_numpy_dict().items())}
-
     def _apply(self, state: _Round, flat_sum: np.ndarray[Any, Any], survivors: list[int]) -> None:
         update_sum: dict[str, np.ndarray[Any, Any]] = {}
         offset = 0
-        for name, shape in self._shapes().items():
-            size = int(np.prod(shape))
+        for name, shape in state.shapes.items():
+            size = math.prod(shape)
             update_sum[name] = flat_sum[offset : offset + size].reshape(shape)
             offset += size
         self.arrays = self.strategy.aggregate_sum(

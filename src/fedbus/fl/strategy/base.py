@@ -25,6 +25,7 @@ from fedbus.fl.protocol import (
     read_metrics,
     read_num_examples,
 )
+from fedbus.fl.updates import model_delta
 from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 __all__ = ["Aggregator", "Strategy", "WeightedMetrics", "apply_mean_update", "check_parameter"]
@@ -131,19 +132,11 @@ class Strategy(ABC):
         """
         if weight == 1.0 and base is current:
             return update
-        now_arrays, base_arrays = current.to_numpy_dict(), base.to_numpy_dict()
+        now_arrays, sent = current.to_numpy_dict(), update.to_numpy_dict()
         moved: dict[str, np.ndarray[Any, Any]] = {}
-        for name, value in update.to_numpy_dict().items():
-            if name not in now_arrays or name not in base_arrays:
-                raise InvalidArgumentError(f"the update has an array {name!r} the model lacks")
-            if value.shape != base_arrays[name].shape:
-                raise InvalidArgumentError(
-                    f"the update's {name!r} has shape {value.shape}; "
-                    f"the model's has {base_arrays[name].shape}"
-                )
+        for name, change in model_delta(sent, base.to_numpy_dict()).items():
             start = now_arrays[name].astype(np.float64)
-            change = value.astype(np.float64) - base_arrays[name]
-            moved[name] = np.asarray(start + weight * change).astype(value.dtype)
+            moved[name] = np.asarray(start + weight * change).astype(sent[name].dtype)
         return ArrayRecord(moved)
 
     def aggregate_sum(

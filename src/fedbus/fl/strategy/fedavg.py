@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import read_arrays, read_metrics, read_num_examples
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics
+from fedbus.fl.updates import check_layout
 from fedbus.message import ArrayRecord, RecordDict
 
 __all__ = ["FedAvg", "WeightedAverage"]
@@ -40,7 +40,8 @@ class WeightedAverage:
         """Fold one client's reply into the running sums."""
         arrays = read_arrays(content).to_numpy_dict()
         weight = read_num_examples(content)
-        self._check_layout(node_id, arrays)
+        reference = self._sums if self._sums is not None else self._fallback.to_numpy_dict()
+        check_layout(node_id, arrays, reference)
         self._metrics.add(read_metrics(content), weight)
         if weight == 0:
             return
@@ -51,17 +52,6 @@ class WeightedAverage:
             for key, value in arrays.items():
                 self._sums[key] += value.astype(np.float64) * weight
         self._total += weight
-
-    def _check_layout(self, node_id: int, arrays: dict[str, np.ndarray[Any, Any]]) -> None:
-        reference = self._sums if self._sums is not None else self._fallback.to_numpy_dict()
-        if arrays.keys() != reference.keys() or any(
-            arrays[key].shape != reference[key].shape for key in arrays
-        ):
-            got = {key: value.shape for key, value in arrays.items()}
-            want = {key: value.shape for key, value in reference.items()}
-            raise InvalidArgumentError(
-                f"node {node_id} replied with arrays {got}; the model has {want}"
-            )
 
     def result(self) -> tuple[ArrayRecord, dict[str, float]]:
         """The weighted average and the weighted train metrics."""

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import read_arrays, read_metrics, read_num_examples
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics, check_parameter
+from fedbus.fl.updates import check_layout, model_delta
 from fedbus.message import ArrayRecord, RecordDict
 
 __all__ = ["BufferedStep", "FedBuff"]
@@ -43,17 +43,10 @@ class BufferedStep:
     def add(self, node_id: int, content: RecordDict) -> None:
         """Fold one (staleness-discounted) update into the buffer."""
         arrays = read_arrays(content).to_numpy_dict()
-        if arrays.keys() != self._current.keys() or any(
-            arrays[key].shape != value.shape for key, value in self._current.items()
-        ):
-            got = {key: value.shape for key, value in arrays.items()}
-            want = {key: value.shape for key, value in self._current.items()}
-            raise InvalidArgumentError(
-                f"node {node_id} replied with arrays {got}; the model has {want}"
-            )
+        check_layout(node_id, arrays, self._current)
         self._metrics.add(read_metrics(content), read_num_examples(content))
-        for key, value in arrays.items():
-            self._sums[key] += value.astype(np.float64) - self._current[key]
+        for key, change in model_delta(arrays, self._current).items():
+            self._sums[key] += change
         self._count += 1
 
     def result(self) -> tuple[ArrayRecord, dict[str, float]]:
