@@ -126,7 +126,7 @@ def test_a_torch_cnn_trains_on_digits_from_the_config() -> None:
             "model.name=cnn",
             "federation.num_clients=10",
             "federation.clients_per_round=5",
-            "federation.num_rounds=3",
+            "federation.num_rounds=4",
             "data.partition=iid",
             "trainer.epochs=1",
             "trainer.lr=0.05",

@@ -9,6 +9,7 @@ records into plain arrays and dicts for it, and its results back into records.
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 
@@ -34,11 +35,17 @@ __all__ = [
     "PROXIMAL_MU",
     "Client",
     "is_request",
+    "SEED",
     "plain_config",
     "privatize",
     "proximal_terms",
+    "request_config",
+    "request_seed",
     "train_reply_content",
 ]
+
+#: The config key of a request's seed (see ``request_seed``).
+SEED = "seed"
 
 #: The ``train`` config key of FedProx's proximal term: the client pulls its weights toward the
 #: global model it received with strength ``proximal_mu`` (0: plain local training).
@@ -72,13 +79,19 @@ class Client(Worker):
         Where state that outlives a round is kept (SCAFFOLD's control variate, Ditto's personal
         model), keyed by node id: a simulation shares one store among all its clients. Default:
         a store of this client's own, in memory.
-    noise_rng
-        Where the noise of local differential privacy comes from. Default (None): fresh entropy
-        from the operating system, drawn only when noise is added; a simulation passes a seeded
-        generator so that runs repeat.
+    noise_seed
+        Seed of the noise of local differential privacy, combined with each request's seed
+        (``request_seed``). Default (None): fresh entropy from the operating system, drawn only
+        when noise is added; a simulation passes a seed so that runs repeat.
+
+    A client keeps nothing on the object from one message to the next: its trainer's shuffle and
+    its noise are seeded per request (``request_seed``), and what outlives a round is in
+    ``state``. So it is ``portable``: a simulation may answer each message on a fresh copy, in
+    another process or on a Ray cluster, with the same result.
     """
 
     start_sends = (JOIN,)
+    portable = True
 
     def __init__(
         self,
@@ -87,11 +100,11 @@ class Client(Worker):
         *,
         join_on_start: bool = False,
         state: ClientStateStore | None = None,
-        noise_rng: np.random.Generator | None = None,
+        noise_seed: int | None = None,
     ) -> None:
         super().__init__(node_id)
         self.trainer = trainer
-        self.noise_rng = noise_rng
+        self.noise_seed = noise_seed
         self.join_on_start = join_on_start
         self.state = ClientStateStore() if state is None else state
         self.register_handlers(TRAIN, self.on_train)
@@ -108,20 +121,30 @@ class Client(Worker):
         """Train the received model on local data and reply with the result."""
         if not is_request(message):
             return None
-        _, arrays, num_examples, metrics = self.train_on(message.content)
+        _, arrays, num_examples, metrics = self.train_on(message)
         return message.create_reply(train_reply_content(arrays, num_examples, metrics))
 
-    def train_on(self, content: RecordDict) -> tuple[Arrays, Arrays, int, dict[str, float]]:
+    def train_on(self, message: Message) -> tuple[Arrays, Arrays, int, dict[str, float]]:
         """Train on a request's model and config: ``(received, trained, num_examples, metrics)``.
 
-        FedProx's pull is applied when the config asks for it, and differential privacy's
-        clipping and noise (client_clip, local) to the trained arrays.
+        The trainer gets the request's seed (``request_seed``) in its config. FedProx's pull is
+        applied when the config asks for it, and differential privacy's clipping and noise
+        (client_clip, local) to the trained arrays.
         """
+        content = message.content
         received = read_arrays(content).to_numpy_dict()
-        config = plain_config(content)
+        config = request_config(message)
         arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
-        arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng)
+        arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng(config))
         return received, arrays, num_examples, metrics
+
+    def noise_rng(self, config: dict[str, object]) -> np.random.Generator | None:
+        """The generator of this request's local noise: seeded from ``noise_seed`` and the
+        request's seed, or None (operating-system entropy) when ``noise_seed`` is None."""
+        if self.noise_seed is None:
+            return None
+        # A stream of its own: the trainer's shuffle draws from [seed, request seed] already.
+        return np.random.default_rng([self.noise_seed, _as_seed(config.get(SEED, 0)), 0xD1])
 
     def fit(
         self, arrays: Arrays, config: dict[str, object], terms: LocalTerms | None = None
@@ -139,9 +162,8 @@ class Client(Worker):
         """Evaluate the received model on local test data and reply with the metrics."""
         if not is_request(message):
             return None
-        content = message.content
         loss, num_examples, metrics = self.trainer.evaluate(
-            read_arrays(content).to_numpy_dict(), plain_config(content)
+            read_arrays(message.content).to_numpy_dict(), request_config(message)
         )
         self.report_work(num_examples)
         reply_metrics = MetricRecord({**metrics, "loss": loss, "num_examples": num_examples})
@@ -156,6 +178,19 @@ class Client(Worker):
         """The server acknowledged (or refused) this client's join."""
         if message.has_error():
             logger.warning("node %s: join refused: %r", self.node_id, message.error)
+
+    def save_state(self) -> RecordDict:
+        """This client's entries in ``state``, one ArrayRecord per entry name."""
+        return RecordDict(
+            {name: ArrayRecord(arrays) for name, arrays in self.state.entries(self.node_id).items()}
+        )
+
+    def load_state(self, state: RecordDict) -> None:
+        """Make ``state`` (from ``save_state``) this client's entries in ``state``."""
+        self.state.replace_entries(
+            self.node_id,
+            {name: record.to_numpy_dict() for name, record in state.array_records.items()},
+        )
 
 
 def privatize(
@@ -187,6 +222,33 @@ def privatize(
         )
     private = {name: clipped[name].astype(value.dtype) for name, value in arrays.items()}
     return private, {**metrics, UNCLIPPED: float(unclipped)}
+
+
+def request_seed(message: Message) -> int:
+    """The seed of one request's randomness (the trainer's shuffle, local noise).
+
+    The config's ``"seed"`` when the server sent one; otherwise derived from the request's group
+    id (the round, or the model version, it belongs to). A client seeds its own generators from
+    it and from its own seed, so its answer depends on the request alone: the same on a fresh
+    copy of the client, in another process, as on one that answered many requests before.
+    """
+    seed = plain_config(message.content).get(SEED)
+    if seed is not None:
+        return _as_seed(seed)
+    return zlib.crc32(message.metadata.group_id.encode("utf-8"))
+
+
+def request_config(message: Message) -> dict[str, object]:
+    """A request's config as a plain dict, with its ``"seed"`` (``request_seed``) filled in."""
+    config = plain_config(message.content)
+    config[SEED] = request_seed(message)
+    return config
+
+
+def _as_seed(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{SEED!r}: expected an int >= 0, got {value!r}")
+    return value
 
 
 def plain_config(content: RecordDict) -> dict[str, object]:

@@ -77,6 +77,7 @@ class ClientStateStore:
         self._cleanup: weakref.finalize[Any, Any] | None = None
         self._memory: OrderedDict[tuple[int, str], Arrays] = OrderedDict()
         self._on_disk: set[tuple[int, str]] = set()
+        self._names: dict[int, set[str]] = {}  # entry names per client
         self.memory_bytes = 0
 
     @property
@@ -105,6 +106,22 @@ class ClientStateStore:
         self._keep(key, arrays)
         return arrays
 
+    def entries(self, node_id: int) -> dict[str, Arrays]:
+        """Every entry of one client, by name (empty if it has none)."""
+        names = self._names.get(_node_id(node_id), ())
+        found = {name: self.get(node_id, name) for name in sorted(names)}
+        return {name: arrays for name, arrays in found.items() if arrays is not None}
+
+    def replace_entries(
+        self, node_id: int, entries: Mapping[str, Mapping[str, np.ndarray[Any, Any]]]
+    ) -> None:
+        """Make ``entries`` all of one client's entries: others it had are removed."""
+        node_id = _node_id(node_id)
+        for name in set(self._names.get(node_id, ())) - set(entries):
+            self._drop((node_id, name))
+        for name, arrays in entries.items():
+            self.put(node_id, name, arrays)
+
     def put(self, node_id: int, name: str, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
         """Store ``arrays`` for ``(node_id, name)``, replacing what was there."""
         key = (_node_id(node_id), _entry_name(name))
@@ -122,6 +139,7 @@ class ClientStateStore:
             stored[str(array_name)] = view
         self._drop(key)
         self._keep(key, stored)
+        self._names.setdefault(key[0], set()).add(key[1])
 
     def close(self) -> None:
         """Forget every entry and remove the private spill directory, if one was made."""
@@ -129,6 +147,7 @@ class ClientStateStore:
         for key in list(self._on_disk):
             self._path(key).unlink(missing_ok=True)
         self._on_disk.clear()
+        self._names.clear()
         self.memory_bytes = 0
         if self._cleanup is not None:
             self._cleanup()
@@ -145,6 +164,11 @@ class ClientStateStore:
             self._write(old_key, old)
 
     def _drop(self, key: tuple[int, str]) -> None:
+        names = self._names.get(key[0])
+        if names is not None:
+            names.discard(key[1])
+            if not names:
+                del self._names[key[0]]
         old = self._memory.pop(key, None)
         if old is not None:
             self.memory_bytes -= _nbytes(old)

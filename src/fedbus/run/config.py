@@ -469,6 +469,24 @@ class SimulationConfig(ConfigSection):
         "the least recently used spills to a temporary directory (0 = no limit)",
         bounds="x >= 0",
     )
+    workers: int = setting(
+        0,
+        "processes running client work in parallel: 0 = one per core once client updates "
+        "take 2 ms or more (lighter work runs faster in this process), 1 = all in this "
+        "process; results are the same, bit for bit, for any number",
+        bounds="x >= 0",
+    )
+    backend: str = setting(
+        "local",
+        "where client work runs: this machine (simulation.workers processes) or Ray "
+        '(pip install "fedbus[ray]")',
+        choices=("local", "ray"),
+    )
+    ray_address: str = setting(
+        "",
+        'the Ray cluster to join with backend = "ray" (e.g. "auto" or "ray://head:10001"); '
+        "empty starts a local Ray for the run",
+    )
 
 
 SECTIONS: dict[str, type[ConfigSection]] = {

@@ -142,7 +142,7 @@ class Federation:
     dataset: FederatedDataset
     model: ModelKit
     server: ServerBase
-    client_fn: Callable[[int], Client]
+    client_fn: ConfiguredClients
     simulation: Simulation
 
 
@@ -452,8 +452,42 @@ def build_client(
     if (
         seeded_noise and config.privacy.mode == "local"
     ):  # clients' noise, repeatable in a simulation
-        client.noise_rng = np.random.default_rng([seed, 0xD1])
+        client.noise_seed = seed
     return client
+
+
+class ConfiguredClients:
+    """The client factory of a configured simulation: ``clients(node_id) -> Client``.
+
+    Its clients share one ``ClientStateStore`` (sized by ``simulation.client_state_mb``). It
+    travels to worker processes and Ray tasks as its config alone: there it builds the dataset
+    and model again from the config (the same, as they are seeded) and a store of its own,
+    whose entries arrive with each task.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        dataset: FederatedDataset | None = None,
+        model: ModelKit | None = None,
+    ) -> None:
+        self.config = config
+        self._data = None if dataset is None or model is None else (dataset, model)
+        budget = config.simulation.client_state_mb
+        self.state = ClientStateStore(int(budget * 2**20) if budget > 0 else None)
+
+    def __call__(self, node_id: int) -> Client:
+        if self._data is None:
+            self._data = build_model_and_data(self.config)
+        dataset, model = self._data
+        return build_client(self.config, model, dataset.client(node_id - 1), node_id, self.state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}  # what is built from it is built again where it lands
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fresh = ConfiguredClients(state["config"])
+        self.config, self._data, self.state = fresh.config, fresh._data, fresh.state
 
 
 def build_federation(
@@ -474,12 +508,7 @@ def build_federation(
         )
     dataset, model = build_model_and_data(config)
     server = build_server(config, dataset, model, on_round_end)
-    budget = config.simulation.client_state_mb
-    state = ClientStateStore(int(budget * 2**20) if budget > 0 else None)
-
-    def client_fn(node_id: int) -> Client:
-        return build_client(config, model, dataset.client(node_id - 1), node_id, state)
-
+    client_fn = ConfiguredClients(config, dataset, model)
     simulation = Simulation(
         server,
         client_fn,
@@ -488,5 +517,8 @@ def build_federation(
         profiles=_profiles(config),
         check_serialization=config.simulation.check_serialization,
         offline="fail" if config.simulation.offline == "fail" else "wait",
+        workers=config.simulation.workers,
+        backend="ray" if config.simulation.backend == "ray" else "local",
+        ray_address=config.simulation.ray_address or None,
     )
     return Federation(config, dataset, model, server, client_fn, simulation)

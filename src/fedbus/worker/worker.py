@@ -34,6 +34,7 @@ from fedbus.message import (
     Error,
     ErrorCode,
     Message,
+    RecordDict,
     check_message_type,
 )
 from fedbus.worker.comm import CommManager, TimerHandle
@@ -101,6 +102,11 @@ class Worker:
     start_sends
         Message types ``on_start`` may send, for the message-flow check: a class attribute,
         which an instance may override when what it sends depends on how it was built.
+    portable
+        True when the handlers keep nothing on the object from one message to the next (what
+        outlives a message is in ``save_state``): a simulation may then answer each message on
+        a fresh copy of the worker, in another process or on a Ray cluster, with the same
+        result. A class attribute, False by default.
     failed_messages
         Number of incoming errors and replies that met no handler or a raising handler
         (logged and counted, never answered).
@@ -109,6 +115,7 @@ class Worker:
     """
 
     start_sends: Sequence[str] = ()
+    portable: ClassVar[bool] = False
     _declared_handlers: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = ()
 
     def __init__(self, node_id: int | None = None) -> None:
@@ -221,6 +228,14 @@ class Worker:
 
     def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
         """Called on the server with client ids the runtime registered without a join message."""
+
+    def save_state(self) -> RecordDict:
+        """What this node keeps between messages, for a runtime that answers its next message
+        on another copy of it (see ``portable``). Default: nothing."""
+        return RecordDict()
+
+    def load_state(self, state: RecordDict) -> None:
+        """Take over ``state`` from ``save_state`` of another copy of this node."""
 
     # -- what a runtime calls ---------------------------------------------------------------
     def attach(self, comm_manager: CommManager, node_id: int) -> None:

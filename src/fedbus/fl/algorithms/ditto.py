@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from fedbus.errors import ConfigError
-from fedbus.fl.client import Client, is_request, plain_config, train_reply_content
+from fedbus.fl.client import Client, is_request, request_config, train_reply_content
 from fedbus.fl.protocol import METRICS, read_arrays
 from fedbus.fl.strategy.base import check_parameter
 from fedbus.fl.strategy.fedavg import FedAvg
@@ -89,7 +89,7 @@ class DittoClient(Client):
             return None
         content = message.content
         received = read_arrays(content).to_numpy_dict()
-        config = plain_config(content)
+        config = request_config(message)
         arrays, num_examples, metrics = self.fit(received, config)
         personal = self._personal_model(received)
         pull = LocalTerms(proximal_mu=_lambda(config), anchor=received)
@@ -104,7 +104,7 @@ class DittoClient(Client):
             return None
         content = message.content
         received = read_arrays(content).to_numpy_dict()
-        config = plain_config(content)
+        config = request_config(message)
         loss, num_examples, metrics = self.trainer.evaluate(received, config)
         personal_loss, _, personal = self.trainer.evaluate(self._personal_model(received), config)
         self.report_work(2 * num_examples)

@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 
 from fedbus.errors import ConfigError, InvalidArgumentError
-from fedbus.fl.client import Client, is_request, plain_config, train_reply_content
+from fedbus.fl.client import Client, is_request, request_config, train_reply_content
 from fedbus.fl.protocol import METRICS, read_arrays
 from fedbus.fl.strategy.base import Strategy
 from fedbus.fl.strategy.fedavg import WeightedAverage
@@ -114,7 +114,7 @@ class FedBNClient(Client):
         """Train with this client's local arrays; reply with the shared arrays only."""
         if not is_request(message):
             return None
-        config = plain_config(message.content)
+        config = request_config(message)
         patterns = _local_patterns(config)
         model = self._with_local_arrays(read_arrays(message.content).to_numpy_dict())
         arrays, num_examples, metrics = self.fit(model, config)
@@ -127,7 +127,7 @@ class FedBNClient(Client):
         """Evaluate the received model with this client's local arrays put in."""
         if not is_request(message):
             return None
-        config = plain_config(message.content)
+        config = request_config(message)
         _local_patterns(config)
         model = self._with_local_arrays(read_arrays(message.content).to_numpy_dict())
         loss, num_examples, metrics = self.trainer.evaluate(model, config)

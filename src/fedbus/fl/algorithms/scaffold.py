@@ -27,7 +27,7 @@ from typing import Any, Final
 import numpy as np
 
 from fedbus.errors import ConfigError, InvalidArgumentError
-from fedbus.fl.client import Client, is_request, plain_config, train_reply_content
+from fedbus.fl.client import Client, is_request, request_config, train_reply_content
 from fedbus.fl.protocol import model_content, read_arrays
 from fedbus.fl.strategy.base import Strategy, check_parameter
 from fedbus.fl.strategy.fedavg import WeightedAverage
@@ -192,7 +192,7 @@ class ScaffoldClient(Client):
         content = message.content
         received = read_arrays(content).to_numpy_dict()
         server_control = _read_control(content)
-        config = plain_config(content)
+        config = request_config(message)
         own = self.state.get(self.node_id, CLIENT_CONTROL)
         if own is None:
             own = {name: np.zeros_like(value) for name, value in server_control.items()}

@@ -60,8 +60,10 @@ class SecAggClient(Client):
     It is built as a ``Client`` is; its four handlers are declared with ``@handler``.
     """
 
-    #: The secrets of the round in progress; None between rounds.
+    #: The secrets of the round in progress; None between rounds. They live on the object from
+    #: one stage to the next, so a simulation answers this client's messages in its own process.
     _round: _RoundSecrets | None = None
+    portable = False
 
     # -- stage 0: train, advertise keys ---------------------------------------------------------
     @handler(p.SECAGG_TRAIN)
@@ -70,7 +72,7 @@ class SecAggClient(Client):
         if not is_request(message):
             return None
         # differential privacy's client_clip and local modes clip (and noise) before masking
-        received, arrays, num_examples, metrics = self.train_on(message.content)
+        received, arrays, num_examples, metrics = self.train_on(message)
         config = plain_config(message.content)
         quantizer = Quantizer(
             float(_number(config, p.CLIP_RANGE)),

@@ -7,6 +7,7 @@ from fedbus.runtime.simulation.loop import (
     TraceEntry,
     simulate,
 )
+from fedbus.runtime.simulation.processes import cores
 from fedbus.runtime.simulation.profiles import (
     HANDLER_TIME,
     SERVER_PROFILE,
@@ -28,6 +29,7 @@ __all__ = [
     "SimulationResult",
     "SimulationStats",
     "TraceEntry",
+    "cores",
     "load_profiles_csv",
     "simulate",
 ]

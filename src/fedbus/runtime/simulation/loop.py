@@ -11,6 +11,15 @@ handler's start plus ``HANDLER_TIME`` plus the samples it reported divided by th
 (see ``profiles``). Messages travel by reference; ``check_serialization=True`` instead sends each
 one through the codec, proving the same code would run over a network.
 
+Client work in parallel: with ``workers > 1`` (or ``backend="ray"``), the handlers of portable
+clients (``Worker.portable``) run in worker processes or on a Ray cluster, while the event loop,
+the clock and the order of events stay here. When the loop reaches a delivery to such a client,
+it sends that delivery and every other pending delivery to a different client (a round's
+requests) as tasks; copies of the clients answer them, and the loop replays each answer when
+it reaches its delivery (see ``offload``). An answer computed for a delivery that did not happen
+as foreseen (held, dropped, or preceded by another message to the same client) is dropped and
+the delivery answered again, so results are the same, bit for bit, as with ``workers=1``.
+
 Clients whose profile has availability windows are offline outside them (the server never is).
 An offline device cannot send: a message it sends leaves at the start of its next window (and is
 lost if none is left). A message that arrives while its receiver is offline waits for the
@@ -24,9 +33,11 @@ import heapq
 import itertools
 import logging
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -34,6 +45,8 @@ from fedbus.errors import FedbusError, InvalidArgumentError
 from fedbus.message import Message, Metadata, mark_sent, use_clock
 from fedbus.message.codec import decode_message, encode_message, encoded_size
 from fedbus.message.message import ErrorCode
+from fedbus.runtime.simulation.offload import CLIENT_CACHE, Action, Outcome, Task
+from fedbus.runtime.simulation.processes import cores
 from fedbus.runtime.simulation.profiles import (
     HANDLER_TIME,
     SERVER_PROFILE,
@@ -46,10 +59,17 @@ __all__ = ["Simulation", "SimulationResult", "SimulationStats", "TraceEntry", "s
 
 logger = logging.getLogger("fedbus.simulation")
 
+Backend = Literal["local", "ray"]
 TraceEvent = Literal[
     "delivered", "expired", "unavailable", "undeliverable", "dropped", "held", "offline"
 ]
 ClientFactory = Callable[[int], Worker]
+
+#: With ``workers=0``: client handlers timed before deciding where client work runs, and the
+#: mean time from which worker processes take over (below it, the trip to another process and
+#: back costs more than it saves).
+AUTO_SAMPLE = 20
+AUTO_MIN_SECONDS = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +91,17 @@ class TraceEntry:
 
 @dataclass(slots=True)
 class SimulationStats:
-    """Counters of a simulation; bytes are encoded sizes (what a network would carry)."""
+    """Counters of a simulation; bytes are encoded sizes (what a network would carry).
+
+    ``offloaded`` counts deliveries answered by worker processes or Ray rather than here.
+    """
 
     messages_sent: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
     events: dict[str, int] = field(default_factory=dict)
     timer_failures: int = 0
+    offloaded: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +127,32 @@ class SimulationResult:
     server: Worker
     workers: Mapping[int, Worker]
     stats: SimulationStats
+
+
+class ClientExecutor(Protocol):
+    """Where tasks are answered when client work runs outside the loop (see ``offload``)."""
+
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Start answering ``tasks``."""
+
+    def result(self, task_id: int) -> Outcome:
+        """The outcome of a submitted task, waiting for it if needed."""
+
+    def discard(self, task_id: int) -> None:
+        """Forget a submitted task whose outcome will not be used."""
+
+    def close(self) -> None:
+        """Release processes, files and connections."""
+
+
+@dataclass(slots=True)
+class _Foreseen:
+    """A delivery sent ahead as a task: valid if it happens at ``time`` and ``version``."""
+
+    message: Message  # held so that id(message) stays unique while the task is out
+    task_id: int
+    time: float
+    version: int
 
 
 class _Timer:
@@ -163,6 +213,22 @@ class Simulation:
         What a message that reaches a client outside its availability windows does:
         ``"wait"`` for the client's next window, or ``"fail"`` at once with a
         ``NODE_UNAVAILABLE`` error to the sender.
+    workers
+        Processes answering portable clients' messages: 1 (the default) runs every handler in
+        this process; N > 1 starts N worker processes; 0 decides by itself: one process per
+        core (``cores()``) once the first ``AUTO_SAMPLE`` client handlers took
+        ``AUTO_MIN_SECONDS`` or more on average, else this process (lighter work is faster
+        here than the trip to another process). Worker processes need a client factory that
+        can be sent to another process (a module-level function or an instance of a
+        module-level class), and import the main module: a script must start the simulation
+        under ``if __name__ == "__main__":``.
+    backend
+        ``"local"`` (this machine) or ``"ray"``: client work runs as Ray tasks
+        (``pip install 'fedbus[ray]'``), on the cluster at ``ray_address`` or on a local Ray
+        started for the run. Results are the same with every backend and worker count.
+    ray_address
+        The Ray cluster to join (``ray.init(address=...)``); None starts a local Ray, or uses
+        the one this process already started.
     """
 
     def __init__(
@@ -177,10 +243,21 @@ class Simulation:
         record_trace: bool = True,
         run_id: int = 1,
         offline: Literal["wait", "fail"] = "wait",
+        workers: int = 1,
+        backend: Backend = "local",
+        ray_address: str | None = None,
     ) -> None:
         if offline not in ("wait", "fail"):
             raise InvalidArgumentError(
                 f'simulate: offline must be "wait" or "fail", got {offline!r}'
+            )
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise InvalidArgumentError(
+                f"simulate: workers must be an int >= 0 (0: decide by itself), got {workers!r}"
+            )
+        if backend not in ("local", "ray"):
+            raise InvalidArgumentError(
+                f'simulate: backend must be "local" or "ray", got {backend!r}'
             )
         self.server = server
         self._offline = offline
@@ -205,6 +282,24 @@ class Simulation:
         self._started = False
         self._setup_clients(clients, num_clients)
         self._attach(SERVER_NODE_ID, server)
+        # Portable clients built by the factory: kept for reuse, least recently used dropped.
+        self._portable: OrderedDict[int, Worker] = OrderedDict()
+        self._started_ids: set[int] = set()
+        # Client work outside the loop (workers > 1 or Ray).
+        self._workers_count, self._backend, self._ray_address = workers, backend, ray_address
+        self._offload = workers > 1 or backend == "ray"
+        self._timing: list[float] | None = (
+            [] if workers == 0 and backend == "local" and cores() > 1 else None
+        )
+        if self._offload and self._factory is None:
+            raise InvalidArgumentError(
+                "simulate: workers > 1 and the ray backend build clients elsewhere, which needs "
+                "a client factory (client_fn(node_id) -> Worker with num_clients), not a list"
+            )
+        self._executor: ClientExecutor | None = None
+        self._foreseen: dict[int, _Foreseen] = {}  # by id(message)
+        self._versions: dict[int, int] = {}  # deliveries made to each portable client
+        self._task_ids = itertools.count()
 
     # -- set-up -------------------------------------------------------------------------------
     def _setup_clients(
@@ -242,9 +337,24 @@ class Simulation:
 
     def _worker(self, node_id: int) -> Worker | None:
         worker = self._workers.get(node_id)
-        if worker is None and self._factory is not None and node_id in self._client_ids:
-            worker = self._factory(node_id)
-            self._attach(node_id, worker)
+        if worker is not None:
+            return worker
+        worker = self._portable.get(node_id)
+        if worker is not None:
+            self._portable.move_to_end(node_id)
+            return worker
+        if self._factory is None or node_id not in self._client_ids:
+            return None
+        worker = self._factory(node_id)
+        self._attach(node_id, worker)
+        if worker.portable:
+            # It keeps nothing between messages (its state is in save_state): a copy built
+            # again later answers the same, so memory grows with clients in use, not ever used.
+            del self._workers[node_id]
+            self._portable[node_id] = worker
+            if len(self._portable) > CLIENT_CACHE:
+                self._portable.popitem(last=False)
+        if node_id not in self._started_ids:
             self._unstarted.add(node_id)
         return worker
 
@@ -283,8 +393,14 @@ class Simulation:
             if self._factory is None:
                 for node_id in self._client_ids:
                     self._run_on(self._workers[node_id].on_start)
-            self._loop(until)
-        return SimulationResult(self._now, self.trace, self.server, dict(self._workers), self.stats)
+            try:
+                self._loop(until)
+            finally:
+                if self._executor is not None:
+                    self._executor.close()
+                    self._executor = None
+        workers = {**self._portable, **self._workers}
+        return SimulationResult(self._now, self.trace, self.server, workers, self.stats)
 
     def _loop(self, until: float | None) -> None:
         queue = self._queue
@@ -314,31 +430,133 @@ class Simulation:
         action()
 
     def _deliver(self, message: Message) -> None:
+        foreseen = self._foreseen.pop(id(message), None) if self._foreseen else None
+        if not self._deliver_checked(message, foreseen) and foreseen is not None:
+            self._executor_or_fail().discard(foreseen.task_id)
+
+    def _deliver_checked(self, message: Message, foreseen: _Foreseen | None) -> bool:
+        """Deliver ``message`` if nothing stops it; whether ``foreseen`` (if any) was used."""
         metadata = message.metadata
         node_id = metadata.dst_node_id
         if self._now > metadata.expires_at:
             self._fail(message, "expired", ErrorCode.MESSAGE_EXPIRED, "its TTL passed in transit")
-            return
+            return False
         if node_id in self._stopped:
             self._fail(
                 message, "unavailable", ErrorCode.NODE_UNAVAILABLE, f"node {node_id} stopped"
             )
-            return
+            return False
         worker = self._worker(node_id)
         if worker is None:
             self._fail(message, "undeliverable", ErrorCode.NODE_UNAVAILABLE, f"no node {node_id}")
-            return
+            return False
         profile = self._profile(node_id)
         if profile.windows and not self._online_or_held(message, profile):
-            return
+            return False
         if profile.dropout > 0 and self._rng.random() < profile.dropout:
             self._record("dropped", metadata)
-            return
+            return False
         if node_id in self._unstarted:
             self._unstarted.discard(node_id)
+            self._started_ids.add(node_id)
             self._run_on(worker.on_start)
         self._record("delivered", metadata)
+        if not worker.portable or node_id == SERVER_NODE_ID or not self._offload:
+            if self._timing is None or not worker.portable or node_id == SERVER_NODE_ID:
+                self._run_on(lambda: worker.deliver(message))
+            else:
+                self._timed_run(worker, message)
+            return False
+        version = self._versions.get(node_id, 0)
+        self._versions[node_id] = version + 1
+        if foreseen is None or foreseen.time != self._now or foreseen.version != version:
+            if foreseen is not None:
+                self._executor_or_fail().discard(foreseen.task_id)
+            foreseen = self._send_ahead(message, worker)
+        outcome = self._executor_or_fail().result(foreseen.task_id)
+        if outcome.inline:
+            if outcome.problem:
+                logger.debug("node %s answered here: %s", node_id, outcome.problem)
+            self._run_on(lambda: worker.deliver(message))
+        else:
+            worker.load_state(outcome.state)
+            self._replay(node_id, outcome.actions)
+            self.stats.offloaded += 1
+        return True
+
+    # -- client work outside the loop ---------------------------------------------------------
+    def _timed_run(self, worker: Worker, message: Message) -> None:
+        """Run a portable client's handler here and time it, to decide where the next run."""
+        assert self._timing is not None
+        started = time.perf_counter()
         self._run_on(lambda: worker.deliver(message))
+        self._timing.append(time.perf_counter() - started)
+        if len(self._timing) >= AUTO_SAMPLE:
+            mean = sum(self._timing) / len(self._timing)
+            self._timing = None  # decided once: a run does not flip back and forth
+            if mean >= AUTO_MIN_SECONDS and self._factory is not None:
+                self._workers_count, self._offload = cores(), True
+                logger.info(
+                    "client handlers take %.1f ms: %d worker processes take over",
+                    mean * 1e3,
+                    self._workers_count,
+                )
+
+    def _executor_or_fail(self) -> ClientExecutor:
+        if self._executor is None:
+            assert self._factory is not None  # checked when built
+            if self._backend == "ray":
+                from fedbus.runtime.ray import RayExecutor
+
+                self._executor = RayExecutor(self._factory, address=self._ray_address)
+            else:
+                from fedbus.runtime.simulation.processes import ProcessPool
+
+                self._executor = ProcessPool(self._workers_count, self._factory)
+        return self._executor
+
+    def _send_ahead(self, message: Message, worker: Worker) -> _Foreseen:
+        """Submit ``message``'s delivery, now, and every other foreseeable delivery as tasks.
+
+        Foreseeable: the earliest pending message to each other portable client that has no
+        task out already (a later one would depend on the earlier one's state).
+        """
+        node_id = message.metadata.dst_node_id
+        tasks = [self._task(message, worker, self._now)]
+        taken = {node_id} | {f.message.metadata.dst_node_id for f in self._foreseen.values()}
+        for at, _, item in sorted(self._queue, key=lambda event: (event[0], event[1])):
+            if isinstance(item, _Timer):
+                continue
+            target = item.metadata.dst_node_id
+            if target in taken or target == SERVER_NODE_ID or target in self._stopped:
+                continue
+            taken.add(target)
+            other = self._worker(target)
+            if other is None or not other.portable:
+                continue
+            task = self._task(item, other, at)
+            tasks.append(task)
+            self._foreseen[id(item)] = _Foreseen(
+                item, task.task_id, at, self._versions.get(target, 0)
+            )
+        self._executor_or_fail().submit(tasks)
+        return _Foreseen(message, tasks[0].task_id, self._now, self._versions[node_id] - 1)
+
+    def _task(self, message: Message, worker: Worker, time: float) -> Task:
+        node_id = message.metadata.dst_node_id
+        speed = self._profile(node_id).speed
+        return Task(next(self._task_ids), node_id, message, time, speed, worker.save_state())
+
+    def _replay(self, node_id: int, actions: list[Action]) -> None:
+        """Do what a copy of the client did when it answered, as if its handler ran here."""
+        self._elapsed = HANDLER_TIME
+        for kind, value in actions:
+            if kind == "work":
+                self._report_work(node_id, value)
+            elif kind == "send":
+                self._send(node_id, value)
+            else:
+                self._stopped.add(node_id)
 
     def _online_or_held(self, message: Message, profile: ClientProfile) -> bool:
         """Whether the receiver is online now; if not, hold the message or fail it."""

@@ -1,0 +1,263 @@
+"""``ProcessPool``: answers a simulation's tasks in worker processes on this machine.
+
+Each worker process builds its own copies of the clients with the simulation's factory (sent
+once, when the pool starts) and answers the tasks it is given in order. Per batch of tasks (a
+round's requests), the distinct arrays (the global model) are written once into a shared-memory
+file that every worker maps read-only; each task then carries only its metadata, config and
+state. Outcomes come back as codec frames. Tasks are dealt to the workers in turn, in the order
+the loop will need them, so the first results arrive first while the rest are being computed.
+
+Worker processes are started with ``spawn`` (a clean interpreter: no threads of torch or gRPC
+inherited mid-flight) and with one BLAS/OpenMP thread each, so N workers use N cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mmap
+import multiprocessing
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from fedbus.errors import FedbusError
+from fedbus.runtime.simulation.offload import (
+    ArrayTable,
+    ClientFactory,
+    ClientHost,
+    Outcome,
+    Task,
+    decode_outcome,
+    decode_task,
+    encode_outcome,
+    encode_task,
+)
+
+__all__ = ["ProcessPool"]
+
+logger = logging.getLogger("fedbus.simulation")
+
+_ALIGN = 64
+# Each worker is one core's worth of compute: libraries must not start a thread per core each.
+_ONE_THREAD = {
+    name: "1"
+    for name in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMEXPR_NUM_THREADS",
+    )
+}
+
+
+def _shared_directory() -> str:
+    """Where shared arrays go: RAM-backed ``/dev/shm`` where there is one."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+class _Block:
+    """One batch's distinct arrays in a file every worker maps; removed when its tasks are done."""
+
+    def __init__(self, arrays: Sequence[np.ndarray[Any, Any]]) -> None:
+        self.layout: list[list[Any]] = []
+        offset = 0
+        for array in arrays:
+            self.layout.append([offset, array.dtype.str, list(array.shape)])
+            offset += -(-array.nbytes // _ALIGN) * _ALIGN
+        handle, self.path = tempfile.mkstemp(prefix="fedbus-arrays-", dir=_shared_directory())
+        with os.fdopen(handle, "wb") as file:
+            for (start, _, _), array in zip(self.layout, arrays, strict=True):
+                file.seek(start)
+                file.write(np.ascontiguousarray(array).data)
+            file.truncate(max(offset, 1))
+        self.pending = 0
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class _Worker:
+    __slots__ = ("connection", "process")
+
+    def __init__(self, connection: Connection, process: Any) -> None:
+        self.connection, self.process = connection, process
+
+
+class ProcessPool:
+    """``workers`` processes answering tasks for one simulation (see the module docstring)."""
+
+    def __init__(self, workers: int, factory: ClientFactory) -> None:
+        self.size = workers
+        self._factory = factory
+        self._workers: list[_Worker] = []
+        self._next = 0
+        self._where: dict[int, tuple[int, _Block]] = {}  # task -> (worker, its arrays)
+        self._ready: dict[int, Outcome] = {}
+        self._discarded: set[int] = set()
+
+    def start(self) -> None:
+        """Start the worker processes (a no-op once started)."""
+        if self._workers:
+            return
+        context = multiprocessing.get_context("spawn")
+        saved = {name: os.environ.get(name) for name in _ONE_THREAD}
+        os.environ.update(_ONE_THREAD)
+        try:
+            for _ in range(self.size):
+                ours, theirs = context.Pipe()
+                # The factory reaches the child through multiprocessing's own pickling: one
+                # object, from this process to its own child, never from a file or a network.
+                process = context.Process(
+                    target=_serve, args=(theirs, self._factory), daemon=True, name="fedbus-worker"
+                )
+                process.start()
+                theirs.close()
+                self._workers.append(_Worker(ours, process))
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Send ``tasks`` to the workers, in turn; their arrays go to shared memory once."""
+        self.start()
+        table = ArrayTable()
+        blobs = [encode_task(task, table) for task in tasks]
+        block = _Block(table.arrays)
+        block.pending = len(tasks)
+        header = _block_header(block)
+        for task, blob in zip(tasks, blobs, strict=True):
+            index = self._next
+            self._next = (self._next + 1) % self.size
+            self._where[task.task_id] = (index, block)
+            self._workers[index].connection.send_bytes(header + blob)
+
+    def result(self, task_id: int) -> Outcome:
+        """The outcome of ``task_id``, waiting for it if it is not back yet."""
+        outcome = self._ready.pop(task_id, None)
+        if outcome is not None:
+            return outcome
+        index = self._where[task_id][0]
+        while True:
+            outcome = self._receive(index)
+            if outcome.task_id == task_id:
+                return outcome
+            if outcome.task_id in self._discarded:
+                self._discarded.discard(outcome.task_id)
+            else:
+                self._ready[outcome.task_id] = outcome
+
+    def discard(self, task_id: int) -> None:
+        """The loop no longer needs ``task_id``: drop its outcome when it comes."""
+        if self._ready.pop(task_id, None) is None and task_id in self._where:
+            self._discarded.add(task_id)
+
+    def close(self) -> None:
+        """Stop the workers and remove shared files still in use."""
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.connection.close()
+        for worker in self._workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(timeout=5)
+        self._workers.clear()
+        for _, block in list(self._where.values()):
+            block.remove()
+        self._where.clear()
+
+    def _receive(self, index: int) -> Outcome:
+        worker = self._workers[index]
+        try:
+            blob = worker.connection.recv_bytes()
+        except (EOFError, OSError) as exc:
+            code = worker.process.exitcode
+            raise FedbusError(
+                f"simulation worker process {index} died (exit code {code}). Worker processes "
+                "import your main module: a script that runs a simulation must do so under "
+                '`if __name__ == "__main__":`. Otherwise run with workers=1 '
+                "(simulation.workers = 1) to see the error in this process"
+            ) from exc
+        outcome = decode_outcome(blob)
+        _, block = self._where.pop(outcome.task_id)
+        block.pending -= 1
+        if block.pending == 0:
+            block.remove()
+        return outcome
+
+
+def _block_header(block: _Block) -> bytes:
+    """The arrays' file and layout, in front of every task of the batch."""
+    text = json.dumps({"path": block.path, "layout": block.layout}).encode()
+    return len(text).to_bytes(4, "little") + text
+
+
+# -- in the worker process ------------------------------------------------------------------------
+class _MappedBlocks:
+    """The shared arrays files this worker has mapped, the latest kept open for the next tasks."""
+
+    def __init__(self) -> None:
+        self._path = ""
+        self._arrays: list[np.ndarray[Any, Any]] = []
+
+    def arrays(self, path: str, layout: list[list[Any]]) -> list[np.ndarray[Any, Any]]:
+        if path != self._path:
+            with open(path, "rb") as file:
+                mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._arrays = [
+                np.frombuffer(
+                    mapped, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=start
+                ).reshape(shape)
+                for start, dtype, shape in layout
+            ]
+            self._path = path
+        return self._arrays
+
+
+def _serve(connection: Connection, factory: ClientFactory) -> None:
+    """A worker process: answer tasks until the pool closes the connection."""
+    host = ClientHost(factory)
+    blocks = _MappedBlocks()
+    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        # Reading in its own thread keeps the pipe drained, so the pool never blocks sending a
+        # batch while this process blocks sending an outcome.
+        try:
+            while True:
+                inbox.put(connection.recv_bytes())
+        except (EOFError, OSError):
+            inbox.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (blob := inbox.get()) is not None:
+        size = int.from_bytes(blob[:4], "little")
+        block = json.loads(blob[4 : 4 + size])
+        table = blocks.arrays(block["path"], block["layout"])
+        task = decode_task(memoryview(blob)[4 + size :], table)
+        outcome = host.answer(task)
+        del task
+        try:
+            connection.send_bytes(encode_outcome(outcome))
+        except (BrokenPipeError, OSError):
+            return
+
+
+def cores() -> int:
+    """Cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
