@@ -104,3 +104,19 @@ def test_bad_input_is_refused_with_clear_errors() -> None:
         store.put(1, "x", {"a": [1, 2]})  # type: ignore[dict-item]
     with pytest.raises(InvalidTypeError, match="objects"):
         store.put(1, "x", {"a": np.array([object()])})
+
+
+def test_entries_are_one_client_s_and_replace_entries_makes_them_all() -> None:
+    store = ClientStateStore(max_memory_bytes=100)
+    store.put(1, "a", {"x": np.ones(4)})
+    store.put(1, "b", {"y": np.zeros(20)})  # spills
+    store.put(2, "a", {"x": np.full(2, 7.0)})
+    assert sorted(store.entries(1)) == ["a", "b"]
+    np.testing.assert_array_equal(store.entries(1)["b"]["y"], np.zeros(20))
+    store.replace_entries(1, {"c": {"z": np.arange(3.0)}})
+    assert list(store.entries(1)) == ["c"]
+    assert store.get(1, "b") is None
+    assert list(store.entries(2)) == ["a"]
+    assert store.entries(3) == {}
+    store.close()
+    assert store.entries(2) == {}
