@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The stamp is rebuilt when the project's dependencies change, so an existing .venv is reused.
 STAMP  := $(VENV)/.fedbus-installed
 
-.PHONY: install run test lint typecheck unit bench bench-codec bench-transport bench-secagg docs clean
+.PHONY: install run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: lint typecheck unit
 bench: install
 	$(BIN)/python bench/simulation.py
 	$(BIN)/python bench/torch_cnn.py
+
+# Installs Flower into bench/.venv-peers (once) and runs the same workloads through it.
+bench-peers: install
+	$(BIN)/python bench/peers.py
 
 docs: install
 	$(BIN)/python docs/update_config_reference.py

@@ -1,156 +1,219 @@
-"""How much does fedbus's simulation cost on top of the training arithmetic itself?
+"""What fedbus's simulation costs on top of the training arithmetic, at every scale.
 
-Runs one FedAvg workload twice in this process and compares wall times:
+Three parts, each workload (``workloads.Workload``: FedAvg, an MLP, 64 samples per client) run
+in a subprocess of its own so that its peak memory is its own:
 
-- through fedbus: ``Server`` + ``Client`` workers in ``simulate`` (messages, handlers, the event
-  loop, simulated time, streaming aggregation);
-- as a bare NumPy loop: the same client sampling, the same trainers on the same data, the same
-  weighted average, with nothing else.
+1. **matrix**: 10 / 100 / 1,000 clients, all sampled, models of 1e4 / 1e5 / 1e6 parameters,
+   through fedbus (one process) and as a bare NumPy loop doing the same arithmetic. Both end with
+   the same model, bit for bit (checked). Per-update overhead is ``(fedbus - bare) / updates``;
+   the same with a trainer that does nothing gives the framework's pure cost per update.
+2. **parallel**: a compute-heavy workload with 1 and with N worker processes
+   (``simulation.workers``): the speed-up, and the same model (checked).
+3. **scale**: 1,000 / 10,000 / 100,000 registered clients, 100 sampled per round, a 1e5-parameter
+   model: time per round and peak memory should follow the clients sampled, not registered.
 
-Both produce the same final model (checked), so the difference is the framework's own cost.
-A second pass uses a trainer that does no work at all, which leaves only that cost: the time per
-train message and its reply.
+Prints the tables and writes every figure to ``bench/results.json``.
 
 Usage::
 
-    python bench/simulation.py [--clients 1000] [--per-round 50] [--rounds 20] [--repeat 3]
+    python bench/simulation.py [--quick] [--only matrix|parallel|scale] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import numpy as np
+from workloads import Workload, run_bare, run_fedbus
 
-from fedbus.data import SyntheticDataset
-from fedbus.fl import Client, FedAvg, Server
-from fedbus.runtime.simulation import simulate
-from fedbus.train import NumpyTrainer, SoftmaxRegression
+from fedbus.runtime.simulation import cores
 
-Arrays = dict[str, np.ndarray[Any, Any]]
-TrainerFactory = Callable[[int], Any]
-
-
-class IdleTrainer:
-    """Does no training: returns the arrays it got. What remains is the framework."""
-
-    def fit(self, arrays: Arrays, config: dict[str, Any]) -> tuple[Arrays, int, dict[str, float]]:
-        return arrays, 64, {"samples_processed": 64, "train_loss": 0.0}
-
-    def evaluate(
-        self, arrays: Arrays, config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, float]]:
-        return 0.0, 64, {"accuracy": 0.0}
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+# One BLAS thread per process everywhere: these small matrix products gain nothing from more
+# (they lose, when threads contend for two cores), and it is what worker processes and Ray's
+# workers use, so every column counts the same arithmetic the same way.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def through_fedbus(
-    make_trainer: TrainerFactory, initial: Arrays, args: argparse.Namespace
-) -> Arrays:
-    server = Server(
-        FedAvg(),
-        initial,
-        num_rounds=args.rounds,
-        clients_per_round=args.per_round,
-        train_config={},
-        evaluate_every=0,
-        seed=args.seed,
-    )
-    simulate(
-        server,
-        lambda node_id: Client(make_trainer(node_id), node_id),
-        num_clients=args.clients,
-        record_trace=False,
-    )
-    return server.arrays.to_numpy_dict()
-
-
-def bare_loop(make_trainer: TrainerFactory, initial: Arrays, args: argparse.Namespace) -> Arrays:
-    """The same arithmetic with no framework: sample, fit, weighted average, repeat."""
-    rng = np.random.default_rng(args.seed)
-    trainers: dict[int, Any] = {}
-    clients = list(range(1, args.clients + 1))
-    arrays = initial
-    for _ in range(args.rounds):
-        picks = rng.choice(len(clients), size=args.per_round, replace=False)
-        sums: dict[str, np.ndarray[Any, Any]] | None = None
-        total = 0
-        for index in picks:
-            node_id = clients[int(index)]
-            trainer = trainers.get(node_id)
-            if trainer is None:
-                trainer = trainers[node_id] = make_trainer(node_id)
-            local, weight, _ = trainer.fit(arrays, {})
-            if sums is None:
-                sums = {key: value.astype(np.float64) * weight for key, value in local.items()}
-            else:
-                for key, value in local.items():
-                    sums[key] += value.astype(np.float64) * weight
-            total += weight
-        assert sums is not None
-        arrays = {key: (value / total).astype(initial[key].dtype) for key, value in sums.items()}
-    return arrays
-
-
-def best_of(repeat: int, run: Callable[[], Arrays]) -> tuple[float, Arrays]:
-    best, result = float("inf"), {}
-    for _ in range(repeat):
+# -- one measurement, in a subprocess ------------------------------------------------------------
+def measure_here(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one workload ``repeat`` times in this process: best wall time, peak memory, checksum."""
+    workload = Workload(**spec["workload"])
+    run = run_bare if spec["runner"] == "bare" else lambda w: run_fedbus(w, workers=spec["workers"])
+    best, arrays = float("inf"), {}
+    for _ in range(spec["repeat"]):
         start = time.perf_counter()
-        result = run()
+        arrays = run(workload)
         best = min(best, time.perf_counter() - start)
-    return best, result
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    digest = hashlib.sha256(b"".join(arrays[key].tobytes() for key in sorted(arrays)))
+    return {
+        "seconds": best,
+        "peak_mb": peak_kb / 1024,
+        "largest_worker_mb": children_kb / 1024,
+        "model_sha256": digest.hexdigest(),
+    }
+
+
+def measure(
+    workload: Workload, runner: str, *, workers: int = 1, repeat: int = 1
+) -> dict[str, Any]:
+    """``measure_here`` in a fresh Python process."""
+    spec = {
+        "workload": dataclasses.asdict(workload),
+        "runner": runner,
+        "workers": workers,
+        "repeat": repeat,
+    }
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--measure", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ONE_THREAD},
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["model_sha256"] == b["model_sha256"])
+
+
+# -- the three parts -----------------------------------------------------------------------------
+def matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    sizes = [10, 100] if args.quick else [10, 100, 1000]
+    params = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    print("\n1. fedbus (one process) against a bare NumPy loop, every client sampled")
+    header = (
+        f"{'clients':>7} {'params':>9} {'rounds':>6} {'fedbus s':>9} {'bare s':>8} {'ratio':>6} "
+        f"{'fedbus MB':>9} {'bare MB':>8} {'us/update':>9} {'idle us/update':>14}"
+    )
+    print(header)
+    for size in params:
+        for clients in sizes:
+            rounds = max(1, min(5, 2_000_000_000 // (clients * size * 400)))
+            workload = Workload(clients, clients, rounds, size)
+            fedbus = measure(workload, "fedbus", repeat=args.repeat)
+            bare = measure(workload, "bare", repeat=args.repeat)
+            if not same_model(fedbus, bare):
+                raise SystemExit(f"fedbus and the bare loop disagree on {workload}")
+            idle = dataclasses.replace(workload, idle=True)
+            idle_fedbus = measure(idle, "fedbus", repeat=args.repeat)
+            idle_bare = measure(idle, "bare", repeat=args.repeat)
+            row = {
+                "clients": clients,
+                "params": size,
+                "rounds": rounds,
+                "updates": workload.updates,
+                "fedbus_s": fedbus["seconds"],
+                "bare_s": bare["seconds"],
+                "ratio": fedbus["seconds"] / bare["seconds"],
+                "fedbus_peak_mb": fedbus["peak_mb"],
+                "bare_peak_mb": bare["peak_mb"],
+                "overhead_us_per_update": (fedbus["seconds"] - bare["seconds"])
+                / workload.updates
+                * 1e6,
+                "idle_overhead_us_per_update": (idle_fedbus["seconds"] - idle_bare["seconds"])
+                / workload.updates
+                * 1e6,
+            }
+            rows.append(row)
+            print(
+                f"{clients:>7} {size:>9.0e} {rounds:>6} {row['fedbus_s']:>9.3f} "
+                f"{row['bare_s']:>8.3f} {row['ratio']:>6.2f} {row['fedbus_peak_mb']:>9.0f} "
+                f"{row['bare_peak_mb']:>8.0f} {row['overhead_us_per_update']:>9.0f} "
+                f"{row['idle_overhead_us_per_update']:>14.1f}"
+            )
+    return rows
+
+
+def parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
+    count = max(2, cores())
+    workload = Workload(200, 200, 2, 100_000, epochs=10)
+    if args.quick:
+        workload = dataclasses.replace(workload, clients=40, per_round=40)
+    print(
+        f"\n2. worker processes: {workload.clients} clients x {workload.epochs} epochs, "
+        f"1e5 parameters, {workload.rounds} rounds ({count} cores here)"
+    )
+    one = measure(workload, "fedbus", workers=1, repeat=args.repeat)
+    many = measure(workload, "fedbus", workers=count, repeat=args.repeat)
+    if not same_model(one, many):
+        raise SystemExit("workers=1 and workers=N disagree")
+    speedup = one["seconds"] / many["seconds"]
+    print(
+        f"  workers=1 {one['seconds']:.2f} s, workers={count} {many['seconds']:.2f} s: "
+        f"{speedup:.2f}x (target >= 1.7 on 2 cores); same model, checked"
+    )
+    return [
+        {
+            "workload": dataclasses.asdict(workload),
+            "workers": count,
+            "one_s": one["seconds"],
+            "many_s": many["seconds"],
+            "speedup": speedup,
+            "many_driver_peak_mb": many["peak_mb"],
+            "many_largest_worker_mb": many["largest_worker_mb"],
+        }
+    ]
+
+
+def scale(args: argparse.Namespace) -> list[dict[str, Any]]:
+    registered = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    rounds = 5 if args.quick else 20
+    print(f"\n3. registered clients: 100 sampled per round, 1e5 parameters, {rounds} rounds")
+    rows = []
+    for clients in registered:
+        workload = Workload(clients, 100, rounds, 100_000)
+        result = measure(workload, "fedbus", repeat=args.repeat)
+        rows.append(
+            {
+                "registered": clients,
+                "seconds_per_round": result["seconds"] / rounds,
+                "peak_mb": result["peak_mb"],
+            }
+        )
+    base = rows[0]["seconds_per_round"]
+    for row in rows:
+        row["vs_first"] = row["seconds_per_round"] / base
+        print(
+            f"  {row['registered']:>7} registered: {row['seconds_per_round'] * 1e3:7.1f} ms per "
+            f"round ({row['vs_first']:.2f}x; target <= 1.2), peak {row['peak_mb']:.0f} MB "
+            "(target < 2048)"
+        )
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="fedbus simulation against a bare NumPy loop")
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--per-round", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(description="fedbus simulation benchmarks")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a first look")
+    parser.add_argument("--only", choices=("matrix", "parallel", "scale"))
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # one measurement, as a subprocess
     args = parser.parse_args()
-
-    dataset = SyntheticDataset(
-        args.clients, 1.0, 1.0, samples_per_client=64, client_test_fraction=0.0
-    )
-    data = [
-        dataset.client(index) for index in range(args.clients)
-    ]  # generated once, outside timing
-    model = SoftmaxRegression(dataset.num_features, dataset.num_classes)
-    initial = model.init(seed=args.seed)
-
-    def make_trainer(node_id: int) -> NumpyTrainer:
-        part = data[node_id - 1]
-        return NumpyTrainer(
-            model, part.x_train, part.y_train, epochs=1, batch_size=32, lr=0.1, seed=node_id
-        )
-
-    updates = args.rounds * args.per_round
-    print(
-        f"FedAvg, softmax regression ({sum(v.size for v in initial.values())} parameters), "
-        f"{args.clients} clients x 64 samples, {args.per_round} per round, {args.rounds} rounds "
-        f"= {updates} client updates; best of {args.repeat}"
-    )
-    fedbus_time, fedbus_model = best_of(
-        args.repeat, lambda: through_fedbus(make_trainer, initial, args)
-    )
-    bare_time, bare_model = best_of(args.repeat, lambda: bare_loop(make_trainer, initial, args))
-    for key in initial:
-        np.testing.assert_array_equal(fedbus_model[key], bare_model[key])
-    print(f"  fedbus           {fedbus_time * 1e3:8.1f} ms")
-    print(f"  bare NumPy loop  {bare_time * 1e3:8.1f} ms   (same final model, checked)")
-    print(f"  ratio            {fedbus_time / bare_time:8.3f}     (target <= 1.15)")
-
-    idle_fedbus, _ = best_of(
-        args.repeat, lambda: through_fedbus(lambda n: IdleTrainer(), initial, args)
-    )
-    idle_bare, _ = best_of(args.repeat, lambda: bare_loop(lambda n: IdleTrainer(), initial, args))
-    overhead = (idle_fedbus - idle_bare) / updates
-    print("with a trainer that does nothing:")
-    print(f"  fedbus {idle_fedbus * 1e3:.1f} ms, bare loop {idle_bare * 1e3:.1f} ms")
-    print(f"  framework cost per train message and reply: {overhead * 1e6:.1f} us (target <= 50)")
+    if args.measure:
+        print(json.dumps(measure_here(json.loads(args.measure))))
+        return
+    parts = {"matrix": matrix, "parallel": parallel, "scale": scale}
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name, part in parts.items():
+        if args.only in (None, name):
+            results[name] = part(args)
+    results["machine"] = {"cores": cores(), "python": sys.version.split()[0]}
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {RESULTS.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":

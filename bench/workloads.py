@@ -3,9 +3,9 @@ another framework.
 
 A workload is ``clients`` clients with ``SAMPLES`` examples each, ``per_round`` of them sampled
 per round for ``rounds`` rounds, training a one-hidden-layer MLP of about ``params`` parameters
-(``NUM_FEATURES`` inputs, ``NUM_CLASSES`` outputs) for one epoch of minibatch SGD. Each client's
-data is generated from the seed and its node id when the client is built, so 100,000 registered
-clients cost nothing until they are sampled.
+(``NUM_FEATURES`` inputs, ``NUM_CLASSES`` outputs) for ``epochs`` epochs of minibatch SGD. Each
+client's data is generated from the seed and its node id when the client is built, so 100,000
+registered clients cost nothing until they are sampled.
 
 ``idle=True`` replaces training with a trainer that returns the arrays it got: what remains is
 the framework's own cost per client update.
@@ -13,6 +13,7 @@ the framework's own cost per client update.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ class Workload:
     params: int
     seed: int = 0
     idle: bool = False
+    epochs: int = 1
 
     @property
     def updates(self) -> int:
@@ -58,7 +60,7 @@ class Workload:
 
     def data(self, node_id: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Client ``node_id``'s examples: Gaussian features, labels from a seeded linear teacher."""
-        teacher = np.random.default_rng([self.seed, 0]).normal(size=(NUM_FEATURES, NUM_CLASSES))
+        teacher = _teacher(self.seed)
         rng = np.random.default_rng([self.seed, node_id])
         x = rng.normal(size=(SAMPLES, NUM_FEATURES)).astype(np.float32)
         y = np.argmax(x @ teacher + rng.normal(scale=0.5, size=(SAMPLES, NUM_CLASSES)), axis=1)
@@ -69,13 +71,19 @@ class Workload:
             return IdleTrainer()
         x, y = self.data(node_id)
         return NumpyTrainer(
-            self.model(), x, y, epochs=1, batch_size=BATCH_SIZE, lr=LR, seed=node_id
+            self.model(), x, y, epochs=self.epochs, batch_size=BATCH_SIZE, lr=LR, seed=node_id
         )
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """The config a client's trainer gets in ``server_round``: what fedbus's server sends,
         with the request's seed a fedbus client derives from the round (``request_seed``)."""
         return {"server_round": server_round, "seed": zlib.crc32(str(server_round).encode())}
+
+
+@functools.cache
+def _teacher(seed: int) -> np.ndarray[Any, Any]:
+    """The linear map that labels every client's examples (one per seed)."""
+    return np.random.default_rng([seed, 0]).normal(size=(NUM_FEATURES, NUM_CLASSES))
 
 
 class IdleTrainer:

@@ -144,8 +144,14 @@ class ServerBase(Worker):
     # -- membership -----------------------------------------------------------------------------
     def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
         """Clients the runtime registered (simulation): available for sampling."""
-        for node_id in node_ids:
-            self._add_client(node_id)
+        # In bulk: a simulation registers every client at once, 100,000 of them at times.
+        known = self._known
+        new = [node_id for node_id in dict.fromkeys(node_ids) if node_id not in known]
+        known.update(new)
+        self._clients.extend(new)
+        if self._started:
+            for node_id in new:
+                self.on_client_added(node_id)
 
     def on_join(self, message: Message) -> Message | None:
         """A client asked to join: register it and acknowledge."""
