@@ -30,7 +30,7 @@ def test_a_round_s_model_goes_into_the_table_once() -> None:
     table = ArrayTable()
     requests = [request(n, model) for n in range(1, 11)]
     blobs = [
-        encode_task(Task(n, n, requests[n - 1], 2.5, 100.0, RecordDict()), table)
+        b"".join(encode_task(Task(n, n, requests[n - 1], 2.5, 100.0, RecordDict()), table))
         for n in range(1, 11)
     ]
     assert len(table.arrays) == 2
@@ -50,7 +50,7 @@ def test_an_outcome_keeps_its_actions_in_order_with_their_messages_and_state() -
     )
     state = RecordDict({"control": ArrayRecord({"c": np.arange(4.0)})})
     outcome = Outcome(7, [("work", 64), ("send", reply), ("stop", None)], state, seconds=0.25)
-    back = decode_outcome(encode_outcome(outcome))
+    back = decode_outcome(b"".join(encode_outcome(outcome)))
     assert (back.task_id, back.inline, back.seconds) == (7, False, 0.25)
     assert [kind for kind, _ in back.actions] == ["work", "send", "stop"]
     assert back.actions[0] == ("work", 64)

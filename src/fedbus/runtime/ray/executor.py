@@ -47,14 +47,14 @@ def _answer_group(
     simulation: str,
     factory: ClientFactory,
     arrays: list[np.ndarray[Any, Any]],
-    blobs: list[bytearray],
-) -> list[bytearray]:
+    blobs: list[bytes],
+) -> list[bytes]:
     """Answer a group of tasks in a Ray worker: the body of every Ray task this backend runs."""
     host = _HOST.get(simulation)
     if host is None:
         _HOST.clear()  # one simulation at a time per worker: drop the last one's clients
         host = _HOST[simulation] = ClientHost(factory)
-    return [encode_outcome(host.answer(decode_task(blob, arrays))) for blob in blobs]
+    return [b"".join(encode_outcome(host.answer(decode_task(blob, arrays)))) for blob in blobs]
 
 
 def _ray() -> Any:
@@ -91,7 +91,7 @@ class RayExecutor:
     def submit(self, tasks: Sequence[Task]) -> None:
         """Group ``tasks`` and start one Ray task per group; the arrays go out once."""
         table = ArrayTable()
-        blobs = [encode_task(task, table) for task in tasks]
+        blobs = [b"".join(encode_task(task, table)) for task in tasks]
         arrays = self._ray.put(table.arrays)
         size = self._group_size(len(tasks))
         for start in range(0, len(tasks), size):

@@ -41,6 +41,7 @@ from fedbus.worker import Worker
 __all__ = [
     "Action",
     "ArrayTable",
+    "Buffer",
     "ClientHost",
     "Outcome",
     "RecordingComm",
@@ -178,15 +179,14 @@ class ClientHost:
 _LENGTH = struct.Struct("<Q")
 
 
-def _join(parts: Sequence[bytes | bytearray | memoryview]) -> bytearray:
-    """Length-prefixed parts in one buffer, each copied once."""
-    out = bytearray(sum(_LENGTH.size + len(part) for part in parts))
-    pos = 0
+Buffer = bytes | bytearray | memoryview
+
+
+def _framed(parts: Sequence[Buffer]) -> list[Buffer]:
+    """Each part after its length: one blob once concatenated, or written piece by piece."""
+    out: list[Buffer] = []
     for part in parts:
-        _LENGTH.pack_into(out, pos, len(part))
-        pos += _LENGTH.size
-        out[pos : pos + len(part)] = part
-        pos += len(part)
+        out += [_LENGTH.pack(len(part)), part]
     return out
 
 
@@ -221,8 +221,9 @@ class ArrayTable:
         return index
 
 
-def encode_task(task: Task, table: ArrayTable) -> bytearray:
-    """The task as bytes; its message's arrays go into ``table``."""
+def encode_task(task: Task, table: ArrayTable) -> list[Buffer]:
+    """The task as buffers to write one after the other (``b"".join`` makes it one blob); its
+    message's arrays go into ``table``."""
     message, refs = _without_arrays(task.message, table)
     header = {
         "task": task.task_id,
@@ -231,7 +232,9 @@ def encode_task(task: Task, table: ArrayTable) -> bytearray:
         "speed": task.speed.hex(),
         "arrays": refs,
     }
-    return _join([json.dumps(header).encode(), encode_message(message), _encode_state(task.state)])
+    return _framed(
+        [json.dumps(header).encode(), encode_message(message), _encode_state(task.state)]
+    )
 
 
 def decode_task(
@@ -255,8 +258,9 @@ def decode_task(
     )
 
 
-def encode_outcome(outcome: Outcome) -> bytearray:
-    """The outcome as bytes: the messages it sends travel as codec frames, arrays included."""
+def encode_outcome(outcome: Outcome) -> list[Buffer]:
+    """The outcome as buffers to write one after the other (``b"".join`` makes it one blob):
+    the messages it sends travel as codec frames, arrays included, copied nowhere else."""
     kinds: list[list[Any]] = []
     frames: list[bytes | bytearray] = []
     for kind, value in outcome.actions:
@@ -272,7 +276,7 @@ def encode_outcome(outcome: Outcome) -> bytearray:
         "seconds": outcome.seconds,
         "problem": outcome.problem,
     }
-    return _join([json.dumps(header).encode(), _encode_state(outcome.state), *frames])
+    return _framed([json.dumps(header).encode(), _encode_state(outcome.state), *frames])
 
 
 def decode_outcome(blob: bytes | bytearray | memoryview) -> Outcome:

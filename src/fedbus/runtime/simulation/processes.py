@@ -4,8 +4,10 @@ Each worker process builds its own copies of the clients with the simulation's f
 once, when the pool starts) and answers the tasks it is given in order. Per batch of tasks (a
 round's requests), the distinct arrays (the global model) are written once into a shared-memory
 file that every worker maps read-only; each task then carries only its metadata, config and
-state. Outcomes come back as codec frames. Tasks are dealt to the workers in turn, in the order
-the loop will need them, so the first results arrive first while the rest are being computed.
+state. Outcomes come back as codec frames, written to a socket part by part and read into one
+buffer, so a reply's arrays are copied once on each side. Tasks are dealt to the workers in
+turn, in the order the loop will need them, so the first results arrive first while the rest
+are being computed.
 
 Worker processes are started with ``spawn`` (a clean interpreter: no threads of torch or gRPC
 inherited mid-flight) and with one BLAS/OpenMP thread each, so N workers use N cores.
@@ -20,10 +22,11 @@ import mmap
 import multiprocessing
 import os
 import queue
+import socket
+import struct
 import tempfile
 import threading
 from collections.abc import Sequence
-from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ import numpy as np
 from fedbus.errors import FedbusError
 from fedbus.runtime.simulation.offload import (
     ArrayTable,
+    Buffer,
     ClientFactory,
     ClientHost,
     Outcome,
@@ -85,11 +89,48 @@ class _Block:
             os.unlink(self.path)
 
 
-class _Worker:
-    __slots__ = ("connection", "process")
+_SIZE = struct.Struct("<Q")
+# Parts smaller than this are joined before writing: one system call instead of several.
+_JOIN_BELOW = 1 << 16
 
-    def __init__(self, connection: Connection, process: Any) -> None:
-        self.connection, self.process = connection, process
+
+def _send(channel: socket.socket, parts: Sequence[Buffer]) -> None:
+    """Write one blob made of ``parts``, after its length."""
+    total = sum(len(part) for part in parts)
+    small: list[Buffer] = [_SIZE.pack(total)]
+    for part in parts:
+        if len(part) < _JOIN_BELOW:
+            small.append(part)
+            continue
+        channel.sendall(b"".join(small))
+        small = []
+        channel.sendall(part)
+    if small:
+        channel.sendall(b"".join(small))
+
+
+def _receive_exactly(channel: socket.socket, count: int) -> bytearray:
+    buffer = bytearray(count)
+    view, pos = memoryview(buffer), 0
+    while pos < count:
+        received = channel.recv_into(view[pos:])
+        if received == 0:
+            raise EOFError("the other end closed the channel")
+        pos += received
+    return buffer
+
+
+def _receive(channel: socket.socket) -> bytearray:
+    """Read one blob ``_send`` wrote."""
+    (total,) = _SIZE.unpack(_receive_exactly(channel, _SIZE.size))
+    return _receive_exactly(channel, total)
+
+
+class _Worker:
+    __slots__ = ("channel", "process")
+
+    def __init__(self, channel: socket.socket, process: Any) -> None:
+        self.channel, self.process = channel, process
 
 
 class ProcessPool:
@@ -113,7 +154,7 @@ class ProcessPool:
         os.environ.update(_ONE_THREAD)
         try:
             for _ in range(self.size):
-                ours, theirs = context.Pipe()
+                ours, theirs = socket.socketpair()
                 # The factory reaches the child through multiprocessing's own pickling: one
                 # object, from this process to its own child, never from a file or a network.
                 process = context.Process(
@@ -137,11 +178,11 @@ class ProcessPool:
         block = _Block(table.arrays)
         block.pending = len(tasks)
         header = _block_header(block)
-        for task, blob in zip(tasks, blobs, strict=True):
+        for task, parts in zip(tasks, blobs, strict=True):
             index = self._next
             self._next = (self._next + 1) % self.size
             self._where[task.task_id] = (index, block)
-            self._workers[index].connection.send_bytes(header + blob)
+            _send(self._workers[index].channel, [header, *parts])
 
     def result(self, task_id: int) -> Outcome:
         """The outcome of ``task_id``, waiting for it if it is not back yet."""
@@ -167,7 +208,7 @@ class ProcessPool:
         """Stop the workers and remove shared files still in use."""
         for worker in self._workers:
             with contextlib.suppress(OSError):
-                worker.connection.close()
+                worker.channel.close()
         for worker in self._workers:
             worker.process.join(timeout=5)
             if worker.process.is_alive():
@@ -181,7 +222,7 @@ class ProcessPool:
     def _receive(self, index: int) -> Outcome:
         worker = self._workers[index]
         try:
-            blob = worker.connection.recv_bytes()
+            blob = _receive(worker.channel)
         except (EOFError, OSError) as exc:
             code = worker.process.exitcode
             raise FedbusError(
@@ -226,18 +267,18 @@ class _MappedBlocks:
         return self._arrays
 
 
-def _serve(connection: Connection, factory: ClientFactory) -> None:
+def _serve(channel: socket.socket, factory: ClientFactory) -> None:
     """A worker process: answer tasks until the pool closes the connection."""
     host = ClientHost(factory)
     blocks = _MappedBlocks()
-    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    inbox: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
 
     def read() -> None:
         # Reading in its own thread keeps the pipe drained, so the pool never blocks sending a
         # batch while this process blocks sending an outcome.
         try:
             while True:
-                inbox.put(connection.recv_bytes())
+                inbox.put(_receive(channel))
         except (EOFError, OSError):
             inbox.put(None)
 
@@ -250,8 +291,8 @@ def _serve(connection: Connection, factory: ClientFactory) -> None:
         outcome = host.answer(task)
         del task
         try:
-            connection.send_bytes(encode_outcome(outcome))
-        except (BrokenPipeError, OSError):
+            _send(channel, encode_outcome(outcome))
+        except OSError:  # the pool closed: the run is over
             return
 
 
