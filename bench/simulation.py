@@ -33,16 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workloads import Workload, run_bare, run_fedbus
+from workloads import SAME_ENVIRONMENT, Workload, run_bare, run_fedbus
 
 from fedbus.runtime.simulation import cores
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
-# One BLAS thread per process everywhere: these small matrix products gain nothing from more
-# (they lose, when threads contend for two cores), and it is what worker processes and Ray's
-# workers use, so every column counts the same arithmetic the same way.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 # -- one measurement, in a subprocess ------------------------------------------------------------
@@ -81,7 +77,7 @@ def measure(
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, **ONE_THREAD},
+        env={**os.environ, **SAME_ENVIRONMENT},
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -141,7 +137,7 @@ def matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
     count = max(2, cores())
-    workload = Workload(200, 200, 2, 100_000, epochs=10)
+    workload = Workload(200, 200, 3, 100_000, epochs=20)
     if args.quick:
         workload = dataclasses.replace(workload, clients=40, per_round=40)
     print(

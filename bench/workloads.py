@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ import numpy as np
 
 from fedbus.fl import Client, FedAvg, Server
 from fedbus.runtime.simulation import Simulation
+from fedbus.runtime.simulation.loop import Backend
+from fedbus.runtime.simulation.offload import CLIENT_CACHE
 from fedbus.train import MLP, NumpyTrainer
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -31,6 +34,21 @@ NUM_CLASSES = 10
 SAMPLES = 64
 BATCH_SIZE = 32
 LR = 0.05
+
+
+# Every measured process runs as fedbus's worker processes do: one BLAS thread (these small
+# matrix products gain nothing from more, and lose when threads contend for two cores) and
+# glibc's allocator keeping freed arrays for reuse (see fedbus's
+# runtime/simulation/processes.py), so every column
+# counts the same arithmetic the same way.
+SAME_ENVIRONMENT = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
 
 
 @dataclass(frozen=True)
@@ -108,7 +126,7 @@ class WorkloadClients:
         return Client(self.workload.trainer(node_id), node_id)
 
 
-def run_fedbus(workload: Workload, *, workers: int = 1, backend: str = "local") -> Arrays:
+def run_fedbus(workload: Workload, *, workers: int = 1, backend: Backend = "local") -> Arrays:
     """Run ``workload`` through fedbus's simulation; the final global model."""
     server = Server(
         FedAvg(),
@@ -135,10 +153,12 @@ def run_fedbus(workload: Workload, *, workers: int = 1, backend: str = "local") 
 def run_bare(workload: Workload) -> Arrays:
     """The same arithmetic with no framework: sample, fit, weighted average, repeat.
 
-    Samples with the same seeded generator fedbus's server uses, and builds each client's
-    trainer when it is sampled, so both do the same work and end with the same model.
+    Samples with the same seeded generator fedbus's server uses, builds each client's trainer
+    when it is first sampled and keeps up to ``CLIENT_CACHE`` of them, as fedbus's simulation
+    does, so both do the same work and end with the same model.
     """
     rng = np.random.default_rng(workload.seed)
+    trainers: OrderedDict[int, Any] = OrderedDict()
     arrays = workload.initial()
     dtypes = {key: value.dtype for key, value in arrays.items()}
     for server_round in range(1, workload.rounds + 1):
@@ -147,7 +167,13 @@ def run_bare(workload: Workload) -> Arrays:
         sums: Arrays = {}
         total = 0
         for index in picks:
-            trainer = workload.trainer(int(index) + 1)
+            node_id = int(index) + 1
+            trainer = trainers.get(node_id)
+            if trainer is None:
+                trainer = trainers[node_id] = workload.trainer(node_id)
+                if len(trainers) > CLIENT_CACHE:
+                    trainers.popitem(last=False)
+            trainers.move_to_end(node_id)
             local, weight, _ = trainer.fit(arrays, dict(config))
             for key, value in local.items():
                 if key in sums:

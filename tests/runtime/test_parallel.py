@@ -16,6 +16,7 @@ from fedbus.message import ConfigRecord
 from fedbus.run import load_config
 from fedbus.run.federation import Federation, build_federation
 from fedbus.runtime.simulation import Simulation, SimulationResult, cores
+from fedbus.runtime.simulation.loop import AUTO_MIN_SECONDS, AUTO_SAMPLE
 
 BASE = [
     "federation.num_clients=30",
@@ -204,9 +205,10 @@ def test_a_handler_that_sets_a_timer_is_run_in_the_loop() -> None:
 
 @pytest.mark.skipif(cores() < 2, reason="needs two cores")
 def test_worker_processes_take_over_when_client_work_is_heavy() -> None:
-    one, _ = run_ticks(Answerers(busy=0.003), workers=1, num_clients=12)
-    auto, stats = run_ticks(Answerers(busy=0.003), workers=0, num_clients=12)
-    assert 0 < stats.offloaded <= 36 - 20  # the first 20 answers were timed here
+    busy = 1.5 * AUTO_MIN_SECONDS
+    one, _ = run_ticks(Answerers(busy=busy), workers=1, num_clients=12)
+    auto, stats = run_ticks(Answerers(busy=busy), workers=0, num_clients=12)
+    assert 0 < stats.offloaded <= 36 - AUTO_SAMPLE  # the first answers were timed here
     assert auto == one
 
 

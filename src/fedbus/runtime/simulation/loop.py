@@ -69,7 +69,7 @@ ClientFactory = Callable[[int], Worker]
 #: mean time from which worker processes take over (below it, the trip to another process and
 #: back costs more than it saves).
 AUTO_SAMPLE = 20
-AUTO_MIN_SECONDS = 0.002
+AUTO_MIN_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,7 @@ class ClientHost:
             with use_clock(comm.clock):
                 worker.deliver(task.message)
             state = worker.save_state()
+            worker.comm_manager = None  # a kept copy must not keep what it sent
         except Exception as exc:  # the loop runs it itself and meets the error there
             problem = f"{type(exc).__name__}: {exc}"
             return Outcome(task.task_id, [], RecordDict(), inline=True, problem=problem)
