@@ -25,6 +25,7 @@ from fedbus.fl import Client, FedAvg, Server
 from fedbus.runtime.simulation import Simulation
 from fedbus.runtime.simulation.loop import Backend
 from fedbus.runtime.simulation.offload import CLIENT_CACHE
+from fedbus.runtime.simulation.processes import WORKER_ENVIRONMENT
 from fedbus.train import MLP, NumpyTrainer
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -38,17 +39,9 @@ LR = 0.05
 
 # Every measured process runs as fedbus's worker processes do: one BLAS thread (these small
 # matrix products gain nothing from more, and lose when threads contend for two cores) and
-# glibc's allocator keeping freed arrays for reuse (see fedbus's
-# runtime/simulation/processes.py), so every column
-# counts the same arithmetic the same way.
-SAME_ENVIRONMENT = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "MALLOC_MMAP_THRESHOLD_": str(64 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(128 << 20),
-    "MALLOC_TOP_PAD_": str(64 << 20),
-}
+# glibc's allocator keeping freed arrays for reuse, so every column counts the same arithmetic
+# the same way.
+SAME_ENVIRONMENT = dict(WORKER_ENVIRONMENT)
 
 
 @dataclass(frozen=True)

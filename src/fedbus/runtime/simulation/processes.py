@@ -11,7 +11,7 @@ are being computed.
 
 Worker processes are started with ``spawn`` (a clean interpreter: no threads of torch or gRPC
 inherited mid-flight), with one BLAS/OpenMP thread each, so N workers use N cores, and with
-glibc's allocator keeping freed arrays for reuse (see ``_WORKER_ENV``).
+glibc's allocator keeping freed arrays for reuse (see ``WORKER_ENVIRONMENT``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from fedbus.runtime.simulation.offload import (
     encode_task,
 )
 
-__all__ = ["ProcessPool"]
+__all__ = ["WORKER_ENVIRONMENT", "ProcessPool", "cores"]
 
 logger = logging.getLogger("fedbus.simulation")
 
@@ -55,7 +55,7 @@ _ALIGN = 64
 # And a worker allocates and frees model-sized arrays for every task: glibc would map fresh
 # pages for each (zeroed by the kernel, a third of the time in system calls on some virtual
 # machines); these settings keep them in the heap for the next task.
-_WORKER_ENV = {
+WORKER_ENVIRONMENT = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
@@ -80,13 +80,25 @@ class _Block:
         for array in arrays:
             self.layout.append([offset, array.dtype.str, list(array.shape)])
             offset += -(-array.nbytes // _ALIGN) * _ALIGN
-        handle, self.path = tempfile.mkstemp(prefix="fedbus-arrays-", dir=_shared_directory())
-        with os.fdopen(handle, "wb") as file:
-            for (start, _, _), array in zip(self.layout, arrays, strict=True):
-                file.seek(start)
-                file.write(np.ascontiguousarray(array).data)
-            file.truncate(max(offset, 1))
+        size = max(offset, 1)
+        try:
+            self.path = self._write(arrays, size, _shared_directory())
+        except OSError:  # /dev/shm too small (containers often give it 64 MB): use the disk
+            self.path = self._write(arrays, size, tempfile.gettempdir())
         self.pending = 0
+
+    def _write(self, arrays: Sequence[np.ndarray[Any, Any]], size: int, directory: str) -> str:
+        handle, path = tempfile.mkstemp(prefix="fedbus-arrays-", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.truncate(size)
+                for (start, _, _), array in zip(self.layout, arrays, strict=True):
+                    file.seek(start)
+                    file.write(np.ascontiguousarray(array).data)
+        except OSError:
+            os.unlink(path)
+            raise
+        return path
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -155,8 +167,8 @@ class ProcessPool:
         if self._workers:
             return
         context = multiprocessing.get_context("spawn")
-        saved = {name: os.environ.get(name) for name in _WORKER_ENV}
-        os.environ.update(_WORKER_ENV)
+        saved = {name: os.environ.get(name) for name in WORKER_ENVIRONMENT}
+        os.environ.update(WORKER_ENVIRONMENT)
         try:
             for _ in range(self.size):
                 ours, theirs = socket.socketpair()
