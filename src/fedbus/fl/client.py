@@ -1,8 +1,8 @@
 """``Client``: a worker with the standard flow's client handlers around a ``Trainer``.
 
-Each default handler is a method (``on_train``, ``on_evaluate``, ``on_finish``, ``on_join``):
-override one in a subclass, or register handlers for new message types, to change what a
-client does. The trainer owns the client's data and knows nothing of messages: the client turns
+Each default handler is a method declared with ``@handler`` (``on_train``, ``on_evaluate``,
+``on_finish``, ``on_join``): override one in a subclass, or register handlers for new message
+types, to change what a client does. The trainer owns the client's data and knows nothing of messages: the client turns
 records into plain arrays and dicts for it, and its results back into records.
 """
 
@@ -29,7 +29,7 @@ from fedbus.fl.protocol import (
 from fedbus.fl.state import ClientStateStore
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from fedbus.train.base import Arrays, LocalTerms, Trainer
-from fedbus.worker import SERVER_NODE_ID, Worker
+from fedbus.worker import SERVER_NODE_ID, Worker, handler
 
 __all__ = [
     "PROXIMAL_MU",
@@ -107,16 +107,13 @@ class Client(Worker):
         self.noise_seed = noise_seed
         self.join_on_start = join_on_start
         self.state = ClientStateStore() if state is None else state
-        self.register_handlers(TRAIN, self.on_train)
-        self.register_handlers(EVALUATE, self.on_evaluate)
-        self.register_handlers(FINISH, self.on_finish)
-        self.register_handlers(JOIN, self.on_join)
 
     def on_start(self) -> None:
         """Announce this client to the server when ``join_on_start`` is set."""
         if self.join_on_start:
             self.send(Message(RecordDict(), SERVER_NODE_ID, JOIN))
 
+    @handler(TRAIN)
     def on_train(self, message: Message) -> Message | None:
         """Train the received model on local data and reply with the result."""
         if not is_request(message):
@@ -158,6 +155,7 @@ class Client(Worker):
         self.report_work(int(metrics.get("samples_processed", num_examples)))
         return arrays, num_examples, metrics
 
+    @handler(EVALUATE)
     def on_evaluate(self, message: Message) -> Message | None:
         """Evaluate the received model on local test data and reply with the metrics."""
         if not is_request(message):
@@ -169,11 +167,13 @@ class Client(Worker):
         reply_metrics = MetricRecord({**metrics, "loss": loss, "num_examples": num_examples})
         return message.create_reply(RecordDict({METRICS: reply_metrics}))
 
+    @handler(FINISH)
     def on_finish(self, message: Message) -> None:
         """The federation is over: stop."""
         if is_request(message):
             self.stop()
 
+    @handler(JOIN)
     def on_join(self, message: Message) -> None:
         """The server acknowledged (or refused) this client's join."""
         if message.has_error():

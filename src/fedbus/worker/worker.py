@@ -126,8 +126,12 @@ class Worker:
         self.failed_messages = 0
         self.last_failure: str | None = None
         self._handlers: dict[str, HandlerSpec] = {}
+        # Checked once when the class was made (see ``handler``): 100,000 lazily built clients
+        # do not check them again.
         for message_type, method_name, sends in type(self)._declared_handlers:
-            self.register_handlers(message_type, getattr(self, method_name), sends)
+            self._handlers[message_type] = HandlerSpec(
+                message_type, getattr(self, method_name), sends
+            )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
