@@ -2,8 +2,9 @@
 
 Each default handler is a method declared with ``@handler`` (``on_train``, ``on_evaluate``,
 ``on_finish``, ``on_join``): override one in a subclass, or register handlers for new message
-types, to change what a client does. The trainer owns the client's data and knows nothing of messages: the client turns
-records into plain arrays and dicts for it, and its results back into records.
+types, to change what a client does. The trainer owns the client's data and knows nothing of
+messages: the client turns records into plain arrays and dicts for it, and its results back into
+records.
 """
 
 from __future__ import annotations
