@@ -24,6 +24,7 @@ import numpy as np
 from fedbus.errors import ConfigError
 from fedbus.runtime.simulation.offload import (
     ArrayTable,
+    Arrivals,
     ClientFactory,
     ClientHost,
     Outcome,
@@ -85,8 +86,7 @@ class RayExecutor:
         self._cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._seconds_per_task: float | None = None
         self._groups: dict[int, Any] = {}  # task -> the Ray task answering it
-        self._ready: dict[int, Outcome] = {}
-        self._discarded: set[int] = set()
+        self._arrivals = Arrivals()
 
     def submit(self, tasks: Sequence[Task]) -> None:
         """Group ``tasks`` and start one Ray task per group; the arrays go out once."""
@@ -103,7 +103,7 @@ class RayExecutor:
 
     def result(self, task_id: int) -> Outcome:
         """The outcome of ``task_id``: waits for the Ray task holding it."""
-        outcome = self._ready.pop(task_id, None)
+        outcome = self._arrivals.take(task_id)
         if outcome is not None:
             return outcome
         group = self._groups[task_id]
@@ -111,21 +111,19 @@ class RayExecutor:
             outcome = decode_outcome(blob)
             del self._groups[outcome.task_id]
             self._learn(outcome.seconds)
-            if outcome.task_id in self._discarded:
-                self._discarded.discard(outcome.task_id)
-            else:
-                self._ready[outcome.task_id] = outcome
-        return self._ready.pop(task_id)
+            self._arrivals.arrived(outcome)
+        taken = self._arrivals.take(task_id)
+        assert taken is not None  # its group held it, and the loop never gives up a task it asks
+        return taken
 
     def discard(self, task_id: int) -> None:
         """Drop ``task_id``'s outcome when its group comes back."""
-        if self._ready.pop(task_id, None) is None and task_id in self._groups:
-            self._discarded.add(task_id)
+        self._arrivals.discard(task_id, outstanding=task_id in self._groups)
 
     def close(self) -> None:
         """Forget pending work; shut Ray down if this executor started it."""
         self._groups.clear()
-        self._ready.clear()
+        self._arrivals.clear()
         if self._started_ray:
             self._ray.shutdown()
 

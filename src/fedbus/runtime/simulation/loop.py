@@ -276,7 +276,6 @@ class Simulation:
         self._elapsed = 0.0  # simulated seconds the running handler has used so far
         self._stopped: set[int] = set()
         self._workers: dict[int, Worker] = {}
-        self._unstarted: set[int] = set()  # built by the factory, on_start not yet called
         self._factory: ClientFactory | None = None
         self._client_ids: Sequence[int]
         self._started = False
@@ -284,6 +283,8 @@ class Simulation:
         self._attach(SERVER_NODE_ID, server)
         # Portable clients built by the factory: kept for reuse, least recently used dropped.
         self._portable: OrderedDict[int, Worker] = OrderedDict()
+        # Clients the factory built whose on_start ran (at their first delivery): a client
+        # dropped from the cache and built again is not started twice.
         self._started_ids: set[int] = set()
         # Client work outside the loop (workers > 1 or Ray).
         self._workers_count, self._backend, self._ray_address = workers, backend, ray_address
@@ -354,8 +355,6 @@ class Simulation:
             self._portable[node_id] = worker
             if len(self._portable) > CLIENT_CACHE:
                 self._portable.popitem(last=False)
-        if node_id not in self._started_ids:
-            self._unstarted.add(node_id)
         return worker
 
     def message_flow(self) -> MessageFlow:
@@ -456,8 +455,8 @@ class Simulation:
         if profile.dropout > 0 and self._rng.random() < profile.dropout:
             self._record("dropped", metadata)
             return False
-        if node_id in self._unstarted:
-            self._unstarted.discard(node_id)
+        built = self._factory is not None and node_id != SERVER_NODE_ID
+        if built and node_id not in self._started_ids:  # a built client starts when first used
             self._started_ids.add(node_id)
             self._run_on(worker.on_start)
         self._record("delivered", metadata)

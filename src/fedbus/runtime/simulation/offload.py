@@ -41,6 +41,7 @@ from fedbus.worker import Worker
 __all__ = [
     "Action",
     "ArrayTable",
+    "Arrivals",
     "Buffer",
     "ClientHost",
     "Outcome",
@@ -89,6 +90,38 @@ class Outcome:
     inline: bool = False
     seconds: float = 0.0
     problem: str = ""
+
+
+class Arrivals:
+    """Outcomes back before the loop asked for them, less those of tasks it gave up on.
+
+    Both backends read outcomes in batches (a worker's socket in order, a Ray task's group), so
+    an outcome often arrives while the loop waits for another.
+    """
+
+    def __init__(self) -> None:
+        self._ready: dict[int, Outcome] = {}
+        self._discarded: set[int] = set()
+
+    def take(self, task_id: int) -> Outcome | None:
+        """The outcome of ``task_id`` if it came back already."""
+        return self._ready.pop(task_id, None)
+
+    def arrived(self, outcome: Outcome) -> None:
+        """Keep ``outcome`` for the loop, unless its task was given up."""
+        if outcome.task_id in self._discarded:
+            self._discarded.discard(outcome.task_id)
+        else:
+            self._ready[outcome.task_id] = outcome
+
+    def discard(self, task_id: int, *, outstanding: bool) -> None:
+        """Give up ``task_id``: forget its outcome, or drop it when it comes (``outstanding``)."""
+        if self._ready.pop(task_id, None) is None and outstanding:
+            self._discarded.add(task_id)
+
+    def clear(self) -> None:
+        self._ready.clear()
+        self._discarded.clear()
 
 
 class _NoTimer:

@@ -35,6 +35,7 @@ import numpy as np
 from fedbus.errors import FedbusError
 from fedbus.runtime.simulation.offload import (
     ArrayTable,
+    Arrivals,
     Buffer,
     ClientFactory,
     ClientHost,
@@ -111,7 +112,7 @@ _SOCKET_BUFFER = 8 << 20
 _JOIN_BELOW = 1 << 16
 
 
-def _send(channel: socket.socket, parts: Sequence[Buffer]) -> None:
+def _write_blob(channel: socket.socket, parts: Sequence[Buffer]) -> None:
     """Write one blob made of ``parts``, after its length."""
     total = sum(len(part) for part in parts)
     small: list[Buffer] = [_SIZE.pack(total)]
@@ -137,8 +138,8 @@ def _receive_exactly(channel: socket.socket, count: int) -> bytearray:
     return buffer
 
 
-def _receive(channel: socket.socket) -> bytearray:
-    """Read one blob ``_send`` wrote."""
+def _read_blob(channel: socket.socket) -> bytearray:
+    """Read one blob ``_write_blob`` wrote."""
     (total,) = _SIZE.unpack(_receive_exactly(channel, _SIZE.size))
     return _receive_exactly(channel, total)
 
@@ -159,8 +160,7 @@ class ProcessPool:
         self._workers: list[_Worker] = []
         self._next = 0
         self._where: dict[int, tuple[int, _Block]] = {}  # task -> (worker, its arrays)
-        self._ready: dict[int, Outcome] = {}
-        self._discarded: set[int] = set()
+        self._arrivals = Arrivals()
 
     def start(self) -> None:
         """Start the worker processes (a no-op once started)."""
@@ -202,27 +202,23 @@ class ProcessPool:
             index = self._next
             self._next = (self._next + 1) % self.size
             self._where[task.task_id] = (index, block)
-            _send(self._workers[index].channel, [header, *parts])
+            _write_blob(self._workers[index].channel, [header, *parts])
 
     def result(self, task_id: int) -> Outcome:
         """The outcome of ``task_id``, waiting for it if it is not back yet."""
-        outcome = self._ready.pop(task_id, None)
+        outcome = self._arrivals.take(task_id)
         if outcome is not None:
             return outcome
         index = self._where[task_id][0]
         while True:
-            outcome = self._receive(index)
+            outcome = self._next_outcome(index)
             if outcome.task_id == task_id:
                 return outcome
-            if outcome.task_id in self._discarded:
-                self._discarded.discard(outcome.task_id)
-            else:
-                self._ready[outcome.task_id] = outcome
+            self._arrivals.arrived(outcome)
 
     def discard(self, task_id: int) -> None:
         """The loop no longer needs ``task_id``: drop its outcome when it comes."""
-        if self._ready.pop(task_id, None) is None and task_id in self._where:
-            self._discarded.add(task_id)
+        self._arrivals.discard(task_id, outstanding=task_id in self._where)
 
     def close(self) -> None:
         """Stop the workers and remove shared files still in use."""
@@ -239,10 +235,10 @@ class ProcessPool:
             block.remove()
         self._where.clear()
 
-    def _receive(self, index: int) -> Outcome:
+    def _next_outcome(self, index: int) -> Outcome:
         worker = self._workers[index]
         try:
-            blob = _receive(worker.channel)
+            blob = _read_blob(worker.channel)
         except (EOFError, OSError) as exc:
             code = worker.process.exitcode
             raise FedbusError(
@@ -298,7 +294,7 @@ def _serve(channel: socket.socket, factory: ClientFactory) -> None:
         # batch while this process blocks sending an outcome.
         try:
             while True:
-                inbox.put(_receive(channel))
+                inbox.put(_read_blob(channel))
         except (EOFError, OSError):
             inbox.put(None)
 
@@ -311,7 +307,7 @@ def _serve(channel: socket.socket, factory: ClientFactory) -> None:
         outcome = host.answer(task)
         del task
         try:
-            _send(channel, encode_outcome(outcome))
+            _write_blob(channel, encode_outcome(outcome))
         except OSError:  # the pool closed: the run is over
             return
 
