@@ -23,7 +23,6 @@ import numpy as np
 
 from fedbus.fl import Client, FedAvg, Server
 from fedbus.runtime.simulation import Simulation
-from fedbus.runtime.simulation.loop import Backend
 from fedbus.runtime.simulation.offload import CLIENT_CACHE
 from fedbus.runtime.simulation.processes import WORKER_ENVIRONMENT
 from fedbus.train import MLP, NumpyTrainer
@@ -119,7 +118,7 @@ class WorkloadClients:
         return Client(self.workload.trainer(node_id), node_id)
 
 
-def run_fedbus(workload: Workload, *, workers: int = 1, backend: Backend = "local") -> Arrays:
+def run_fedbus(workload: Workload, *, workers: int = 1, backend: str = "local") -> Arrays:
     """Run ``workload`` through fedbus's simulation; the final global model."""
     server = Server(
         FedAvg(),

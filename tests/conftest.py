@@ -1,14 +1,15 @@
 """Fixtures shared by the whole suite.
 
 ``federation`` runs a server and clients on every runtime available, so each behaviour test
-holds for each runtime. ``tls_files`` makes a throwaway CA and server certificate.
+holds for each runtime. ``local_ray`` starts a local Ray once per session, for the tests that
+need one. ``tls_files`` makes a throwaway CA and server certificate.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def federation(request: pytest.FixtureRequest) -> RunFederation:
             run_local(server, clients, timeout=GRPC_TIMEOUT)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """A local Ray with two CPUs, started once for the whole session (it takes seconds)."""
+    import ray  # here, not at the top: most sessions never start Ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 # -- certificates ------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_a_run_that_cannot_finish_exits_1_with_the_reason(
     ]  # fmt: skip
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "fewer than min_replies=10, after 3 attempts" in err
+    assert "fewer than min_replies=5, after 3 attempts" in err
     (run_dir,) = run_dirs(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert "after 3 attempts" in summary["failure"]

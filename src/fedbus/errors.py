@@ -14,6 +14,7 @@ The tree::
     ├── SendError                    a runtime refused to send a message (expired, wrong sender)
     ├── FlowError                    the message-flow check found types nobody handles
     ├── RunError                     a federation could not go on (too few replies, ...)
+    ├── PluginError                  a plugin name is unknown, registered twice, or fails to load
     └── MissingDependencyError       also ImportError: an optional extra is not installed
 
 Errors from other libraries (OS, gRPC, torch) are translated at fedbus's boundary with
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidTypeError",
     "MessageFieldError",
     "MissingDependencyError",
+    "PluginError",
     "RunError",
     "SendError",
 ]
@@ -73,6 +75,11 @@ class FlowError(FedbusError):
 
 class RunError(FedbusError):
     """A federation cannot go on (for example, a round got fewer than ``min_replies``)."""
+
+
+class PluginError(FedbusError):
+    """A strategy, dataset or model name is unknown or registered twice, or a plugin package's
+    entry point fails to load; the message names the entry point and what to do."""
 
 
 class MissingDependencyError(FedbusError, ImportError):

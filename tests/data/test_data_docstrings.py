@@ -11,6 +11,7 @@ MODULES = [
     "fedbus.data",
     "fedbus.data.datasets",
     "fedbus.data.federated",
+    "fedbus.data.registry",
     "fedbus.data.partition",
     "fedbus.data.synthetic",
 ]

@@ -21,10 +21,12 @@ from fedbus.fl.algorithms import (
     ScaffoldClient,
 )
 from fedbus.fl.algorithms.scaffold import CLIENT_CONTROL, CONTROL, CONTROL_DELTA, SCAFFOLD_TRAIN
+from fedbus.fl.mods import FedProxMod
 from fedbus.fl.protocol import ARRAYS, CONFIG
 from fedbus.fl.state import ClientStateStore
-from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict, mark_sent
 from fedbus.runtime.simulation import Simulation
+from fedbus.runtime.simulation.offload import RecordingComm as SendsRecorded
 from fedbus.train import MLP, LocalTerms, NumpyTrainer, SoftmaxRegression
 from fedbus.worker import MessageFlow, Worker
 
@@ -50,6 +52,7 @@ def run_blobs(
     model_name: str = "softmax",
     federated_evaluate_every: int = 0,
     lr: float = 0.1,
+    mods: Sequence[object] = (),
 ) -> Server:
     """A simulated federation on a Dirichlet(alpha) split of ``blobs``; returns its server."""
     dataset = PartitionedDataset.from_arrays(blobs(), num_clients, "dirichlet", alpha=alpha, seed=0)
@@ -79,7 +82,7 @@ def run_blobs(
         trainer = NumpyTrainer(
             model, data.x_train, data.y_train, data.x_test, data.y_test, seed=node_id
         )
-        return client_class(trainer, node_id, state=store)
+        return client_class(trainer, node_id, state=store).use(*mods)
 
     Simulation(server, client_fn, num_clients=num_clients, seed=0).run()
     assert server.finished, server.failure
@@ -120,7 +123,7 @@ def rounds_to(server: Server, accuracy: float) -> int | None:
 # -- FedProx ------------------------------------------------------------------------------------
 def test_fedprox_with_mu_zero_is_fedavg_bit_for_bit() -> None:
     fedavg = run_blobs(FedAvg(), Client, rounds=4)
-    fedprox = run_blobs(FedProx(proximal_mu=0.0), Client, rounds=4)
+    fedprox = run_blobs(FedProx(proximal_mu=0.0), Client, rounds=4, mods=[FedProxMod()])
     for name, value in fedavg.arrays.to_numpy_dict().items():
         np.testing.assert_array_equal(fedprox.arrays.to_numpy_dict()[name], value)
 
@@ -132,7 +135,9 @@ def test_fedprox_pulls_local_models_toward_the_global_one() -> None:
     config: dict[str, object] = {"lr": 0.1, "epochs": 3, "batch_size": 32}
 
     def drift(mu: float) -> float:
-        client = attached(Client(NumpyTrainer(model, data.x[:200], data.y[:200], seed=1), 1))
+        client = Client(NumpyTrainer(model, data.x[:200], data.y[:200], seed=1), 1)
+        comm = SendsRecorded(start=0.0, speed=1e6)
+        client.use(FedProxMod()).attach(comm, 1)
         request = Message(
             RecordDict(
                 {ARRAYS: ArrayRecord(start), CONFIG: ConfigRecord({**config, "proximal_mu": mu})}
@@ -140,8 +145,11 @@ def test_fedprox_pulls_local_models_toward_the_global_one() -> None:
             1,
             "train",
         )
-        reply = client.on_train(request)
-        assert reply is not None
+        mark_sent(request, run_id=1, message_id="t", src_node_id=0)
+        client.deliver(request)  # through the client's mods
+        (_, reply), *_ = [action for action in comm.actions if action[0] == "send"]
+        assert isinstance(reply, Message)
+        assert not reply.has_error(), reply
         trained = reply.content[ARRAYS]
         assert isinstance(trained, ArrayRecord)
         return float(np.linalg.norm(trained.to_numpy_dict()["weight"] - start["weight"]))

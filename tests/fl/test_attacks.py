@@ -158,7 +158,7 @@ def test_attacked_trainer_arguments_are_checked(options: dict[str, Any], message
 
 
 def test_attack_kinds() -> None:
-    assert ATTACK_KINDS == ("sign_flip", "scale", "gaussian", "label_flip")
+    assert ATTACK_KINDS == ("sign_flip", "scale", "gaussian", "nan", "inf", "label_flip")
 
 
 @pytest.mark.parametrize(
@@ -222,3 +222,11 @@ def test_docstring_examples() -> None:
     result = doctest.testmod(fedbus.fl.attacks)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_non_finite_kinds_send_nan_or_infinity_in_every_float_value() -> None:
+    for kind, value in (("nan", np.nan), ("inf", np.inf)):
+        arrays, num_examples, _ = AttackedTrainer(StepTrainer(0.5), kind).fit(received(), {})
+        assert num_examples == 7
+        for array in arrays.values():
+            np.testing.assert_array_equal(array, np.full_like(array, value))

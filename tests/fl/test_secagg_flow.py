@@ -278,6 +278,7 @@ def test_a_silent_client_is_dropped_when_the_stage_times_out() -> None:
 def test_clients_clip_to_the_privacy_norm_before_masking() -> None:
     """DP's client_clip under secure aggregation: the request carries the clipping norm, the
     clients clip, and the server's recovered mean is the mean of the clipped updates."""
+    from fedbus.fl.mods import ClientPrivacy
     from fedbus.fl.privacy import DifferentialPrivacy
 
     updates = [np.full(4, 0.4), np.full(4, -0.1), np.full(4, 0.05), np.full(4, 0.3)]
@@ -285,7 +286,8 @@ def test_clients_clip_to_the_privacy_norm_before_masking() -> None:
         FedAvg(), mode="client_clip", clipping_norm=0.2, noise_multiplier=0.0,
         num_clients=4, clients_per_round=4,
     )  # fmt: skip
-    clients = [SecAggClient(FixedUpdate(step)) for step in updates]
+    # the privacy mod clips in train_on, before the client masks its update
+    clients = [SecAggClient(FixedUpdate(step)).use(ClientPrivacy()) for step in updates]
     server = SecAggServer(
         strategy, {"w": np.zeros(4)}, num_rounds=1, clients_per_round=4, evaluate_every=0,
         clip_range=1.0, bits=40,

@@ -853,6 +853,7 @@ def test_error_code_values_are_stable() -> None:
         "DECODE_ERROR": 5,
         "UNAUTHENTICATED": 6,
         "MESSAGE_TOO_LARGE": 7,
+        "PERMISSION_DENIED": 8,
     }
 
 

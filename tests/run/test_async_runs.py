@@ -217,7 +217,9 @@ SMALL_ASYNC = [
 ]
 
 
-@pytest.mark.parametrize("name", [name for name in STRATEGIES if name != "scaffold"])
+@pytest.mark.parametrize(
+    "name", [name for name in STRATEGIES.builtin_names() if name != "scaffold"]
+)
 def test_every_rule_but_scaffold_trains_asynchronously(name: str) -> None:
     options = {
         "fedbn": ["model.name=mlp", "strategy.local_layers=output.*"],

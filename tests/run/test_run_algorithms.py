@@ -11,9 +11,10 @@ from fedbus.errors import ConfigError
 from fedbus.fl import Client
 from fedbus.fl.algorithms import DittoClient, FedBNClient, ScaffoldClient
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers
-from fedbus.run.algorithms import ALGORITHMS
+from fedbus.fl.registry import STRATEGIES
+from fedbus.run.algorithms import settings_of
 from fedbus.run.checkpoint import load_checkpoint, load_strategy_state, save_checkpoint
-from fedbus.run.config import STRATEGIES, load_config
+from fedbus.run.config import load_config
 from fedbus.run.federation import build_federation
 
 SMALL = [
@@ -27,11 +28,16 @@ SMALL = [
 ]
 
 
-def test_every_strategy_name_has_an_algorithm() -> None:
-    assert tuple(ALGORITHMS) == STRATEGIES
+def test_every_strategy_name_builds_a_strategy_of_that_name() -> None:
+    config = load_config(None, SMALL)
+    for name in STRATEGIES.builtin_names():
+        algorithm = STRATEGIES.get(name)
+        strategy = algorithm.build(settings_of(config))
+        assert isinstance(strategy, algorithm.strategy)
+        assert strategy.name == name
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("name", STRATEGIES.builtin_names())
 def test_every_algorithm_runs_from_its_config_name(name: str) -> None:
     options = {
         "fedbn": ["model.name=mlp", "strategy.local_layers=output.*"],

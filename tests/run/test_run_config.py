@@ -123,10 +123,13 @@ REFUSALS = [
     (["data.samples_per_client=1"], ["data.samples_per_client", ">= 2", "got 1"]),
     (["simulation.dropout=1.5"], ["simulation.dropout", "0 <= x <= 1", "got 1.5"]),
     (["simulation.slow_factor=0.5"], ["simulation.slow_factor", ">= 1", "got 0.5"]),
-    (["data.dataset=mnist"], ["data.dataset", '"digits", "synthetic", "npz", "csv"', '"mnist"']),
+    (["data.dataset=mnist"], ["data.dataset", "dataset 'mnist' is not known", "csv, digits, npz"]),
     (["data.partition=pathological"], ["data.partition", '"iid", "dirichlet", "shards"']),
-    (["model.name=resnet"], ["model.name", '"softmax", "mlp", "cnn"', 'got "resnet"']),
-    (["strategy.name=fedsgd"], ["strategy.name", 'one of "fedavg", "fedavgm"', 'got "fedsgd"']),
+    (["model.name=resnet"], ["model.name", "model 'resnet' is not known", "cnn, mlp, softmax"]),
+    (
+        ["strategy.name=fedavgg"],
+        ["strategy.name: strategy 'fedavgg' is not known; did you mean 'fedavg'?", "Known: bulyan"],
+    ),
     (["run.name=a/b"], ["run.name", "letters, digits", 'got "a/b"']),
     (["run.output_dir="], ["run.output_dir", "non-empty", 'got ""']),
     (

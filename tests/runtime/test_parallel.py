@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -63,6 +65,10 @@ SCENARIOS = {
     ],
     "scaffold (client state)": ["strategy.name=scaffold"],
     "ditto (personal models)": ["strategy.name=ditto"],
+    "fedprox (a client mod, built with each client)": [
+        "strategy.name=fedprox",
+        "strategy.proximal_mu=0.1",
+    ],
     "fedbuff (asynchronous)": [
         "strategy.name=fedbuff",
         "aggregation.trigger=goal",
@@ -229,8 +235,39 @@ def test_worker_processes_need_a_factory_and_a_sane_count() -> None:
         Simulation(Ticker(1, 1), [Answerer(1)], workers=2)
     with pytest.raises(InvalidArgumentError, match="workers must be an int >= 0"):
         Simulation(Ticker(1, 1), Answerers(), num_clients=1, workers=-1)
-    with pytest.raises(InvalidArgumentError, match='backend must be "local" or "ray"'):
-        Simulation(Ticker(1, 1), Answerers(), num_clients=1, backend="dask")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="no backend 'dask' is registered"):
+        Simulation(Ticker(1, 1), Answerers(), num_clients=1, backend="dask")
+
+
+# In a fresh interpreter: this test session imported fedbus.runtime.ray long ago.
+RAY_IS_A_PLUGIN = """
+import sys
+from fedbus.errors import InvalidArgumentError
+from fedbus.runtime.simulation import Simulation
+from fedbus.runtime.simulation.executors import registered_backends
+from fedbus.worker import Worker
+
+assert "fedbus.runtime.ray" not in sys.modules, "the simulation imported the Ray backend"
+try:
+    Simulation(Worker(0), lambda node_id: Worker(), num_clients=1, backend="ray")
+except InvalidArgumentError as exc:
+    print(exc)
+else:
+    raise AssertionError("an unregistered backend was accepted")
+import fedbus.runtime.ray
+assert registered_backends() == ("local", "ray"), registered_backends()
+Simulation(Worker(0), lambda node_id: Worker(), num_clients=1, backend="ray")
+"""
+
+
+def test_the_ray_backend_is_registered_by_importing_it() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", RAY_IS_A_PLUGIN], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "no backend 'ray' is registered" in run.stdout
+    assert "import fedbus.runtime.ray before building the Simulation" in run.stdout
+    assert 'pip install "fedbus[ray]"' in run.stdout
 
 
 def test_state_travels_with_the_task_and_comes_back() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import ray
 
@@ -12,18 +10,15 @@ from fedbus.run.federation import build_federation
 from tests.runtime.test_parallel import BASE, fingerprint, run_configured
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["strategy.name=scaffold", "simulation.dropout=0.1", "federation.round_timeout=60"]],
-    ids=["fedavg", "scaffold with dropouts"],
+    [
+        [],
+        ["strategy.name=scaffold", "simulation.dropout=0.1", "federation.round_timeout=60"],
+        ["strategy.name=fedprox", "privacy.mode=local", "privacy.noise_multiplier=0.1"],
+    ],
+    ids=["fedavg", "scaffold with dropouts", "fedprox with local privacy (client mods)"],
 )
 def test_ray_gives_the_run_of_the_local_backend(local_ray: None, overrides: list[str]) -> None:
     local = run_configured(overrides, workers=1)

@@ -69,10 +69,13 @@ def test_delivery_time_is_compute_plus_transfer_plus_latency() -> None:
     profile = ClientProfile(speed=100.0, uplink_mbps=10.0, downlink_mbps=100.0, latency=0.5)
     server = Asker([1], content=content)
     result = simulate(server, [Answerer(samples=300)], profiles=ProfileTable({1: profile}))
+    from fedbus.message import mark_sent
     from fedbus.message.codec import encoded_size
 
     (delivered_request, delivered_reply) = result.trace
-    down = encoded_size(Message(content, 1, "ask")) * 8 / 100e6
+    request = Message(content, 1, "ask")  # as sent: its message id counts in its size
+    mark_sent(request, run_id=1, message_id=delivered_request.metadata.message_id, src_node_id=0)
+    down = encoded_size(request) * 8 / 100e6
     arrival = HANDLER_TIME + down + 0.5  # the server's handler time, transfer, latency
     assert delivered_request.time == pytest.approx(arrival)
     reply_size = delivered_reply.metadata  # an empty reply: a few dozen bytes
@@ -82,7 +85,7 @@ def test_delivery_time_is_compute_plus_transfer_plus_latency() -> None:
     assert delivered_reply.time == pytest.approx(departure + up + 0.5)
     assert server.answers[0][0] == pytest.approx(delivered_reply.time + HANDLER_TIME)
     assert result.time == delivered_reply.time
-    assert result.stats.bytes_down == encoded_size(Message(content, 1, "ask"))
+    assert result.stats.bytes_down == encoded_size(request)
 
 
 def test_message_expiring_in_transit_returns_expired_error() -> None:

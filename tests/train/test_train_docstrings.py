@@ -7,7 +7,13 @@ import importlib
 
 import pytest
 
-MODULES = ["fedbus.train.base", "fedbus.train.models", "fedbus.train.numpy_trainer"]
+MODULES = [
+    "fedbus.train.base",
+    "fedbus.train.models",
+    "fedbus.train.numpy_trainer",
+    "fedbus.train.options",
+    "fedbus.train.registry",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

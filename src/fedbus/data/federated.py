@@ -31,8 +31,10 @@ from fedbus.data.base import (
 )
 from fedbus.data.datasets import ArrayDataset, load_csv, load_digits, load_npz
 from fedbus.data.partition import dirichlet, iid, shards
+from fedbus.data.registry import partition_options, register_dataset
 from fedbus.data.synthetic import SyntheticDataset
 from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError
+from fedbus.plugins import Settings
 
 __all__ = [
     "DATASET_NAMES",
@@ -277,3 +279,29 @@ def _load(name: str, options: dict[str, Any]) -> ArrayDataset:
     if name == "npz":
         return load_npz(**loader_options)
     return load_csv(**loader_options)
+
+
+def _digits(settings: Settings) -> FederatedDataset:
+    return build_dataset(
+        "digits", settings["federation.num_clients"], **partition_options(settings)
+    )
+
+
+def _npz(settings: Settings) -> FederatedDataset:
+    options = partition_options(settings)
+    return build_dataset(
+        "npz", settings["federation.num_clients"], path=settings["data.path"], **options
+    )
+
+
+def _csv(settings: Settings) -> FederatedDataset:
+    options = partition_options(settings) | {
+        "path": settings["data.path"],
+        "label_column": settings["data.label_column"],
+    }
+    return build_dataset("csv", settings["federation.num_clients"], **options)
+
+
+register_dataset("digits", _digits)
+register_dataset("npz", _npz, reads_file=True)
+register_dataset("csv", _csv, reads_file=True)

@@ -28,7 +28,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedbus.data.base import ClientData, FederatedDataset, check_fraction, split_client
+from fedbus.data.registry import register_dataset
 from fedbus.errors import InvalidArgumentError
+from fedbus.plugins import Settings
 
 __all__ = ["SyntheticDataset"]
 
@@ -200,3 +202,19 @@ def _int_at_least(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise InvalidArgumentError(f"{name}: expected an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _from_settings(settings: Settings) -> SyntheticDataset:
+    """Synthetic(``data.synthetic_alpha``, ``data.synthetic_beta``) as a run configures it."""
+    return SyntheticDataset(
+        settings["federation.num_clients"],
+        settings["data.synthetic_alpha"],
+        settings["data.synthetic_beta"],
+        num_features=settings["data.num_features"],
+        samples_per_client=settings["data.samples_per_client"],
+        client_test_fraction=settings["data.client_test_fraction"],
+        seed=settings["federation.seed"],
+    )
+
+
+register_dataset("synthetic", _from_settings)

@@ -9,6 +9,7 @@ Ditto, FedBN) in ``fl.algorithms``.
 
 from fedbus.fl.asynchronous import AsyncServer, Staleness
 from fedbus.fl.client import Client
+from fedbus.fl.requests import RequestGroup
 from fedbus.fl.server import EvaluateFn, RoundRecord, Server
 from fedbus.fl.server_base import ServerBase
 from fedbus.fl.state import ClientStateStore
@@ -21,6 +22,7 @@ __all__ = [
     "ClientStateStore",
     "EvaluateFn",
     "FedAvg",
+    "RequestGroup",
     "RoundRecord",
     "Server",
     "ServerBase",

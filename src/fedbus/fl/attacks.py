@@ -9,6 +9,8 @@ kind        the client sends                        provided by
 sign_flip   ``received - scale * u``                ``AttackedTrainer(t, "sign_flip")``
 scale       ``received + scale * u``                ``AttackedTrainer(t, "scale")``
 gaussian    ``new + N(0, noise_std^2)`` noise       ``AttackedTrainer(t, "gaussian")``
+nan         every float value NaN                   ``AttackedTrainer(t, "nan")``
+inf         every float value +inf                  ``AttackedTrainer(t, "inf")``
 label_flip  an honest update on flipped labels      ``flip_labels(y, num_classes)``
 ==========  ======================================  =========================================
 
@@ -38,11 +40,13 @@ from fedbus.train.base import Arrays, LocalTerms, Trainer
 __all__ = ["ATTACK_KINDS", "AttackedTrainer", "choose_attackers", "flip_labels"]
 
 #: Every attack this module simulates; all but ``label_flip`` are ``AttackedTrainer`` kinds.
-ATTACK_KINDS: Final = ("sign_flip", "scale", "gaussian", "label_flip")
+ATTACK_KINDS: Final = ("sign_flip", "scale", "gaussian", "nan", "inf", "label_flip")
 
-_WRAPPER_KINDS: Final = ("sign_flip", "scale", "gaussian")
+_WRAPPER_KINDS: Final = ("sign_flip", "scale", "gaussian", "nan", "inf")
+# non-finite updates (a diverged client, or one that tries to poison a plain mean)
+_NON_FINITE: Final = {"nan": np.nan, "inf": np.inf}
 # scale=None picks these: a plain sign flip, and a boost of ten (about 1/fraction of attackers).
-_DEFAULT_SCALE: Final = {"sign_flip": 1.0, "scale": 10.0, "gaussian": 1.0}
+_DEFAULT_SCALE: Final = {"sign_flip": 1.0, "scale": 10.0, "gaussian": 1.0, "nan": 1.0, "inf": 1.0}
 
 
 def choose_attackers(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
@@ -243,6 +247,10 @@ class AttackedTrainer:
         new: np.ndarray[Any, Any],
         rng: np.random.Generator,
     ) -> np.ndarray[Any, Any]:
+        if self.kind in _NON_FINITE:
+            if new.dtype.kind not in "fc":
+                return new
+            return np.full_like(new, _NON_FINITE[self.kind])
         if self.kind == "gaussian":
             noisy: np.ndarray[Any, Any] = new.astype(np.float64) + rng.normal(
                 0.0, self.noise_std, size=new.shape

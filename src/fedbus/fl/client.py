@@ -5,18 +5,22 @@ Each default handler is a method declared with ``@handler`` (``on_train``, ``on_
 types, to change what a client does. The trainer owns the client's data and knows nothing of
 messages: the client turns records into plain arrays and dicts for it, and its results back into
 records.
+
+What changes a client's training without changing the flow (FedProx's pull, differential
+privacy's clipping and noise) is a mod (``fedbus.fl.mods``) installed with ``Client.use``. Mods
+hand the training handler two things through the request's ``MessageContext``: ``LocalTerms``
+for the trainer (``LOCAL_TERMS``) and filters of the trained update (``UPDATE_FILTERS``), which
+``train_on`` applies before the update leaves the client.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
-
-import numpy as np
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TypeAlias, TypeVar
 
 from fedbus.errors import ConfigError
-from fedbus.fl.privacy.clipping import add_noise, clip_update
-from fedbus.fl.privacy.names import CLIPPING_NORM, NOISE_STD, UNCLIPPED
 from fedbus.fl.protocol import (
     ARRAYS,
     CONFIG,
@@ -30,16 +34,18 @@ from fedbus.fl.protocol import (
 from fedbus.fl.state import ClientStateStore
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from fedbus.train.base import Arrays, LocalTerms, Trainer
-from fedbus.worker import SERVER_NODE_ID, Worker, handler
+from fedbus.worker import SERVER_NODE_ID, SERVER_ROLE, Worker, handler
+from fedbus.worker.mods import MessageContext
 
 __all__ = [
-    "PROXIMAL_MU",
+    "LOCAL_TERMS",
+    "UPDATE_FILTERS",
     "Client",
-    "is_request",
     "SEED",
+    "UpdateFilter",
+    "add_update_filter",
+    "from_server",
     "plain_config",
-    "privatize",
-    "proximal_terms",
     "request_config",
     "request_seed",
     "train_reply_content",
@@ -48,20 +54,28 @@ __all__ = [
 #: The config key of a request's seed (see ``request_seed``).
 SEED = "seed"
 
-#: The ``train`` config key of FedProx's proximal term: the client pulls its weights toward the
-#: global model it received with strength ``proximal_mu`` (0: plain local training).
-PROXIMAL_MU = "proximal_mu"
+#: ``MessageContext`` value: the ``LocalTerms`` the trainer gets for this request (set by a mod,
+#: e.g. FedProx's pull toward the received model).
+LOCAL_TERMS: Final = "local_terms"
+#: ``MessageContext`` value: the ``UpdateFilter`` list ``train_on`` applies to the trained
+#: arrays, in order, before they leave the client (differential privacy's clipping and noise).
+UPDATE_FILTERS: Final = "update_filters"
+
+#: ``filter(received, trained, metrics) -> (trained, metrics)``: what a mod does to a trained
+#: update before it leaves the client.
+UpdateFilter: TypeAlias = Callable[
+    [Arrays, Arrays, dict[str, float]], tuple[Arrays, dict[str, float]]
+]
 
 logger = logging.getLogger("fedbus.client")
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-def is_request(message: Message) -> bool:
-    """True for a request; False (logged) for an error or a reply that reached a request
-    handler: a client handler answers requests only."""
-    if message.has_error():
-        logger.info("client got an error for its %s message: %r", message.msg_type, message.error)
-        return False
-    return not message.metadata.reply_to_message_id
+
+def from_server(message_type: str, *, sends: Iterable[str] = ()) -> Callable[[_F], _F]:
+    """``@handler`` for a request only the server may send: a client that sends one to another
+    client is answered with ``PERMISSION_DENIED``, and replies of the type never reach it."""
+    return handler(message_type, sends=sends, senders=[SERVER_ROLE], replies=False)
 
 
 class Client(Worker):
@@ -80,15 +94,12 @@ class Client(Worker):
         Where state that outlives a round is kept (SCAFFOLD's control variate, Ditto's personal
         model), keyed by node id: a simulation shares one store among all its clients. Default:
         a store of this client's own, in memory.
-    noise_seed
-        Seed of the noise of local differential privacy, combined with each request's seed
-        (``request_seed``). Default (None): fresh entropy from the operating system, drawn only
-        when noise is added; a simulation passes a seed so that runs repeat.
 
-    A client keeps nothing on the object from one message to the next: its trainer's shuffle and
-    its noise are seeded per request (``request_seed``), and what outlives a round is in
-    ``state``. So it is ``portable``: a simulation may answer each message on a fresh copy, in
-    another process or on a Ray cluster, with the same result.
+    A client keeps nothing on the object from one message to the next: its trainer's shuffle
+    (and its mods' randomness) is seeded per request (``request_seed``), and what outlives a round
+    is in ``state``. So it is ``portable``: a simulation may answer each message on a fresh copy,
+    built by the same factory with the same mods, in another process or on a Ray cluster, with
+    the same result.
     """
 
     start_sends = (JOIN,)
@@ -101,11 +112,9 @@ class Client(Worker):
         *,
         join_on_start: bool = False,
         state: ClientStateStore | None = None,
-        noise_seed: int | None = None,
     ) -> None:
         super().__init__(node_id)
         self.trainer = trainer
-        self.noise_seed = noise_seed
         self.join_on_start = join_on_start
         self.state = ClientStateStore() if state is None else state
 
@@ -114,40 +123,38 @@ class Client(Worker):
         if self.join_on_start:
             self.send(Message(RecordDict(), SERVER_NODE_ID, JOIN))
 
-    @handler(TRAIN)
+    @from_server(TRAIN)
     def on_train(self, message: Message) -> Message | None:
         """Train the received model on local data and reply with the result."""
-        if not is_request(message):
-            return None
         _, arrays, num_examples, metrics = self.train_on(message)
         return message.create_reply(train_reply_content(arrays, num_examples, metrics))
 
     def train_on(self, message: Message) -> tuple[Arrays, Arrays, int, dict[str, float]]:
         """Train on a request's model and config: ``(received, trained, num_examples, metrics)``.
 
-        The trainer gets the request's seed (``request_seed``) in its config. FedProx's pull is
-        applied when the config asks for it, and differential privacy's clipping and noise
-        (client_clip, local) to the trained arrays.
+        The trainer gets the request's seed (``request_seed``) in its config and the local terms
+        the mods set (``fit``); the mods' update filters (``UPDATE_FILTERS``: differential
+        privacy's clipping and noise) are then applied to the trained arrays.
         """
         content = message.content
         received = read_arrays(content).to_numpy_dict()
-        config = request_config(message)
-        arrays, num_examples, metrics = self.fit(received, config, proximal_terms(config, received))
-        arrays, metrics = privatize(arrays, metrics, received, config, self.noise_rng(config))
+        arrays, num_examples, metrics = self.fit(received, request_config(message))
+        context = self.context
+        if context is not None:
+            for update_filter in context.get(UPDATE_FILTERS, ()):
+                arrays, metrics = update_filter(received, arrays, metrics)
         return received, arrays, num_examples, metrics
-
-    def noise_rng(self, config: dict[str, object]) -> np.random.Generator | None:
-        """The generator of this request's local noise: seeded from ``noise_seed`` and the
-        request's seed, or None (operating-system entropy) when ``noise_seed`` is None."""
-        if self.noise_seed is None:
-            return None
-        # A stream of its own: the trainer's shuffle draws from [seed, request seed] already.
-        return np.random.default_rng([self.noise_seed, _as_seed(config.get(SEED, 0)), 0xD1])
 
     def fit(
         self, arrays: Arrays, config: dict[str, object], terms: LocalTerms | None = None
     ) -> tuple[Arrays, int, dict[str, float]]:
-        """Run the trainer (with ``terms`` when given) and report the work to the runtime."""
+        """Run the trainer and report the work to the runtime.
+
+        The trainer gets ``terms`` when given, otherwise the ``LocalTerms`` a mod set for this
+        request (``LOCAL_TERMS``: FedProx's pull), if any.
+        """
+        if terms is None and self.context is not None:
+            terms = self.context.get(LOCAL_TERMS)
         if terms is None:
             result = self.trainer.fit(arrays, config)
         else:
@@ -156,11 +163,9 @@ class Client(Worker):
         self.report_work(int(metrics.get("samples_processed", num_examples)))
         return arrays, num_examples, metrics
 
-    @handler(EVALUATE)
+    @from_server(EVALUATE)
     def on_evaluate(self, message: Message) -> Message | None:
         """Evaluate the received model on local test data and reply with the metrics."""
-        if not is_request(message):
-            return None
         loss, num_examples, metrics = self.trainer.evaluate(
             read_arrays(message.content).to_numpy_dict(), request_config(message)
         )
@@ -168,13 +173,13 @@ class Client(Worker):
         reply_metrics = MetricRecord({**metrics, "loss": loss, "num_examples": num_examples})
         return message.create_reply(RecordDict({METRICS: reply_metrics}))
 
-    @handler(FINISH)
+    @from_server(FINISH)
     def on_finish(self, message: Message) -> None:
         """The federation is over: stop."""
-        if is_request(message):
-            self.stop()
+        self.stop()
 
-    @handler(JOIN)
+    # no role may send a client a join request: it only ever receives the server's answer
+    @handler(JOIN, senders=())
     def on_join(self, message: Message) -> None:
         """The server acknowledged (or refused) this client's join."""
         if message.has_error():
@@ -192,37 +197,6 @@ class Client(Worker):
             self.node_id,
             {name: record.to_numpy_dict() for name, record in state.array_records.items()},
         )
-
-
-def privatize(
-    arrays: Arrays,
-    metrics: dict[str, float],
-    received: Arrays,
-    config: dict[str, object],
-    rng: np.random.Generator | None,
-) -> tuple[Arrays, dict[str, float]]:
-    """Clip the update to the request's ``clipping_norm`` and add its ``noise_std`` (differential
-    privacy's client_clip and local modes); unchanged when the request asks for neither.
-
-    The metrics get ``unclipped`` (1 if the update was within the norm), which adaptive clipping
-    counts. Clipped arrays keep their dtypes. Noise comes from ``rng``, or from the operating
-    system's entropy when it is None.
-    """
-    norm = config.get(CLIPPING_NORM)
-    if norm is None:
-        return arrays, metrics
-    if isinstance(norm, bool) or not isinstance(norm, int | float):
-        raise ConfigError(f"{CLIPPING_NORM!r}: expected a number > 0, got {norm!r}")
-    clipped, unclipped = clip_update(arrays, received, float(norm))
-    std = config.get(NOISE_STD, 0.0)
-    if isinstance(std, bool) or not isinstance(std, int | float):
-        raise ConfigError(f"{NOISE_STD!r}: expected a number >= 0, got {std!r}")
-    if std > 0:
-        clipped = add_noise(
-            clipped, float(std), rng if rng is not None else np.random.default_rng()
-        )
-    private = {name: clipped[name].astype(value.dtype) for name, value in arrays.items()}
-    return private, {**metrics, UNCLIPPED: float(unclipped)}
 
 
 def request_seed(message: Message) -> int:
@@ -258,12 +232,10 @@ def plain_config(content: RecordDict) -> dict[str, object]:
     return dict(record) if isinstance(record, ConfigRecord) else {}
 
 
-def proximal_terms(config: dict[str, object], anchor: Arrays) -> LocalTerms | None:
-    """FedProx's pull toward ``anchor`` when the config asks for it (``proximal_mu > 0``)."""
-    mu = config.get(PROXIMAL_MU, 0.0)
-    if isinstance(mu, bool) or not isinstance(mu, int | float) or mu < 0:
-        raise ConfigError(f"{PROXIMAL_MU!r}: expected a number >= 0, got {mu!r}")
-    return LocalTerms(proximal_mu=float(mu), anchor=anchor) if mu > 0 else None
+def add_update_filter(context: MessageContext, update_filter: UpdateFilter) -> None:
+    """Have ``train_on`` apply ``update_filter`` to this request's trained update (mods call
+    this; filters run in the order they were added)."""
+    context.values.setdefault(UPDATE_FILTERS, []).append(update_filter)
 
 
 def train_reply_content(arrays: Arrays, num_examples: int, metrics: dict[str, float]) -> RecordDict:

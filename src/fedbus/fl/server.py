@@ -1,7 +1,7 @@
 """``Server``: the standard synchronous FL flow as event-driven round logic, written once.
 
 A round is a *phase* of requests (``train``, then optionally ``evaluate``) sent to sampled
-clients; it advances when a condition holds, never by a blocking loop:
+clients as one ``RequestGroup``; it advances when the group closes, never by a blocking loop:
 
 - every sampled client answered (a reply or an error reply), or
 - ``clients_per_round`` replies arrived when more were sampled (``over_selection``), or
@@ -9,7 +9,8 @@ clients; it advances when a condition holds, never by a blocking loop:
 
 A train phase that closes with at least ``min_replies`` replies is aggregated by the strategy;
 with fewer, it is retried with a fresh sample up to ``max_round_retries`` times, after which
-the run stops with ``failure`` set. Replies to an earlier phase are counted as late and dropped.
+the run stops with ``failure`` set. Replies to an earlier phase are counted as late and dropped;
+a reply from any node but the one its request went to is refused and counted.
 Asynchronous training (aggregating after K updates or every T seconds) is ``AsyncServer``.
 """
 
@@ -19,16 +20,18 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from fedbus.errors import FedbusError, InvalidArgumentError
+from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import EVALUATE, FINISH, TRAIN
+from fedbus.fl.requests import RequestGroup
 from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase, mean_wait
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
-from fedbus.worker import SERVER_NODE_ID, TimerHandle
+from fedbus.worker import SERVER_NODE_ID
 
 __all__ = ["EvaluateFn", "RoundRecord", "Server"]
 
@@ -37,21 +40,15 @@ logger = logging.getLogger("fedbus.server")
 
 @dataclass(slots=True)
 class _Phase:
+    """One phase of a round: what its replies feed (aggregator or evaluation replies)."""
+
     kind: str
     server_round: int
     attempt: int
-    pending: dict[str, int]  # message_id -> node id
-    sampled: int
     aggregator: Aggregator | None = None
     replies: list[tuple[int, RecordDict]] = field(default_factory=list)
     contributors: list[int] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
-    failed: int = 0
-    timer: TimerHandle | None = None
-
-    @property
-    def replied(self) -> int:
-        return self.sampled - len(self.pending) - self.failed
 
 
 class Server(ServerBase):
@@ -68,7 +65,9 @@ class Server(ServerBase):
     num_rounds, clients_per_round
         How many rounds, and how many clients each samples.
     min_replies
-        Replies a round needs to be aggregated when it closes by timeout (default: all).
+        Replies a round needs to be aggregated; fewer (clients failed, departed, timed out or
+        sent an update that was refused) retry the round. Default: half of
+        ``clients_per_round``, rounded up, or the fewest the strategy works with if more.
     round_timeout
         Seconds after which a phase closes with the replies it has (default: wait for all).
     max_round_retries
@@ -137,7 +136,8 @@ class Server(ServerBase):
         )
         require = self.require
         require(clients_per_round >= 1, "clients_per_round", ">= 1", clients_per_round)
-        min_replies = clients_per_round if min_replies is None else min_replies
+        if min_replies is None:
+            min_replies = default_min_replies(strategy, clients_per_round)
         require(
             1 <= min_replies <= clients_per_round,
             "min_replies",
@@ -170,16 +170,13 @@ class Server(ServerBase):
         self.over_selection = over_selection
         self.federated_evaluate_every = federated_evaluate_every
         self.clients_per_evaluation = clients_per_evaluation or clients_per_round
-        self._phase: _Phase | None = None
-        self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
         self._message_types = {
             TRAIN: strategy.train_message_type,
             EVALUATE: strategy.evaluate_message_type,
         }
         sends = (strategy.train_message_type, strategy.evaluate_message_type, FINISH)
         self.start_sends = sends
-        self.register_handlers(strategy.train_message_type, self.on_train_reply, sends=sends)
-        self.register_handlers(strategy.evaluate_message_type, self.on_evaluate_reply, sends=sends)
+        self.register_request_types(self._message_types.values(), sends)
 
     def begin_training(self) -> None:
         """Start round ``first_round``."""
@@ -206,92 +203,58 @@ class Server(ServerBase):
         contents: RecordDict | Mapping[int, RecordDict],
         aggregator: Aggregator | None = None,
     ) -> None:
-        phase = _Phase(kind, server_round, attempt, {}, len(node_ids), aggregator)
-        self._phase = phase
+        phase = _Phase(kind, server_round, attempt, aggregator)
+        group = RequestGroup(
+            self,
+            on_reply=partial(self._on_reply, phase),
+            on_close=partial(self._close_phase, phase),
+            # over-selected: the first clients_per_round replies close the round
+            enough=self.clients_per_round if kind == TRAIN else None,
+            deadline=self.round_timeout,
+            name=f"round {server_round} {kind}",
+        )
+        message_type = self._message_types[kind]
+        messages = []
         for node_id in node_ids:
             content = contents if isinstance(contents, RecordDict) else contents[node_id]
-            message_type = self._message_types[kind]
-            message = Message(content, node_id, message_type, group_id=str(server_round))
-            self.send(message)
-            phase.pending[message.metadata.message_id] = node_id
+            messages.append(Message(content, node_id, message_type, group_id=str(server_round)))
             self.note_participant(node_id)
-        if self.round_timeout is not None:
-            phase.timer = self.call_later(self.round_timeout, lambda: self._on_timeout(phase))
-        if not phase.pending:
-            self._close_phase()
+        group.send_all(messages)
 
-    def on_train_reply(self, message: Message) -> None:
-        """A client's reply (or error reply) to ``train``."""
-        self._on_reply(TRAIN, message)
-
-    def on_evaluate_reply(self, message: Message) -> None:
-        """A client's reply (or error reply) to ``evaluate``."""
-        self._on_reply(EVALUATE, message)
-
-    def _on_reply(self, kind: str, message: Message) -> None:
-        if not message.metadata.reply_to_message_id and not message.has_error():
-            raise InvalidArgumentError(f"the server accepts only replies to {kind!r} requests")
-        phase = self._phase
-        node_id = (
-            None if phase is None else phase.pending.pop(message.metadata.reply_to_message_id, None)
-        )
-        if phase is None or phase.kind != kind or node_id is None:
-            self._record.late_replies += 1
+    def _on_reply(self, phase: _Phase, node_id: int, reply: Message) -> None:
+        if phase.aggregator is None:
+            phase.replies.append((node_id, reply.content))
             return
-        if message.has_error():
-            phase.failed += 1
-            logger.info("round %s: node %s failed: %r", phase.server_round, node_id, message.error)
-        elif phase.aggregator is not None:
-            try:
-                phase.aggregator.add(node_id, message.content)
-            except FedbusError as exc:
-                phase.failed += 1
-                logger.warning(
-                    "round %s: reply of node %s refused: %s", phase.server_round, node_id, exc
-                )
-            else:
-                phase.contributors.append(node_id)
-                phase.arrivals.append(now())
-        else:
-            phase.replies.append((node_id, message.content))
-        # over-selected: the first clients_per_round replies close the round
-        enough = kind == TRAIN and phase.replied >= self.clients_per_round
-        if not phase.pending or enough:
-            self._close_phase()
+        self.accept_update(phase.aggregator, node_id, reply.content)
+        phase.contributors.append(node_id)
+        phase.arrivals.append(now())
 
-    def _on_timeout(self, phase: _Phase) -> None:
-        if phase is self._phase:
-            logger.info("round %s: %s phase timed out", phase.server_round, phase.kind)
-            self._close_phase()
-
-    def _close_phase(self) -> None:
-        phase = self._phase
-        assert phase is not None
-        self._phase = None
-        if phase.timer is not None:
-            phase.timer.cancel()
+    def _close_phase(self, phase: _Phase, group: RequestGroup) -> None:
+        if self.failure is not None or self.finished:
+            return
         if phase.kind == EVALUATE:
             metrics = self.strategy.aggregate_evaluate(phase.server_round, phase.replies)
             self._end_round(phase.server_round, metrics)
-        elif phase.replied >= self.min_replies:
-            self._finish_train(phase)
-        elif phase.attempt < self.max_round_retries:
+        elif group.replied >= self.min_replies:
+            self._finish_train(phase, group)
+        elif phase.attempt < self.max_round_retries and self.num_clients > 0:
             self._record.retries += 1
             self._start_round(phase.server_round, phase.attempt + 1)
         else:
             self.stop_run(
-                f"round {phase.server_round}: {phase.replied} of {phase.sampled} sampled clients "
+                f"round {phase.server_round}: {group.replied} of {group.sent} sampled clients "
                 f"replied, fewer than min_replies={self.min_replies}, after "
-                f"{phase.attempt + 1} attempts; lower min_replies or raise round_timeout"
+                f"{phase.attempt + 1} attempts{self.departed_note()}; lower min_replies or "
+                "raise round_timeout"
             )
 
-    def _finish_train(self, phase: _Phase) -> None:
+    def _finish_train(self, phase: _Phase, group: RequestGroup) -> None:
         assert phase.aggregator is not None
         self.arrays, train_metrics = phase.aggregator.result()
         server_round = phase.server_round
         record = self._record
-        record.clients_sampled, record.clients_replied = phase.sampled, phase.replied
-        record.clients_failed = phase.failed
+        record.clients_sampled, record.clients_replied = group.sent, group.replied
+        record.clients_failed = group.failed
         record.straggler_wait = mean_wait(phase.arrivals, now())
         if phase.contributors:
             record.staleness = {0: len(phase.contributors)}
@@ -317,3 +280,18 @@ class Server(ServerBase):
             self.stop_run(None)
         else:
             self._start_round(server_round + 1)
+
+
+def default_min_replies(strategy: Strategy, clients_per_round: int) -> int:
+    """Half the round, rounded up, or the fewest replies ``strategy`` works with if more.
+
+    A round goes on when some clients fail (an error, a departure, a refused update) rather
+    than stopping the run at the first bad client.
+    """
+    for size in range(math.ceil(clients_per_round / 2), clients_per_round):
+        try:
+            strategy.check_round_size(size)
+        except InvalidArgumentError:
+            continue
+        return size
+    return clients_per_round

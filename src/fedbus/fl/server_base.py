@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.protocol import FINISH, JOIN
-from fedbus.fl.strategy.base import Strategy
+from fedbus.fl.protocol import FINISH, JOIN, read_arrays
+from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, Message, RecordDict, now
-from fedbus.worker import Worker
+from fedbus.worker import CLIENT_ROLE, Worker
 
 __all__ = ["EvaluateFn", "RoundRecord", "ServerBase"]
 
@@ -40,7 +40,9 @@ class RoundRecord:
     ``time`` is the runtime's clock when the round ended: simulated seconds in simulation.
     Test metrics come from central evaluation, federated ones from the clients; ``None`` when
     that evaluation did not run this round. ``late_replies`` counts replies to earlier rounds
-    (or earlier attempts of this one) that arrived while this round ran, and were dropped.
+    (or earlier attempts of this one) that arrived while this round ran, and were dropped;
+    ``refused_replies`` replies that answered a request sent to another node (an impostor), and
+    were refused.
 
     ``straggler_wait`` is the mean time, in the runtime's seconds, that the updates aggregated
     this round waited at the server between their arrival and the aggregation: in a synchronous
@@ -62,6 +64,7 @@ class RoundRecord:
     clients_replied: int = 0
     clients_failed: int = 0
     late_replies: int = 0
+    refused_replies: int = 0
     retries: int = 0
     straggler_wait: float = 0.0
     stale_dropped: int = 0
@@ -130,9 +133,11 @@ class ServerBase(Worker):
                 ) from exc
         self._clients: list[int] = []
         self._known: set[int] = set()
+        self._departed: set[int] = set()
         self._participants: set[int] = set()
         self._started = False
-        self.register_handlers(JOIN, self.on_join)
+        self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
+        self.register_handlers(JOIN, self.on_join, senders=[CLIENT_ROLE], replies=False)
 
     def require(self, condition: bool, name: str, expected: str, value: object) -> None:
         """Raise ``InvalidArgumentError`` naming this server's parameter unless ``condition``."""
@@ -142,31 +147,82 @@ class ServerBase(Worker):
             )
 
     # -- membership -----------------------------------------------------------------------------
+    def register_request_types(self, message_types: Iterable[str], sends: Sequence[str]) -> None:
+        """Declare the types this server sends as requests (for the message flow, which the
+        runtimes' routing follows): their replies come back through ``RequestGroup``; a request
+        of such a type sent *to* the server is refused, and a late reply is counted."""
+        for message_type in dict.fromkeys(message_types):
+            self.register_handlers(
+                message_type, _never_called, sends=sends, senders=(), replies=False
+            )
+
     def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
-        """Clients the runtime registered (simulation): available for sampling."""
+        """Clients the runtime registered (simulation, or connected over gRPC): available for
+        sampling, a departed client again once it is back."""
         # In bulk: a simulation registers every client at once, 100,000 of them at times.
         known = self._known
+        back = [node_id for node_id in node_ids if node_id in self._departed]
+        for node_id in back:
+            self._departed.discard(node_id)
+            self._clients.append(node_id)
         new = [node_id for node_id in dict.fromkeys(node_ids) if node_id not in known]
         known.update(new)
         self._clients.extend(new)
         if self._started:
-            for node_id in new:
+            for node_id in new + back:
                 self.on_client_added(node_id)
+
+    def on_nodes_departed(self, node_ids: Sequence[int]) -> None:
+        """Clients that left: out of the sampling pool until they are registered again."""
+        gone = {node_id for node_id in node_ids if node_id in self._known}
+        gone -= self._departed
+        if not gone:
+            return
+        self._departed |= gone
+        self._clients = [node_id for node_id in self._clients if node_id not in gone]
+        logger.info("clients %s departed; %d left to sample from", sorted(gone), len(self._clients))
+        self.on_clients_departed(sorted(gone))
+
+    def on_clients_departed(self, node_ids: Sequence[int]) -> None:
+        """Clients left the sampling pool after training started; nothing to do by default."""
+
+    def departed_note(self) -> str:
+        """``" (departed: 3, 5)"`` when clients departed, for failure messages; else ``""``."""
+        if not self._departed:
+            return ""
+        return f" (clients departed and not back: {', '.join(map(str, sorted(self._departed)))})"
 
     def on_join(self, message: Message) -> Message | None:
         """A client asked to join: register it and acknowledge."""
-        if message.has_error() or message.metadata.reply_to_message_id:
-            return None
         self._add_client(message.sender)
         self._participants.add(message.sender)  # a joined client is told when the run ends
         self._maybe_start()
         return message.create_reply(RecordDict())
 
     def _add_client(self, node_id: int) -> None:
-        if node_id not in self._known:
-            self._known.add(node_id)
-            self._clients.append(node_id)
-            self.on_client_added(node_id)
+        if node_id not in self._known or node_id in self._departed:
+            self.on_nodes_registered([node_id])
+
+    # -- what the dispatch refused --------------------------------------------------------------
+    def on_late_reply(self, message: Message) -> None:
+        """A reply to a request given up (an earlier round or attempt): counted as late."""
+        super().on_late_reply(message)
+        self._record.late_replies += 1
+
+    def on_refused_reply(self, message: Message, expected_node: int | None) -> None:
+        """A reply from another node than the one its request went to, or one that answers
+        nothing this server asked: refused and counted in the round's ``refused_replies``."""
+        super().on_refused_reply(message, expected_node)
+        self._record.refused_replies += 1
+
+    def accept_update(self, aggregator: Aggregator, node_id: int, content: RecordDict) -> None:
+        """Give a client's update to ``aggregator`` if it is usable: every array finite.
+
+        Raises ``InvalidArgumentError`` (the request group counts it as that node's failure)
+        for a non-finite update, so no rule's model is poisoned by one NaN.
+        """
+        check_finite(node_id, content)
+        aggregator.add(node_id, content)
 
     def on_client_added(self, node_id: int) -> None:
         """A client became known after training started; nothing to do by default."""
@@ -203,7 +259,7 @@ class ServerBase(Worker):
         Draws by rejection while most clients are idle, so sampling 1 of 100,000 clients does
         not list them all; the draws depend only on the seed and the calls, never on timing.
         """
-        idle = len(self._clients) - len(busy & self._known)
+        idle = len(self._clients) - len((busy & self._known) - self._departed)
         count = min(count, idle)
         if count <= 0:
             return []
@@ -274,6 +330,21 @@ class ServerBase(Worker):
             self.send(Message(RecordDict(), node_id, FINISH))
         self.finished = failure is None
         self.stop()
+
+
+def _never_called(message: Message) -> None:  # pragma: no cover - refused by dispatch
+    raise InvalidArgumentError(f"the server does not accept {message.msg_type!r} requests")
+
+
+def check_finite(node_id: int, content: RecordDict) -> None:
+    """Raise ``InvalidArgumentError`` unless every array of the update in ``content`` is
+    finite (integer arrays always are)."""
+    for name, array in read_arrays(content).to_numpy_dict().items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise InvalidArgumentError(
+                f"the update of node {node_id} has {bad} non-finite values in {name!r}"
+            )
 
 
 def mean_wait(arrivals: Sequence[float], until: float) -> float:

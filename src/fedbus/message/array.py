@@ -155,9 +155,19 @@ class Array:
             raise InvalidArgumentError(
                 f"Array: shape {shape} of {dtype} needs {expected} bytes, buffer has {view.nbytes}"
             )
+        return cls.from_checked(dtype, np.frombuffer(view, dtype=numpy_dtype).reshape(shape))
+
+    @classmethod
+    def from_checked(cls, dtype: str, values: np.ndarray[Any, Any]) -> Array:
+        """Wrap ``values`` as they are: no check, no copy.
+
+        For code that checked everything ``Array(...)`` would (a decoder that has read the
+        dtype, rank and length from a frame): ``dtype`` must be a name of ``DTYPE_NAMES`` and
+        ``values`` a C-contiguous array of that name's NumPy dtype. Everyone else builds
+        Arrays with ``Array(values)`` or ``Array.from_buffer``.
+        """
         array = object.__new__(cls)
-        array._dtype = dtype
-        array._values = np.frombuffer(view, dtype=numpy_dtype).reshape(shape)
+        array._dtype, array._values = dtype, values
         return array
 
     @property
@@ -174,6 +184,14 @@ class Array:
     def nbytes(self) -> int:
         """Number of bytes of data."""
         return int(self._values.nbytes)
+
+    @property
+    def stored(self) -> np.ndarray[Any, Any]:
+        """The NumPy array holding the values as they travel (bfloat16 as its 16-bit patterns).
+
+        Shared, not copied: for reading its shape and bytes, never for changing them.
+        """
+        return self._values
 
     @property
     def data(self) -> memoryview:

@@ -69,6 +69,7 @@ class ErrorCode(IntEnum):
     DECODE_ERROR            5      the receiver could not decode the message's bytes
     UNAUTHENTICATED         6      the sender did not prove who it is, or claimed another id
     MESSAGE_TOO_LARGE       7      the message exceeds the receiver's size limit
+    PERMISSION_DENIED       8      the sender's role may not send this type to the receiver
     ======================  =====  ==============================================================
     """
 
@@ -80,6 +81,7 @@ class ErrorCode(IntEnum):
     DECODE_ERROR = 5
     UNAUTHENTICATED = 6
     MESSAGE_TOO_LARGE = 7
+    PERMISSION_DENIED = 8
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeAlias, TypeVar, overload
 
 import numpy as np
@@ -140,6 +140,23 @@ class _Record(MutableMapping[str, _V], Generic[_V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def items(self) -> ItemsView[str, _V]:
+        """The (key, value) pairs, in insertion order: a view of the record's own dict."""
+        # The dict's view, not MutableMapping's: ~0.5 us less per call, which the codec pays
+        # for every record it encodes.
+        return self._data.items()
+
+    @classmethod
+    def from_checked(cls, data: dict[str, _V]) -> Self:
+        """A record holding ``data`` itself (not a copy), with no check of its keys or values.
+
+        For code that checked every key and value already (the codec's decoder); everyone
+        else builds records with the constructor, which checks.
+        """
+        record = object.__new__(cls)
+        record._data = data
+        return record
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

@@ -30,10 +30,13 @@ from typing import Any, ClassVar
 
 import tomli_w
 
+from fedbus.data.registry import DATASETS
 from fedbus.errors import ConfigError
 from fedbus.fl.asynchronous import BROADCASTS, DISCOUNTS
 from fedbus.fl.asynchronous import TRIGGERS as ASYNC_TRIGGERS
+from fedbus.fl.attacks import ATTACK_KINDS
 from fedbus.fl.privacy import MODES as DP_MODES
+from fedbus.fl.registry import STRATEGIES
 from fedbus.run.schema import (
     ConfigSection,
     format_problems,
@@ -43,6 +46,7 @@ from fedbus.run.schema import (
     setting,
     show,
 )
+from fedbus.train.registry import MODELS
 
 __all__ = [
     "ATTACKS",
@@ -72,36 +76,23 @@ __all__ = [
     "reference_markdown",
 ]
 
-# The names a component key accepts live here and only here: a new strategy, dataset or model
-# is one more name in its tuple (plus the code that builds it from a Config).
-DATASETS: tuple[str, ...] = ("digits", "synthetic", "npz", "csv")
+# Strategies, datasets and models are not listed here: each registers itself in its own module
+# (fedbus.plugins), and their keys accept what the registries STRATEGIES, DATASETS and MODELS
+# know when a configuration is checked, installed plugins' names included.
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")
-MODELS: tuple[str, ...] = ("softmax", "mlp", "cnn")
 FRAMEWORKS: tuple[str, ...] = ("numpy", "torch")
-STRATEGIES: tuple[str, ...] = (
-    "fedavg",
-    "fedavgm",
-    "fedadagrad",
-    "fedadam",
-    "fedyogi",
-    "fedprox",
-    "scaffold",
-    "krum",
-    "multikrum",
-    "median",
-    "trimmed_mean",
-    "bulyan",
-    "norm_bound",
-    "fedbn",
-    "ditto",
-    "fedasync",
-    "fedbuff",
-)
 PRIVACY_MODES: tuple[str, ...] = ("none", *DP_MODES)
 #: "all" is the synchronous Server; the others are AsyncServer's triggers.
 TRIGGERS: tuple[str, ...] = ("all", *ASYNC_TRIGGERS)
-ATTACKS: tuple[str, ...] = ("none", "sign_flip", "scale", "gaussian", "label_flip")
-_FILE_DATASETS: tuple[str, ...] = ("npz", "csv")
+ATTACKS: tuple[str, ...] = ("none", *ATTACK_KINDS)
+# federation.client_mods and server_mods: the names are checked against fedbus.fl.mods.MODS when
+# the federation is built (fedbus.run.federation), with a message that lists the known ones.
+_MOD_NAMES = r"([^,\s]+(,[^,\s]+)*)?"
+
+
+def _file_datasets() -> tuple[str, ...]:
+    """fedbus's datasets read from ``data.path``; a plugin's dataset checks its own path."""
+    return tuple(name for name in DATASETS.builtin_names() if DATASETS.get(name).reads_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +131,8 @@ class FederationConfig(ConfigSection):
     seed: int = setting(0, "seed of every random choice: same seed, same run", bounds="x >= 0")
     min_replies: int = setting(
         0,
-        "replies a round needs (0 = all sampled clients)",
+        "replies a round needs (0 = half of clients_per_round rounded up, or the fewest the "
+        "strategy works with)",
         bounds="0 <= x <= clients_per_round",
     )
     round_timeout: float = setting(
@@ -167,6 +159,19 @@ class FederationConfig(ConfigSection):
     clients_per_evaluation: int = setting(
         10, "clients sampled for a federated evaluation", bounds="1 <= x <= num_clients"
     )
+    client_mods: str = setting(
+        "",
+        "comma-separated names of mods installed on every client, after those the strategy and "
+        "privacy.mode install (docs/mods.md)",
+        pattern=_MOD_NAMES,
+        pattern_text="mod names separated by commas, without spaces (or empty)",
+    )
+    server_mods: str = setting(
+        "",
+        "comma-separated names of mods installed on the server (docs/mods.md)",
+        pattern=_MOD_NAMES,
+        pattern_text="mod names separated by commas, without spaces (or empty)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +179,12 @@ class DataConfig(ConfigSection):
     """[data]: the dataset and how it is split among clients."""
 
     section: ClassVar[str] = "data"
-    dataset: str = setting("digits", "dataset to learn", choices=DATASETS)
+    dataset: str = setting("digits", "dataset to learn", registry=DATASETS)
     path: str = setting(
         "",
         "file of an npz or csv dataset (relative paths start at the current directory)",
         is_path=True,
-        required_when=("dataset", _FILE_DATASETS),
+        required_when=("dataset", _file_datasets),
     )
     label_column: str = setting(
         "label",
@@ -221,7 +226,7 @@ class ModelConfig(ConfigSection):
         "numpy", "what trains the model: NumPy, or PyTorch (fedbus[torch])", choices=FRAMEWORKS
     )
     name: str = setting(
-        "softmax", "model architecture (cnn: torch only, square images)", choices=MODELS
+        "softmax", "model architecture (cnn: torch only, square images)", registry=MODELS
     )
     hidden: int = setting(64, "hidden units (mlp only)", bounds="x >= 1")
 
@@ -241,7 +246,7 @@ class StrategyConfig(ConfigSection):
     """[strategy]: how the server combines client updates."""
 
     section: ClassVar[str] = "strategy"
-    name: str = setting("fedavg", "aggregation strategy or algorithm", choices=STRATEGIES)
+    name: str = setting("fedavg", "aggregation strategy or algorithm", registry=STRATEGIES)
     server_lr: float = setting(
         0.0,
         "server learning rate of fedavgm, fedadagrad, fedadam, fedyogi, scaffold and fedbuff "
@@ -413,8 +418,8 @@ class AttackConfig(ConfigSection):
     section: ClassVar[str] = "attack"
     kind: str = setting(
         "none",
-        "what attackers do: flip the sign of, scale or add noise to their update, or train on "
-        "flipped labels",
+        "what attackers do: flip the sign of, scale or add noise to their update, send NaN or "
+        "infinite values, or train on flipped labels",
         choices=ATTACKS,
     )
     fraction: float = setting(0.0, "share of the clients that attack", bounds="0 <= x <= 1")

@@ -75,6 +75,7 @@ def metrics_line(
         "clients_replied": record.clients_replied,
         "clients_failed": record.clients_failed,
         "late_replies": record.late_replies,
+        "refused_replies": record.refused_replies,
         "retries": record.retries,
         "straggler_wait": record.straggler_wait,
         "stale_dropped": record.stale_dropped,

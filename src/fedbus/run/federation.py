@@ -6,14 +6,16 @@ below ``run`` takes plain arguments.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from fedbus.data import ClientData, FederatedDataset, build_dataset
-from fedbus.errors import ConfigError, InvalidArgumentError
+from fedbus.data import ClientData, FederatedDataset
+from fedbus.data.registry import DATASETS
+from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError, PluginError
 from fedbus.fl import (
     AsyncServer,
     Client,
@@ -25,11 +27,15 @@ from fedbus.fl import (
     Strategy,
 )
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
+from fedbus.fl.mods import MODS, build_mods
 from fedbus.fl.privacy import DifferentialPrivacy
+from fedbus.fl.registry import STRATEGIES
 from fedbus.fl.secagg import SecAggClient, SecAggServer
 from fedbus.fl.state import ClientStateStore
-from fedbus.run.algorithms import ALGORITHMS, build_strategy
+from fedbus.plugins import Settings
+from fedbus.run.algorithms import algorithm, build_strategy, client_class, settings_of
 from fedbus.run.config import Config
+from fedbus.runtime.ray import RAY  # the import registers the simulation's "ray" backend
 from fedbus.runtime.simulation import (
     ProfileDistribution,
     ProfileSource,
@@ -37,7 +43,9 @@ from fedbus.runtime.simulation import (
     Simulation,
     load_profiles_csv,
 )
-from fedbus.train import NumpyModel, NumpyTrainer, Trainer, build_model
+from fedbus.train import NumpyModel, NumpyTrainer, Trainer
+from fedbus.train.registry import MODELS
+from fedbus.worker import CLIENT_ROLE, SERVER_ROLE
 
 __all__ = [
     "Federation",
@@ -47,7 +55,12 @@ __all__ = [
     "build_federation",
     "build_model_and_data",
     "build_server",
+    "check_mods",
+    "mod_names",
 ]
+
+#: The mod that clips (and noises) on the clients in privacy's client_clip and local modes.
+CLIENT_PRIVACY_MOD = "privacy"
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -57,38 +70,44 @@ class ModelKit:
 
     It makes what the rest of a run needs, whichever framework trains: the initial arrays, a
     trainer for one client's data, and the central evaluation. Both frameworks name and shape
-    the arrays of ``softmax`` and ``mlp`` alike. Torch is imported only for a torch model.
+    the arrays of ``softmax`` and ``mlp`` alike. The model comes from the model registry
+    (``fedbus.train.registry``); torch is imported only for a torch model.
     """
 
     def __init__(self, config: Config, num_features: int, num_classes: int) -> None:
         model = config.model
         self.framework, self.name = model.framework, model.name
         self.num_features, self.num_classes = num_features, num_classes
-        self._options: dict[str, Any] = {"hidden": model.hidden} if model.name == "mlp" else {}
+        self._settings = settings_of(config)
         self._trainer_options: dict[str, Any] = {
             "epochs": config.trainer.epochs,
             "batch_size": config.trainer.batch_size,
             "lr": config.trainer.lr,
         }
+        source = MODELS.get(model.name)
         if self.framework == "numpy":
-            if model.name == "cnn":
+            if source.numpy is None:
                 raise ConfigError(
-                    'model.name = "cnn" is a PyTorch model: set model.framework = "torch" '
-                    "(and install fedbus[torch])"
+                    f'model.name = "{model.name}" is a PyTorch model: set model.framework = '
+                    '"torch" (and install fedbus[torch])'
                 )
-            self.numpy_model: NumpyModel | None = build_model(
-                model.name, num_features, num_classes, **self._options
+            self.numpy_model: NumpyModel | None = source.numpy(
+                num_features, num_classes, self._settings
             )
         else:
+            if source.torch is None:
+                raise ConfigError(
+                    f'model.name = "{model.name}" is a NumPy model: set model.framework = "numpy"'
+                )
             self.numpy_model = None
+        self._build_torch = source.torch
         # The server's own torch module (initial arrays, central evaluation); built now so that
         # a missing torch fails here, with the install hint, rather than in a client.
         self._server_module: Any = None if self.numpy_model is not None else self._torch_model()
 
     def _torch_model(self) -> Any:
-        from fedbus.train.torch_models import build_torch_model
-
-        return build_torch_model(self.name, self.num_features, self.num_classes, **self._options)
+        assert self._build_torch is not None, "a torch ModelKit has a torch builder"
+        return self._build_torch(self.num_features, self.num_classes, self._settings)
 
     def init(self, seed: int) -> Arrays:
         """The initial global model."""
@@ -147,27 +166,14 @@ class Federation:
 
 
 def _dataset(config: Config) -> FederatedDataset:
-    data, seed = config.data, config.federation.seed
-    options: dict[str, Any] = {"seed": seed, "client_test_fraction": data.client_test_fraction}
-    if data.dataset == "synthetic":
-        options.update(
-            alpha=data.synthetic_alpha,
-            beta=data.synthetic_beta,
-            num_features=data.num_features,
-            samples_per_client=data.samples_per_client,
-        )
-    else:
-        options.update(
-            partition=data.partition,
-            alpha=data.alpha,
-            shards_per_client=data.shards_per_client,
-            central_test_fraction=data.central_test_fraction,
-        )
-        if data.dataset in ("npz", "csv"):
-            options["path"] = data.path
-        if data.dataset == "csv":
-            options["label_column"] = data.label_column
-    return build_dataset(data.dataset, config.federation.num_clients, **options)
+    """The dataset ``data.dataset`` names, from the dataset registry (``fedbus.data.registry``)."""
+    name = config.data.dataset
+    try:
+        return DATASETS.get(name).build(settings_of(config))
+    except ConfigError:
+        raise
+    except (InvalidArgumentError, InvalidTypeError) as exc:
+        raise ConfigError(f"dataset {name!r}: {exc}") from exc
 
 
 def _profiles(config: Config) -> ProfileSource:
@@ -220,8 +226,30 @@ def build_server(
     give ``AsyncServer``. ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a
     run (a resumed deployment): the model, the round and the client sampler where it stopped.
     ``seeded_noise`` draws differential privacy's noise from the federation's seed, so that a
-    simulation repeats; a deployment sets it False, since the seed is no secret.
+    simulation repeats; a deployment sets it False, since the seed is no secret. The server gets
+    the mods ``federation.server_mods`` names.
     """
+    server = _build_server(
+        config, dataset, model, on_round_end, initial_arrays, first_round, sampler_state,
+        seeded_noise,
+    )  # fmt: skip
+    names = mod_names(config, SERVER_ROLE)
+    if names:
+        seed = config.federation.seed if seeded_noise else None
+        server.use(*_build_mods(config, names, SERVER_ROLE, seed))
+    return server
+
+
+def _build_server(
+    config: Config,
+    dataset: FederatedDataset,
+    model: ModelKit,
+    on_round_end: Callable[[RoundRecord], None] | None,
+    initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None,
+    first_round: int,
+    sampler_state: Mapping[str, Any] | None,
+    seeded_noise: bool,
+) -> ServerBase:
     federation, trainer, aggregation = config.federation, config.trainer, config.aggregation
     strategy = _private(config, build_strategy(config), seeded_noise)
     _check_schedule(config, strategy)
@@ -280,10 +308,10 @@ def _private(config: Config, strategy: Strategy, seeded_noise: bool) -> Strategy
     if privacy.mode == "none":
         return strategy
     if not strategy.aggregates_by_sum:
+        by_sum = [name for name in STRATEGIES.builtin_names() if _aggregates_by_sum(name)]
         raise ConfigError(
             f'privacy.mode = "{privacy.mode}" noises the sum of the updates, but strategy.name = '
-            f'"{config.strategy.name}" needs every update: use fedavg, fedavgm, fedadagrad, '
-            "fedadam, fedyogi or fedprox"
+            f'"{config.strategy.name}" needs every update: use {", ".join(by_sum)}'
         )
     if config.aggregation.trigger != "all":
         raise ConfigError(
@@ -311,6 +339,11 @@ def _private(config: Config, strategy: Strategy, seeded_noise: bool) -> Strategy
         raise ConfigError(f"[privacy]: {exc}") from exc
 
 
+def _aggregates_by_sum(name: str) -> bool:
+    """Whether the registered strategy ``name`` needs only the sum of the updates."""
+    return STRATEGIES.get(name).strategy.aggregates_by_sum
+
+
 def _secure_server(
     config: Config, strategy: Strategy, arrays: Arrays, shared: dict[str, Any]
 ) -> SecAggServer:
@@ -332,7 +365,7 @@ def _secure_server(
             "secure aggregation rounds have no federated evaluation and no over-selection: set "
             "federation.federated_evaluate_every and aggregation.over_selection to 0"
         )
-    if ALGORITHMS[config.strategy.name].client is not Client:
+    if client_class(config) is not Client:
         problems.append(
             f'strategy.name = "{config.strategy.name}" has clients of its own, which do not '
             "take part in secure aggregation"
@@ -427,8 +460,11 @@ def build_client(
     flipped labels or poisons its update. ``state`` is the store of per-client state that a
     simulation shares among its clients. ``node_id=None`` leaves the id to the runtime (a
     deployed client with its own data); its trainer is then seeded as node 0's.
-    ``seeded_noise=False`` (deployments) draws local differential privacy's noise from the
-    operating system rather than from the federation's seed, which is no secret.
+
+    The client gets the mods its configuration needs (``mod_names``), built with the client's
+    seed: a copy built again by a worker process or on Ray is the same client. ``seeded_noise=
+    False`` (deployments) gives them no seed, so that local differential privacy's noise comes
+    from the operating system rather than from the federation's seed, which is no secret.
     """
     federation, attack = config.federation, config.attack
     # One stream per client, the same in every run with this seed.
@@ -443,17 +479,69 @@ def build_client(
         trainer = AttackedTrainer(
             trainer, attack.kind, scale=attack.scale, noise_std=attack.noise_std, seed=seed
         )
-    client_class = (
-        SecAggClient
-        if config.privacy.secure_aggregation
-        else ALGORITHMS[config.strategy.name].client
+    chosen: type[Client] = (
+        SecAggClient if config.privacy.secure_aggregation else client_class(config)
     )
-    client = client_class(trainer, node_id, state=state)
-    if (
-        seeded_noise and config.privacy.mode == "local"
-    ):  # clients' noise, repeatable in a simulation
-        client.noise_seed = seed
+    client = chosen(trainer, node_id, state=state)
+    names = mod_names(config, CLIENT_ROLE)
+    if names:
+        client.use(*_build_mods(config, names, CLIENT_ROLE, seed if seeded_noise else None))
     return client
+
+
+def mod_names(config: Config, role: str) -> tuple[str, ...]:
+    """The mods a node of ``role`` gets, outermost first, each once.
+
+    A client gets those its strategy needs (``Strategy.client_mods``: FedProx's ``"fedprox"``),
+    ``"privacy"`` when ``privacy.mode`` clips on the clients (client_clip, local), then those
+    ``federation.client_mods`` names; the server, those ``federation.server_mods`` names.
+    """
+    federation = config.federation
+    if role == SERVER_ROLE:
+        return _split(federation.server_mods)
+    names = [*algorithm(config).strategy.client_mods]
+    if config.privacy.mode not in ("none", "central"):
+        names.append(CLIENT_PRIVACY_MOD)
+    names += _split(federation.client_mods)
+    return tuple(dict.fromkeys(names))
+
+
+def _split(names: str) -> tuple[str, ...]:
+    return tuple(names.split(",")) if names else ()
+
+
+def _build_mods(
+    config: Config, names: tuple[str, ...], role: str, seed: int | None
+) -> list[object]:
+    """The mods ``names`` names for one node, or a ConfigError naming the key to change."""
+    try:
+        return build_mods(names, role, _settings(config), seed)
+    except (PluginError, InvalidArgumentError) as exc:
+        key = "server_mods" if role == SERVER_ROLE else "client_mods"
+        raise ConfigError(f"federation.{key}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _settings(config: Config) -> Settings:
+    """``settings_of(config)``, made once per config rather than once per client built."""
+    return settings_of(config)
+
+
+def check_mods(config: Config) -> None:
+    """Raise ``ConfigError`` now, rather than when the first client is built, for a mod that
+    ``federation.client_mods`` or ``server_mods`` names and that is not known or not allowed
+    on its nodes (the message lists the known mods)."""
+    for role in (CLIENT_ROLE, SERVER_ROLE):
+        for name in mod_names(config, role):
+            try:
+                registered = MODS.get(name)
+            except PluginError as exc:
+                raise ConfigError(f"federation.{role}_mods: {exc}") from exc
+            if role not in registered.roles:
+                raise ConfigError(
+                    f"federation.{role}_mods: mod {name!r} runs on "
+                    f"{' and '.join(sorted(registered.roles))} nodes only, not on the {role}"
+                )
 
 
 class ConfiguredClients:
@@ -461,8 +549,8 @@ class ConfiguredClients:
 
     Its clients share one ``ClientStateStore`` (sized by ``simulation.client_state_mb``). It
     travels to worker processes and Ray tasks as its config alone: there it builds the dataset
-    and model again from the config (the same, as they are seeded) and a store of its own,
-    whose entries arrive with each task.
+    and model again from the config (the same, as they are seeded), a store of its own, whose
+    entries arrive with each task, and clients with the same mods (``build_client``).
     """
 
     def __init__(
@@ -506,6 +594,7 @@ def build_federation(
             f"simulation.availability = {availability} needs simulation.availability_period "
             "> 0: set it to the seconds of one on/off cycle (e.g. 86400 for a daily cycle)"
         )
+    check_mods(config)
     dataset, model = build_model_and_data(config)
     server = build_server(config, dataset, model, on_round_end)
     client_fn = ConfiguredClients(config, dataset, model)
@@ -518,7 +607,7 @@ def build_federation(
         check_serialization=config.simulation.check_serialization,
         offline="fail" if config.simulation.offline == "fail" else "wait",
         workers=config.simulation.workers,
-        backend="ray" if config.simulation.backend == "ray" else "local",
+        backend=RAY if config.simulation.backend == RAY else "local",
         ray_address=config.simulation.ray_address or None,
     )
     return Federation(config, dataset, model, server, client_fn, simulation)

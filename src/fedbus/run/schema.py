@@ -25,16 +25,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from fedbus.errors import ConfigError
 
 __all__ = [
     "ConfigSection",
     "KeySpec",
+    "NameSource",
     "format_problems",
     "key_spec",
     "section_fields",
@@ -51,6 +52,29 @@ _NUMBER = r"-?\d+(?:\.\d+)?"
 _TWO_SIDED = re.compile(rf"({_NUMBER}) (<=?) x (<=?) ({_NUMBER}|[a-z_]+)")
 _ONE_SIDED = re.compile(rf"x (>=?) ({_NUMBER})")
 _T = TypeVar("_T")
+
+
+#: Values that make a key required: fixed, or computed when asked (from a registry).
+Triggers: TypeAlias = tuple[str, ...] | Callable[[], tuple[str, ...]]
+
+
+class NameSource(Protocol):
+    """The names a key accepts, read when a value is checked: a ``fedbus.plugins.Registry``."""
+
+    kind: str
+
+    def names(self) -> tuple[str, ...]:
+        """Every accepted name, plugins' included."""
+
+    def builtin_names(self) -> tuple[str, ...]:
+        """The names fedbus itself provides (what the docs list)."""
+
+    def unknown(self, name: str) -> str:
+        """Why ``name`` is refused, with close names and the known ones."""
+
+
+def _resolve(triggers: Triggers) -> tuple[str, ...]:
+    return triggers() if callable(triggers) else triggers
 
 
 class _InvalidValueError(Exception):
@@ -74,9 +98,12 @@ class KeySpec:
         A regular expression the whole value must match, and how to say it to a user.
     is_path : bool
         A non-empty value must name an existing file.
-    required_when : tuple of (str, tuple of str), optional
+    required_when : tuple of (str, values), optional
         ``(key, values)``: the value may not be empty while that key of the same section has one
-        of those values.
+        of those values; ``values`` is a tuple of str, or a function returning one.
+    registry : NameSource, optional
+        The value must be a name this registry knows (a strategy, dataset or model); the names
+        are read when a value is checked, so plugins installed later count.
     """
 
     meaning: str
@@ -85,17 +112,21 @@ class KeySpec:
     pattern: str = ""
     pattern_text: str = ""
     is_path: bool = False
-    required_when: tuple[str, tuple[str, ...]] | None = None
+    required_when: tuple[str, Triggers] | None = None
+    registry: NameSource | None = None
 
     def rule(self, section: str) -> str:
         """The accepted values in words; empty when any value of the key's type will do."""
+        if self.registry is not None:
+            builtin = ", ".join(show(name) for name in self.registry.builtin_names())
+            return f"one of {builtin}, or a plugin's {self.registry.kind} (docs/plugins.md)"
         if self.choices:
             return "one of " + ", ".join(show(choice) for choice in self.choices)
         if self.is_path:
             if self.required_when is None:
                 return "path to an existing file, or empty"
             key, values = self.required_when
-            shown = " or ".join(show(value) for value in values)
+            shown = " or ".join(show(value) for value in _resolve(values))
             return f"path to an existing file; required when {section}.{key} is {shown}"
         if self.pattern:
             return self.pattern_text
@@ -137,7 +168,8 @@ def setting(
     pattern: str = "",
     pattern_text: str = "",
     is_path: bool = False,
-    required_when: tuple[str, tuple[str, ...]] | None = None,
+    required_when: tuple[str, Triggers] | None = None,
+    registry: NameSource | None = None,
 ) -> _T:
     """Declare a configuration key: its default, its meaning and its accepted values.
 
@@ -146,7 +178,9 @@ def setting(
     """
     if bounds and not (_ONE_SIDED.fullmatch(bounds) or _TWO_SIDED.fullmatch(bounds)):
         raise ValueError(f"bounds {bounds!r}: expected 'x >= 1', 'x > 0' or '0 <= x < 1'")
-    spec = KeySpec(meaning, bounds, choices, pattern, pattern_text, is_path, required_when)
+    spec = KeySpec(
+        meaning, bounds, choices, pattern, pattern_text, is_path, required_when, registry
+    )
     return field(default=default, metadata={_METADATA_KEY: spec})
 
 
@@ -210,6 +244,10 @@ def _expected(kind: type, spec: KeySpec, section: str) -> str:
 
 def _check_rule(qualified: str, kind: type, spec: KeySpec, value: Any) -> None:
     """Raise when ``value``, already of the right type, is not one the key accepts."""
+    if spec.registry is not None:
+        if value not in spec.registry.names():
+            raise _InvalidValueError(f"{qualified}: {spec.registry.unknown(value)}")
+        return
     if spec.choices:
         broken = value not in spec.choices
     elif spec.pattern:
@@ -236,7 +274,7 @@ def _relation_problem(
         return f"{qualified}: expected at most {limit}, got {show(values[key])}"
     if spec.required_when is not None and spec.required_when[0] in valid:
         other, triggers = spec.required_when
-        if values[key] == "" and values[other] in triggers:
+        if values[key] == "" and values[other] in _resolve(triggers):
             because = f"required when {name}.{other} is {show(values[other])}"
             return f'{qualified}: {because}; expected a path to an existing file, got ""'
     return None

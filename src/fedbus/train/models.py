@@ -4,6 +4,9 @@ Each model is stateless: it describes parameter shapes and computes with paramet
 a dict of arrays, so the same object serves every client of a simulation. All arithmetic runs in
 the parameters' dtype (``float32`` by default; ``float64`` for exact checks).
 
+The module ends by registering the built-in models configuration files name
+(``fedbus.train.registry``): ``softmax`` and ``mlp`` in NumPy and PyTorch, ``cnn`` in PyTorch.
+
 Examples
 --------
 >>> import numpy as np
@@ -18,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -25,7 +29,10 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError
+from fedbus.plugins import Settings
 from fedbus.train.base import Arrays
+from fedbus.train.options import int_option, positive_int
+from fedbus.train.registry import TorchBuilder, register_model
 
 __all__ = ["MLP", "MODEL_NAMES", "NumpyModel", "SoftmaxRegression", "build_model"]
 
@@ -64,8 +71,8 @@ class NumpyModel(ABC):
     """
 
     def __init__(self, num_features: int, num_classes: int) -> None:
-        self.num_features = _positive_int("num_features", num_features)
-        self.num_classes = _positive_int("num_classes", num_classes, minimum=2)
+        self.num_features = positive_int("num_features", num_features)
+        self.num_classes = positive_int("num_classes", num_classes, minimum=2)
 
     @abstractmethod
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -172,7 +179,7 @@ class MLP(NumpyModel):
 
     def __init__(self, num_features: int, hidden: int, num_classes: int) -> None:
         super().__init__(num_features, num_classes)
-        self.hidden = _positive_int("hidden", hidden)
+        self.hidden = positive_int("hidden", hidden)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the four parameters, hidden layer first."""
@@ -263,23 +270,37 @@ def build_model(name: str, num_features: int, num_classes: int, **options: Any) 
         raise ConfigError(f"model {name!r}: unknown options {unknown}; allowed options: {allowed}")
     try:
         if name == "mlp":
-            return MLP(num_features, _int_option(options, "hidden", 64), num_classes)
+            return MLP(num_features, int_option(options, "hidden", 64), num_classes)
         return SoftmaxRegression(num_features, num_classes)
     except InvalidArgumentError as exc:
         raise ConfigError(f"model {name!r}: {exc}") from exc
 
 
-def _int_option(options: dict[str, Any], key: str, default: int) -> int:
-    """``options[key]`` (or ``default``), checked to be an int (not a bool)."""
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ConfigError(f"option {key!r}: expected int, got {type(value).__name__}")
-    return int(value)
+def _torch(name: str, **setting_keys: str) -> TorchBuilder:
+    """A builder of ``fedbus.train.torch_models``' model ``name``; torch is imported when it is
+    called, so that naming a model never needs torch. ``setting_keys`` maps its options to keys
+    of the run's settings."""
+
+    def build(num_features: int, num_classes: int, settings: Settings) -> Any:
+        torch_models = importlib.import_module("fedbus.train.torch_models")
+        options = {option: settings[key] for option, key in setting_keys.items()}
+        return torch_models.build_torch_model(name, num_features, num_classes, **options)
+
+    return build
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise InvalidTypeError(f"{name}: expected int, got {type(value).__name__}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
+register_model(
+    "softmax",
+    numpy=lambda num_features, num_classes, settings: build_model(
+        "softmax", num_features, num_classes
+    ),
+    torch=_torch("softmax"),
+)
+register_model(
+    "mlp",
+    numpy=lambda num_features, num_classes, settings: build_model(
+        "mlp", num_features, num_classes, hidden=settings["model.hidden"]
+    ),
+    torch=_torch("mlp", hidden="model.hidden"),
+)
+register_model("cnn", torch=_torch("cnn"))

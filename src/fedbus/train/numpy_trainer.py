@@ -13,14 +13,14 @@ work needs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError
+from fedbus.errors import InvalidArgumentError, InvalidTypeError
+from fedbus.train import options
 from fedbus.train.base import Arrays, LocalTerms
 from fedbus.train.models import NumpyModel, log_softmax
 
@@ -88,10 +88,10 @@ class NumpyTrainer:
             self._x_eval, self._y_eval = self._x_train, self._y_train
         else:
             self._x_eval, self._y_eval = _check_split(model, "test", x_test, y_test)
-        self.lr = _learning_rate({}, lr)
-        self.epochs = _epochs({}, epochs)
-        self.batch_size = _batch_size({}, batch_size)
-        self.seed = _seed("seed", seed)
+        self.lr = options.learning_rate({}, lr)
+        self.epochs = options.epochs({}, epochs)
+        self.batch_size = options.batch_size({}, batch_size)
+        self.seed = options.seed("seed", seed)
         self._rng = np.random.default_rng(self.seed)
         self._cast_cache: dict[tuple[str, str], NDArray[Any]] = {}
 
@@ -117,9 +117,9 @@ class NumpyTrainer:
         ``terms`` adds a proximal pull and a gradient correction to every step.
         """
         self.model.check_params(arrays)
-        lr = _learning_rate(config, self.lr)
-        epochs = _epochs(config, self.epochs)
-        batch_size = _batch_size(config, self.batch_size)
+        lr = options.learning_rate(config, self.lr)
+        epochs = options.epochs(config, self.epochs)
+        batch_size = options.batch_size(config, self.batch_size)
         rng = self._shuffle_rng(config)
         # Our own writable copies: SGD then updates in place without touching the input.
         params = {name: np.array(arrays[name], copy=True) for name in self.model.param_shapes()}
@@ -191,7 +191,7 @@ class NumpyTrainer:
     def _shuffle_rng(self, config: dict[str, Any]) -> np.random.Generator:
         if config.get("seed") is None:
             return self._rng
-        return np.random.default_rng([self.seed, _seed("config 'seed'", config["seed"])])
+        return np.random.default_rng([self.seed, options.seed("config 'seed'", config["seed"])])
 
     def _features(self, split: str, x: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
         if x.dtype == dtype:
@@ -281,36 +281,3 @@ def _check_split(
             f"got {labels.min()}..{labels.max()}"
         )
     return features, labels.astype(np.int64, copy=False)
-
-
-def _learning_rate(config: dict[str, Any], default: float) -> float:
-    value = config.get("lr", default)
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-        raise ConfigError(f"'lr': expected a positive number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"'lr': expected a positive number, got {value}")
-    return float(value)
-
-
-def _epochs(config: dict[str, Any], default: int) -> int:
-    value = config.get("epochs", default)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"'epochs': expected an int >= 1, got {value!r}")
-    return int(value)
-
-
-def _batch_size(config: dict[str, Any], default: int | None) -> int | None:
-    value = config.get("batch_size", default)
-    if value is None or (not isinstance(value, bool) and value == 0):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ConfigError(
-            f"'batch_size': expected an int >= 1, or 0 or None for full batch; got {value!r}"
-        )
-    return int(value)
-
-
-def _seed(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise ConfigError(f"{name}: expected a non-negative int, got {value!r}")
-    return int(value)

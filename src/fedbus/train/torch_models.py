@@ -31,7 +31,8 @@ from typing import Any
 
 from fedbus.errors import ConfigError, InvalidArgumentError, MissingDependencyError
 from fedbus.train.base import Arrays
-from fedbus.train.models import MLP, _int_option, _positive_int
+from fedbus.train.models import MLP
+from fedbus.train.options import int_option, positive_int
 
 try:
     import torch
@@ -92,8 +93,8 @@ class TorchSoftmaxRegression(SeededModule):
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
-        self.num_features = _positive_int("num_features", num_features)
-        self.num_classes = _positive_int("num_classes", num_classes, minimum=2)
+        self.num_features = positive_int("num_features", num_features)
+        self.num_classes = positive_int("num_classes", num_classes, minimum=2)
         self.weight = nn.Parameter(torch.zeros(self.num_features, self.num_classes))
         self.bias = nn.Parameter(torch.zeros(self.num_classes))
 
@@ -156,7 +157,7 @@ class TorchCNN(nn.Module):
 
     def __init__(self, num_features: int, num_classes: int, channels: int = 16) -> None:
         super().__init__()
-        num_features = _positive_int("num_features", num_features)
+        num_features = positive_int("num_features", num_features)
         side = math.isqrt(num_features)
         if side * side != num_features or side < 4:
             raise InvalidArgumentError(
@@ -164,8 +165,8 @@ class TorchCNN(nn.Module):
                 f"num_features must be 16, 25, 36, 49, 64, ...; got {num_features}; use the "
                 f"'mlp' or 'softmax' model for data that is not square images"
             )
-        num_classes = _positive_int("num_classes", num_classes, minimum=2)
-        channels = _positive_int("channels", channels)
+        num_classes = positive_int("num_classes", num_classes, minimum=2)
+        channels = positive_int("channels", channels)
         self.side = side
         self.conv1 = nn.Conv2d(1, channels, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -212,7 +213,7 @@ def init_state(model: nn.Module, seed: int) -> Arrays:
     >>> bool((a["weight"] == b["weight"]).all())
     True
     """
-    seed = _positive_int("seed", seed, minimum=0)
+    seed = positive_int("seed", seed, minimum=0)
     devices = {tensor.device.type for tensor in model.state_dict().values()}
     if devices - {"cpu"}:
         raise InvalidArgumentError(
@@ -294,10 +295,10 @@ def build_torch_model(
     model: nn.Module
     try:
         if name == "cnn":
-            channels = _int_option(options, "channels", 16)
+            channels = int_option(options, "channels", 16)
             model = TorchCNN(num_features, num_classes, channels)
         elif name == "mlp":
-            model = TorchMLP(num_features, _int_option(options, "hidden", 64), num_classes)
+            model = TorchMLP(num_features, int_option(options, "hidden", 64), num_classes)
         else:
             model = TorchSoftmaxRegression(num_features, num_classes)
         init_state(model, seed)

@@ -32,8 +32,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fedbus.errors import InvalidArgumentError, InvalidTypeError, MissingDependencyError
+from fedbus.train import options
 from fedbus.train.base import Arrays, LocalTerms
-from fedbus.train.numpy_trainer import _batch_size, _epochs, _learning_rate, _seed
 
 try:
     import torch
@@ -145,10 +145,10 @@ class TorchTrainer:
         evaluation = _data("test", x_test, y_test, test_loader, dtype, self.device)
         self._train = train
         self._eval = train if evaluation is None else evaluation
-        self.lr = _learning_rate({}, lr)
-        self.epochs = _epochs({}, epochs)
-        self.batch_size = _batch_size({}, batch_size)
-        self.seed = _seed("seed", seed)
+        self.lr = options.learning_rate({}, lr)
+        self.epochs = options.epochs({}, epochs)
+        self.batch_size = options.batch_size({}, batch_size)
+        self.seed = options.seed("seed", seed)
         self._generator = torch.Generator().manual_seed(self.seed)
 
     @property
@@ -173,9 +173,9 @@ class TorchTrainer:
         to the gradients of the parameters they name before every step; names of buffers are
         ignored (buffers have no gradient).
         """
-        lr = _learning_rate(config, self.lr)
-        epochs = _epochs(config, self.epochs)
-        batch_size = _batch_size(config, self.batch_size)
+        lr = options.learning_rate(config, self.lr)
+        epochs = options.epochs(config, self.epochs)
+        batch_size = options.batch_size(config, self.batch_size)
         generator = self._shuffle_generator(config)
         self._load(arrays)
         local_terms = _PreparedTerms(self.model, terms)
@@ -289,7 +289,7 @@ class TorchTrainer:
     def _shuffle_generator(self, config: dict[str, Any]) -> torch.Generator:
         if config.get("seed") is None:
             return self._generator
-        call_seed = _seed("config 'seed'", config["seed"])
+        call_seed = options.seed("config 'seed'", config["seed"])
         mixed = np.random.SeedSequence([self.seed, call_seed]).generate_state(1, np.uint64)[0]
         return torch.Generator().manual_seed(int(mixed))
 

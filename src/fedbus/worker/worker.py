@@ -18,14 +18,32 @@ A handler receives the ``Message``; it may send any number of messages with ``se
 return a ``Message`` (usually a reply), which is sent for it. Failures never kill a worker: a
 message of a type with no handler, or one whose handler raises, is answered with an error reply,
 and an error or reply that fails is logged and counted, never answered with another error.
+
+Dispatch tells requests from replies, once, for every handler:
+
+- A request is checked against the roles its handler accepts (``senders``): a ``finish`` from a
+  client to a client is answered with ``PERMISSION_DENIED`` and never reaches the handler.
+- A reply (or error reply) to a request sent with ``request(message, on_reply)`` goes to
+  ``on_reply``, and only when it comes from the node the request went to; one from anybody else
+  is refused, counted (``refused_replies``) and logged with its sender. When that node departs
+  (``nodes_departed``), every request in flight to it is answered at once with
+  ``NODE_UNAVAILABLE``. A reply to a request given up (``forget``) is *late*
+  (``late_replies``).
+- Any other reply goes to its type's handler if the handler takes replies (``replies=True``, the
+  default of seed 000's handlers). For a handler of requests only, it answers nothing this
+  worker asked (a forgery, a replay, a duplicate): refused and counted.
+
+Mods (``fedbus.worker.mods``, installed with ``use``) wrap the handling of requests and see what
+the worker sends; a worker without mods dispatches exactly as described above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, Self, TypeVar
 
 from fedbus.errors import InvalidArgumentError, InvalidTypeError, SendError
 from fedbus.message import (
@@ -34,36 +52,109 @@ from fedbus.message import (
     Error,
     ErrorCode,
     Message,
+    Metadata,
     RecordDict,
     check_message_type,
 )
 from fedbus.worker.comm import CommManager, TimerHandle
+from fedbus.worker.mods import (
+    MessageContext,
+    ModFunction,
+    incoming_part,
+    outgoing_part,
+    run_chain,
+)
 
-__all__ = ["Handler", "HandlerSpec", "Worker", "handler", "runtime_error_reply"]
+__all__ = [
+    "CLIENT_ROLE",
+    "is_reply_or_error",
+    "ROLES",
+    "SERVER_ROLE",
+    "Handler",
+    "HandlerSpec",
+    "ReplyHandler",
+    "Worker",
+    "handler",
+    "role_of",
+    "runtime_error_reply",
+]
 
 logger = logging.getLogger("fedbus.worker")
 
 #: The server's node id in every runtime.
 SERVER_NODE_ID = 0
+#: The two roles a node plays: node 0 is the server, every other node a client.
+SERVER_ROLE: Final = "server"
+CLIENT_ROLE: Final = "client"
+ROLES: Final = (SERVER_ROLE, CLIENT_ROLE)
+
+#: Requests awaited at once by one worker; beyond it the oldest is forgotten (and its reply,
+#: should it come, counts as late). A round of 100,000 clients fits; a leak does not grow.
+MAX_AWAITED = 1_000_000
+#: Requests given up that are remembered, to tell a late reply from a forged one.
+MAX_FORGOTTEN = 100_000
 
 Handler = Callable[[Message], Message | None]
+ReplyHandler = Callable[[Message], None]
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def role_of(node_id: int) -> str:
+    """The role of ``node_id``: ``"server"`` for node 0, ``"client"`` for every other node."""
+    return SERVER_ROLE if node_id == SERVER_NODE_ID else CLIENT_ROLE
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
-    """A registered handler: the type it handles, the callback, the types it may send."""
+    """A registered handler.
+
+    ``sends`` are the types it may send (the message-flow check); ``senders`` the roles whose
+    requests it accepts (None: any role); ``replies`` whether replies that answer no request of
+    this worker's ``request`` reach it too.
+    """
 
     message_type: str
     callback: Handler
     sends: tuple[str, ...]
+    senders: frozenset[str] | None = None
+    replies: bool = True
 
 
-def handler(message_type: str, *, sends: Iterable[str] = ()) -> Callable[[_F], _F]:
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    """A handler declared with ``@handler`` on a method, bound when an instance is built."""
+
+    message_type: str
+    method_name: str
+    sends: tuple[str, ...]
+    senders: frozenset[str] | None
+    replies: bool
+
+
+def _check_senders(senders: Collection[str] | None, where: str) -> frozenset[str] | None:
+    if senders is None:
+        return None
+    if isinstance(senders, str):
+        raise InvalidTypeError(f"{where}: senders must be a list of roles, not a str")
+    unknown = sorted(set(senders) - set(ROLES))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{where}: senders must be roles among {list(ROLES)}, got {unknown}"
+        )
+    return frozenset(senders)
+
+
+def handler(
+    message_type: str,
+    *,
+    sends: Iterable[str] = (),
+    senders: Collection[str] | None = None,
+    replies: bool = True,
+) -> Callable[[_F], _F]:
     """Decorator form of ``register_handlers`` for methods of a ``Worker`` subclass.
 
     >>> class Echo(Worker):
-    ...     @handler("ping", sends=())
+    ...     @handler("ping", sends=(), senders=["server"])
     ...     def on_ping(self, message):
     ...         return message.create_reply(message.content)
     >>> Echo(node_id=1).handled_types()
@@ -71,9 +162,12 @@ def handler(message_type: str, *, sends: Iterable[str] = ()) -> Callable[[_F], _
     """
     check_message_type(message_type)
     declared = tuple(check_message_type(kind) for kind in sends)
+    accepted = _check_senders(senders, f"handler({message_type!r})")
 
     def mark(function: _F) -> _F:
-        function.__fedbus_handler__ = (message_type, declared)  # type: ignore[attr-defined]
+        function.__fedbus_handler__ = _Declared(  # type: ignore[attr-defined]
+            message_type, "", declared, accepted, replies
+        )
         return function
 
     return mark
@@ -84,8 +178,18 @@ def runtime_error_reply(message: Message, code: ErrorCode, reason: str) -> Messa
     return message.create_error_reply(Error(code, reason), ttl=DEFAULT_TTL)
 
 
-def _is_reply_or_error(message: Message) -> bool:
+def is_reply_or_error(message: Message) -> bool:
+    """True for a reply or an error reply; False for a request."""
     return message.has_error() or bool(message.metadata.reply_to_message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Awaited:
+    """A request in flight: what it was (to answer it if its node departs) and who gets the
+    reply."""
+
+    request: Metadata
+    on_reply: ReplyHandler
 
 
 class Worker:
@@ -110,13 +214,24 @@ class Worker:
     failed_messages
         Number of incoming errors and replies that met no handler or a raising handler
         (logged and counted, never answered).
+    refused_replies
+        Replies refused (logged with their sender): from another node than the one their
+        request went to, or answering no request of this worker at all (forged, replayed).
+    late_replies
+        Replies to requests this worker had given up (``forget``), from the node each went to.
     last_failure
         The reason of the last message this worker failed to handle, or None.
     """
 
     start_sends: Sequence[str] = ()
     portable: ClassVar[bool] = False
-    _declared_handlers: ClassVar[tuple[tuple[str, str, tuple[str, ...]], ...]] = ()
+    _declared_handlers: ClassVar[tuple[_Declared, ...]] = ()
+    # Mods, set by ``use`` only: class-level empty defaults keep a worker without mods as cheap
+    # to build and to dispatch to as before (100,000 simulated clients are built lazily).
+    _mods: tuple[object, ...] = ()
+    _incoming: tuple[ModFunction, ...] = ()
+    _outgoing: tuple[Callable[[Message, MessageContext], Message], ...] = ()
+    _context: MessageContext | None = None
 
     def __init__(self, node_id: int | None = None) -> None:
         if node_id is not None and (not isinstance(node_id, int) or node_id < 0):
@@ -124,24 +239,34 @@ class Worker:
         self.node_id: int = UNSET_NODE_ID if node_id is None else node_id
         self.comm_manager: CommManager | None = None
         self.failed_messages = 0
+        self.refused_replies = 0
+        self.late_replies = 0
         self.last_failure: str | None = None
         self._handlers: dict[str, HandlerSpec] = {}
+        # Requests in flight, by message id (insertion order: the oldest first).
+        self._awaited: dict[str, _Awaited] = {}
+        # Requests given up: message id -> the node each went to (the oldest first).
+        self._forgotten: dict[str, int] = {}
         # Checked once when the class was made (see ``handler``): 100,000 lazily built clients
-        # do not check them again.
-        for message_type, method_name, sends in type(self)._declared_handlers:
-            self._handlers[message_type] = HandlerSpec(
-                message_type, getattr(self, method_name), sends
+        # do not check them again. The callback is the method name, bound here.
+        for declared in type(self)._declared_handlers:
+            self._handlers[declared.message_type] = HandlerSpec(
+                declared.message_type,
+                getattr(self, declared.method_name),
+                declared.sends,
+                declared.senders,
+                declared.replies,
             )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Collected once per class, so building 100,000 lazily created clients costs no scans.
-        declared: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+        declared: dict[str, _Declared] = {}
         for klass in reversed(cls.__mro__):
             for name, value in vars(klass).items():
                 mark = getattr(value, "__fedbus_handler__", None)
-                if mark is not None:
-                    declared[mark[0]] = (mark[0], name, mark[1])
+                if isinstance(mark, _Declared):
+                    declared[mark.message_type] = dataclasses.replace(mark, method_name=name)
         cls._declared_handlers = tuple(declared.values())
 
     # -- seed 000's spellings -------------------------------------------------------------
@@ -162,6 +287,8 @@ class Worker:
         callback_func: Handler,
         sends: Iterable[str] = (),
         *,
+        senders: Collection[str] | None = None,
+        replies: bool = True,
         replace: bool = False,
     ) -> None:
         """Register ``callback_func`` as the handler of ``message_type``.
@@ -171,10 +298,19 @@ class Worker:
         message_type
             The type it handles (1-128 characters of ``[A-Za-z0-9_.-]``).
         callback_func
-            Called with each ``Message`` of that type, replies and error replies included;
-            may return a ``Message``, which is sent.
+            Called with each ``Message`` of that type (requests, and replies as ``replies``
+            says); may return a ``Message``, which is sent.
         sends
-            Types this handler may send, for the message-flow check.
+            Types this handler may send, for the message-flow check (and the routing policy
+            the runtimes enforce from it).
+        senders
+            The roles (``"server"``, ``"client"``) whose requests of this type it accepts; a
+            request from another role is answered with ``PERMISSION_DENIED`` and never reaches
+            the handler. None (the default): any role.
+        replies
+            Whether replies and error replies of this type that answer no request sent with
+            ``request`` reach the handler (True, as in seed 000's handlers). False: the handler
+            sees requests only, and such replies are refused and counted.
         replace
             Allow replacing a handler already registered for this type (e.g. a default);
             otherwise registering a type twice raises.
@@ -193,7 +329,10 @@ class Worker:
                 f"{message_type!r}; pass replace=True to replace it"
             )
         declared = tuple(check_message_type(kind) for kind in sends)
-        self._handlers[message_type] = HandlerSpec(message_type, callback_func, declared)
+        accepted = _check_senders(senders, f"register_handlers({message_type!r})")
+        self._handlers[message_type] = HandlerSpec(
+            message_type, callback_func, declared, accepted, replies
+        )
 
     def handled_types(self) -> list[str]:
         """The message types this worker has handlers for."""
@@ -203,16 +342,116 @@ class Worker:
         """The registered handlers (for the message-flow check and tools)."""
         return list(self._handlers.values())
 
+    # -- mods -------------------------------------------------------------------------------
+    def use(self, *mods: object) -> Self:
+        """Install ``mods`` (see ``fedbus.worker.mods``) after those installed already.
+
+        Each mod is a callable ``mod(message, context, call_next)`` that wraps the handling of
+        every request, the first installed outermost, and may have an ``on_send(message,
+        context)`` method that sees what the worker sends. Returns the worker, so that
+        ``Client(trainer).use(FedProxMod())`` reads as one expression.
+
+        Raises
+        ------
+        InvalidTypeError
+            A mod is neither callable nor has an ``on_send`` method.
+        """
+        for mod in mods:
+            if incoming_part(mod) is None and outgoing_part(mod) is None:
+                raise InvalidTypeError(
+                    f"use: a mod is a callable mod(message, context, call_next) or has an "
+                    f"on_send(message, context) method; got {type(mod).__name__}"
+                )
+        self._mods = (*self._mods, *mods)
+        self._incoming = tuple(part for part in map(incoming_part, self._mods) if part)
+        # a send passes the mods as a reply does: from the innermost out
+        self._outgoing = tuple(
+            part for part in map(outgoing_part, reversed(self._mods)) if part is not None
+        )
+        return self
+
+    @property
+    def mods(self) -> tuple[object, ...]:
+        """The installed mods, the outermost first."""
+        return self._mods
+
+    @property
+    def context(self) -> MessageContext | None:
+        """The ``MessageContext`` of the request being handled, which mods fill for the
+        handler; None outside a handler and on a worker without mods."""
+        return self._context
+
     # -- what a handler may call ------------------------------------------------------------
     def send(self, message: Message) -> None:
-        """Send ``message`` through the runtime (same as ``self.comm_manager.send``)."""
+        """Send ``message`` through the runtime (same as ``self.comm_manager.send``).
+
+        Installed mods' ``on_send`` see it first and may send another message in its place.
+        """
+        self._send(message)
+
+    def _send(self, message: Message) -> Message:
+        """Send ``message`` through the outgoing mods and the runtime; return what was sent."""
+        self._check_sender(message)
+        if self._outgoing:
+            context = self._context or MessageContext(self.node_id)
+            for on_send in self._outgoing:
+                message = on_send(message, context)
+                if not isinstance(message, Message):
+                    raise SendError(
+                        f"a mod's on_send returned {type(message).__name__}, expected a Message"
+                    )
+            self._check_sender(message)
+        self._comm().send(message)
+        return message
+
+    def _check_sender(self, message: Message) -> None:
         sender = message.metadata.src_node_id
         if sender not in (UNSET_NODE_ID, self.node_id):
             raise SendError(
                 f"node {self.node_id} cannot send a message whose sender is {sender}; "
                 f"build it with sender={self.node_id} or leave the sender out"
             )
-        self._comm().send(message)
+
+    def request(self, message: Message, on_reply: ReplyHandler) -> str:
+        """Send the request ``message``; its reply or error reply goes to ``on_reply``.
+
+        Only a reply from the node the request went to is accepted: one from any other node is
+        refused and counted (``refused_replies``). If that node departs first, ``on_reply``
+        gets a ``NODE_UNAVAILABLE`` error reply at once. Returns the request's message id, for
+        ``forget``.
+        """
+        if is_reply_or_error(message):
+            raise SendError(
+                f"request: {message!r} is a reply; send replies with send() or return them"
+            )
+        sent = self._send(message)  # an outgoing mod may send another message in its place
+        message_id = sent.metadata.message_id
+        awaited = self._awaited
+        awaited[message_id] = _Awaited(sent.metadata, on_reply)
+        if len(awaited) > MAX_AWAITED:
+            oldest = next(iter(awaited))
+            self.forget(oldest)
+            logger.warning(
+                "node %s awaits more than %d replies: forgot the oldest request %s",
+                self.node_id,
+                MAX_AWAITED,
+                oldest,
+            )
+        return message_id
+
+    def forget(self, message_id: str) -> None:
+        """Stop awaiting the reply to ``message_id``: if it comes, it counts as late."""
+        entry = self._awaited.pop(message_id, None)
+        if entry is None:
+            return
+        forgotten = self._forgotten
+        forgotten[message_id] = entry.request.dst_node_id
+        if len(forgotten) > MAX_FORGOTTEN:
+            del forgotten[next(iter(forgotten))]
+
+    def awaiting(self, node_id: int) -> int:
+        """Requests of this worker in flight to ``node_id``."""
+        return sum(1 for entry in self._awaited.values() if entry.request.dst_node_id == node_id)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` after ``delay`` seconds of the runtime's clock (never blocks)."""
@@ -233,6 +472,34 @@ class Worker:
     def on_nodes_registered(self, node_ids: Sequence[int]) -> None:
         """Called on the server with client ids the runtime registered without a join message."""
 
+    def on_nodes_departed(self, node_ids: Sequence[int]) -> None:
+        """Called after ``node_ids`` left the federation (stream closed, heartbeat lost) and
+        the requests in flight to them were answered with ``NODE_UNAVAILABLE``."""
+
+    def on_late_reply(self, message: Message) -> None:
+        """A reply to a request this worker had given up: counted in ``late_replies``;
+        override to count more."""
+        self.late_replies += 1
+        logger.info("node %s: late %r", self.node_id, message)
+
+    def on_refused_reply(self, message: Message, expected_node: int | None) -> None:
+        """A reply refused: it came from ``message.sender`` while its request went to
+        ``expected_node``, or (``expected_node`` None) it answers no request of this worker.
+        Counted in ``refused_replies`` and logged; override to count more."""
+        self.refused_replies += 1
+        why = (
+            "it answers no request of this node"
+            if expected_node is None
+            else f"the request went to node {expected_node}"
+        )
+        logger.warning(
+            "node %s refused a reply to %s from node %s: %s",
+            self.node_id,
+            message.metadata.reply_to_message_id,
+            message.sender,
+            why,
+        )
+
     def save_state(self) -> RecordDict:
         """What this node keeps between messages, for a runtime that answers its next message
         on another copy of it (see ``portable``). Default: nothing."""
@@ -252,9 +519,102 @@ class Worker:
         self.node_id = node_id
         self.comm_manager = comm_manager
 
+    def nodes_departed(self, node_ids: Sequence[int]) -> None:
+        """``node_ids`` left the federation: answer every request in flight to them with
+        ``NODE_UNAVAILABLE`` at once, then call ``on_nodes_departed`` (runtimes call this)."""
+        gone = set(node_ids)
+        lost = [
+            (message_id, entry)
+            for message_id, entry in self._awaited.items()
+            if entry.request.dst_node_id in gone
+        ]
+        for message_id, entry in lost:
+            self.forget(message_id)  # should the node answer after all, the reply is late
+            request = Message.from_metadata(entry.request, content=RecordDict())
+            reason = f"node {entry.request.dst_node_id} departed before it answered"
+            reply = runtime_error_reply(request, ErrorCode.NODE_UNAVAILABLE, reason)
+            self._answer(entry, reply)
+        self.on_nodes_departed(sorted(gone))
+
     def deliver(self, message: Message) -> None:
         """Run the handler for ``message``; errors become error replies (runtimes call this)."""
-        spec = self._handlers.get(message.metadata.message_type)
+        metadata = message.metadata
+        if metadata.reply_to_message_id or message.has_error():
+            self._deliver_reply(message)
+            return
+        spec = self._handlers.get(metadata.message_type)
+        if spec is not None and spec.senders is not None:
+            role = role_of(metadata.src_node_id)
+            if role not in spec.senders:
+                allowed = " or ".join(sorted(spec.senders)) or "no role"
+                self._fail(
+                    message,
+                    ErrorCode.PERMISSION_DENIED,
+                    f"node {self.node_id} accepts {metadata.message_type!r} requests from "
+                    f"{allowed} only, not from {role} node {metadata.src_node_id}",
+                )
+                return
+        if self._incoming and spec is not None:
+            self._run_mods(spec, message)
+            return
+        self._run_handler(spec, message)
+
+    def _run_mods(self, spec: HandlerSpec, message: Message) -> None:
+        """Run a request through the mods to its handler; send what comes out as the reply."""
+        context = MessageContext(self.node_id)
+
+        def handle(request: Message, context: MessageContext) -> Message | None:
+            outer, self._context = self._context, context
+            try:
+                return spec.callback(request)
+            finally:
+                self._context = outer
+
+        try:
+            # object, not Message | None: mods and handlers return whatever they return.
+            reply: object = run_chain(self._incoming, message, context, handle)
+        except Exception as exc:
+            self._fail(
+                message,
+                ErrorCode.HANDLER_EXCEPTION,
+                f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            return
+        self._send_reply(spec, message, reply)
+
+    def _deliver_reply(self, message: Message) -> None:
+        metadata = message.metadata
+        entry = self._awaited.get(metadata.reply_to_message_id)
+        if entry is not None:
+            expected = entry.request.dst_node_id
+            if metadata.src_node_id != expected:
+                self.on_refused_reply(message, expected)
+                return
+            del self._awaited[metadata.reply_to_message_id]
+            self._answer(entry, message)
+            return
+        given_up = self._forgotten.get(metadata.reply_to_message_id)
+        if given_up is not None:
+            if given_up == metadata.src_node_id:
+                del self._forgotten[metadata.reply_to_message_id]
+                self.on_late_reply(message)
+            else:
+                self.on_refused_reply(message, given_up)
+            return
+        spec = self._handlers.get(metadata.message_type)
+        if spec is not None and not spec.replies:
+            self.on_refused_reply(message, None)
+            return
+        self._run_handler(spec, message)
+
+    def _answer(self, entry: _Awaited, reply: Message) -> None:
+        try:
+            entry.on_reply(reply)
+        except Exception as exc:
+            self._fail(reply, ErrorCode.HANDLER_EXCEPTION, f"{type(exc).__name__}: {exc}", exc)
+
+    def _run_handler(self, spec: HandlerSpec | None, message: Message) -> None:
         if spec is None:
             self._fail(
                 message,
@@ -274,16 +634,23 @@ class Worker:
                 exc_info=exc,
             )
             return
-        if reply is not None:
-            if not isinstance(reply, Message):
-                self._fail(
-                    message,
-                    ErrorCode.HANDLER_EXCEPTION,
-                    f"handler for {spec.message_type!r} returned {type(reply).__name__}, "
-                    "expected a Message or None",
-                )
-                return
-            self.send(reply)
+        self._send_reply(spec, message, reply)
+
+    def _send_reply(self, spec: HandlerSpec, message: Message, reply: object) -> None:
+        """Send what a handler (or the mods around it) returned, when it is a Message."""
+        if reply is None:
+            return
+        if not isinstance(reply, Message):
+            self._fail(
+                message,
+                ErrorCode.HANDLER_EXCEPTION,
+                f"handler for {spec.message_type!r} returned {type(reply).__name__}, "
+                "expected a Message or None",
+            )
+            return
+        # the mods saw the reply on its way out of the chain: their on_send does not see it again
+        self._check_sender(reply)
+        self._comm().send(reply)
 
     def _fail(
         self,
@@ -295,7 +662,7 @@ class Worker:
         self.last_failure = (
             f"{message.metadata.message_type!r} from node {message.sender}: {reason}"
         )
-        if _is_reply_or_error(message):
+        if is_reply_or_error(message):
             # Never answer an error or a reply with an error: two nodes could ping-pong forever.
             self.failed_messages += 1
             logger.warning("node %s dropped %r: %s", self.node_id, message, reason)
@@ -303,7 +670,7 @@ class Worker:
         logger.warning("node %s answers %r with an error: %s", self.node_id, message, reason)
         if exc_info is not None:
             logger.debug("handler traceback", exc_info=exc_info)
-        self.send(runtime_error_reply(message, code, reason))
+        self._comm().send(runtime_error_reply(message, code, reason))
 
     def _comm(self) -> CommManager:
         if self.comm_manager is None:

@@ -21,7 +21,7 @@ from fedbus.runtime.grpc.stream import METHOD
 TOKEN = "test-federation-token"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Wait for ``condition`` (tests only: the runtime itself never polls)."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -48,6 +48,7 @@ class RawStream:
         self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.call = self._channel.stream_stream(METHOD)(self._requests(), metadata=metadata)
         self.frames: list[bytes] = []
+        self._incoming: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.ended = threading.Event()
         self.code: grpc.StatusCode | None = None
         self.details = ""
@@ -64,14 +65,23 @@ class RawStream:
         try:
             for frame in self.call:
                 self.frames.append(frame)
+                self._incoming.put(frame)
         except grpc.RpcError:
             pass
         self.code, self.details = self.call.code(), self.call.details() or ""
         self.ended.set()
+        self._incoming.put(None)
 
     @property
     def node_id(self) -> int:
         return int(dict(self.call.initial_metadata())[NODE_ID_KEY])
+
+    def next_frame(self, timeout: float = 30.0) -> bytes | None:
+        """The next frame received, waiting for it; None once the stream has ended."""
+        try:
+            return self._incoming.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no frame within {timeout} s") from None
 
     def send(self, frame: bytes) -> None:
         self._outgoing.put(frame)

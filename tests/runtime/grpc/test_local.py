@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -135,17 +136,34 @@ def test_a_200_mb_array_record_goes_there_and_back_intact() -> None:
     assert np.array_equal(arrays["b"], bias)
 
 
-class Sleeper(Worker):
-    """Takes 0.3 s over ``slow``; answers ``quick``."""
+def wait_past(deadline: float) -> None:
+    """Return once the wall clock, which TTLs are checked against, is past ``deadline``."""
+    while (left := deadline - time.time()) >= 0:
+        time.sleep(left + 0.001)
+
+
+class QuickSent:
+    """Set by the server once it sent ``quick``: when that message expires."""
 
     def __init__(self) -> None:
+        self.event = threading.Event()
+        self.expires_at = 0.0
+
+
+class Sleeper(Worker):
+    """Busy over ``slow`` until ``quick`` has expired; answers ``quick``."""
+
+    def __init__(self, quick: QuickSent) -> None:
         super().__init__()
+        self.quick = quick
         self.quick_handled = 0
         self.register_handlers("slow", self.on_slow)
         self.register_handlers("quick", self.on_quick)
 
     def on_slow(self, message: Message) -> Message:
-        time.sleep(0.3)  # the handler is busy: the next message waits on the client
+        # The handler is busy until ``quick``'s TTL has passed: it waits on the client.
+        assert self.quick.event.wait(60), "the server never sent quick"
+        wait_past(self.quick.expires_at)
         return message.create_reply(RecordDict())
 
     def on_quick(self, message: Message) -> Message:
@@ -156,24 +174,29 @@ class Sleeper(Worker):
 class Timed(Worker):
     start_sends = ("slow", "quick")
 
-    def __init__(self) -> None:
+    def __init__(self, quick: QuickSent) -> None:
         super().__init__(0)
+        self.quick = quick
         self.received: list[Message] = []
         for kind in ("slow", "quick", "elsewhere"):
             self.register_handlers(kind, self.received.append)
 
     def on_start(self) -> None:
         self.send(Message(RecordDict(), 1, "slow"))
-        self.send(Message(RecordDict(), 1, "quick", ttl=0.1))
+        quick = Message(RecordDict(), 1, "quick", ttl=0.1)
+        self.send(quick)  # expires in transit, or (on a very busy machine) before it is sent
+        self.quick.expires_at = quick.metadata.expires_at
+        self.quick.event.set()
         stale = Message(RecordDict(), 1, "quick", ttl=0.001)
-        time.sleep(0.01)
+        wait_past(stale.metadata.expires_at)
         self.send(stale)  # expired before it is sent
         self.send(Message(RecordDict(), 9, "elsewhere"))  # no such node
 
 
 def test_wall_clock_ttl_and_unknown_nodes_get_error_replies() -> None:
-    server, client = Timed(), Sleeper()
-    run_local(server, [client], timeout=30)
+    quick = QuickSent()
+    server, client = Timed(quick), Sleeper(quick)
+    run_local(server, [client], timeout=60)
     errors = {(m.msg_type, m.error.code) for m in server.received if m.has_error()}
     assert errors == {
         ("quick", ErrorCode.MESSAGE_EXPIRED),  # twice: in transit, and when sent
@@ -210,9 +233,10 @@ class Relay(Worker):
 
 
 class Quiet(Worker):
+    """Handles nothing: ``hello`` is a client-to-client type, relayed by the server."""
+
     def __init__(self) -> None:
         super().__init__(0)
-        self.register_handlers("hello", lambda m: None)
 
 
 def test_client_to_client_messages_are_relayed_with_true_senders() -> None:

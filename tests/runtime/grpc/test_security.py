@@ -143,21 +143,14 @@ def test_a_message_claiming_another_sender_is_refused_and_logged(
     raw.close()
 
 
-def _next_message(raw: RawStream, timeout: float = 10.0) -> Message:
+def _next_message(raw: RawStream) -> Message:
     """The first DATA message the raw stream receives (heartbeats skipped)."""
     reassembler = Reassembler(TransportLimits())
-    import time
-
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while time.monotonic() < deadline:
-        for frame in raw.frames[seen:]:
-            seen += 1
-            _, encoded = reassembler.feed(frame)
-            if encoded is not None:
-                return decode_message(encoded)
-        time.sleep(0.01)
-    raise AssertionError("no message arrived")
+    while (frame := raw.next_frame()) is not None:
+        _, encoded = reassembler.feed(frame)
+        if encoded is not None:
+            return decode_message(encoded)
+    raise AssertionError("the stream ended before a message arrived")
 
 
 def test_garbage_bytes_close_that_stream_only(live: Live) -> None:

@@ -24,12 +24,14 @@ from __future__ import annotations
 from typing import Any, Final
 
 from fedbus.errors import ConfigError
-from fedbus.fl.client import Client, is_request, request_config, train_reply_content
+from fedbus.fl.client import Client, request_config, train_reply_content
 from fedbus.fl.protocol import METRICS, read_arrays
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.base import check_parameter
 from fedbus.fl.strategy.fedavg import FedAvg
 from fedbus.message import Message, MetricRecord, RecordDict
 from fedbus.train.base import Arrays, LocalTerms, Trainer
+from fedbus.worker import SERVER_ROLE
 
 __all__ = ["DITTO_EVALUATE", "DITTO_LAMBDA", "DITTO_TRAIN", "Ditto", "DittoClient"]
 
@@ -80,13 +82,15 @@ class DittoClient(Client):
 
     def __init__(self, trainer: Trainer, node_id: int | None = None, **options: Any) -> None:
         super().__init__(trainer, node_id, **options)
-        self.register_handlers(DITTO_TRAIN, self.on_ditto_train)
-        self.register_handlers(DITTO_EVALUATE, self.on_ditto_evaluate)
+        self.register_handlers(
+            DITTO_TRAIN, self.on_ditto_train, senders=[SERVER_ROLE], replies=False
+        )
+        self.register_handlers(
+            DITTO_EVALUATE, self.on_ditto_evaluate, senders=[SERVER_ROLE], replies=False
+        )
 
     def on_ditto_train(self, message: Message) -> Message | None:
         """Train the global model, then the personal one pulled toward it; reply with the first."""
-        if not is_request(message):
-            return None
         content = message.content
         received = read_arrays(content).to_numpy_dict()
         config = request_config(message)
@@ -100,8 +104,6 @@ class DittoClient(Client):
 
     def on_ditto_evaluate(self, message: Message) -> Message | None:
         """Evaluate the global model and this client's personal model on local test data."""
-        if not is_request(message):
-            return None
         content = message.content
         received = read_arrays(content).to_numpy_dict()
         config = request_config(message)
@@ -130,3 +132,8 @@ def _lambda(config: dict[str, object]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ConfigError(f"{DITTO_LAMBDA!r}: a Ditto request needs a number >= 0, got {value!r}")
     return float(value)
+
+
+register_strategy(
+    "ditto", Ditto, lambda settings: Ditto(settings["strategy.ditto_lambda"]), client=DittoClient
+)

@@ -22,8 +22,9 @@ from fnmatch import fnmatchcase
 from typing import Any, Final
 
 from fedbus.errors import ConfigError, InvalidArgumentError
-from fedbus.fl.client import Client, is_request, request_config, train_reply_content
+from fedbus.fl.client import Client, request_config, train_reply_content
 from fedbus.fl.protocol import METRICS, read_arrays
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.base import Strategy
 from fedbus.fl.strategy.fedavg import WeightedAverage
 from fedbus.message import ArrayRecord, Message, MetricRecord, RecordDict
@@ -112,8 +113,6 @@ class FedBNClient(Client):
 
     def on_train(self, message: Message) -> Message | None:
         """Train with this client's local arrays; reply with the shared arrays only."""
-        if not is_request(message):
-            return None
         config = request_config(message)
         patterns = _local_patterns(config)
         model = self._with_local_arrays(read_arrays(message.content).to_numpy_dict())
@@ -125,8 +124,6 @@ class FedBNClient(Client):
 
     def on_evaluate(self, message: Message) -> Message | None:
         """Evaluate the received model with this client's local arrays put in."""
-        if not is_request(message):
-            return None
         config = request_config(message)
         _local_patterns(config)
         model = self._with_local_arrays(read_arrays(message.content).to_numpy_dict())
@@ -161,3 +158,11 @@ def _local_patterns(config: dict[str, object]) -> tuple[str, ...]:
             f"got {value!r}"
         )
     return tuple(value)
+
+
+register_strategy(
+    "fedbn",
+    FedBN,
+    lambda settings: FedBN(settings["strategy.local_layers"].split(",")),
+    client=FedBNClient,
+)

@@ -2,15 +2,17 @@
 
 Each client minimises its loss plus ``mu / 2 * ||w - w_global||^2``, which bounds how far
 heterogeneous clients drift in a round. It needs no message of its own: the server adds
-``proximal_mu`` to the ``train`` config, and every ``Client`` honours it by passing the received
-model as the anchor of ``LocalTerms`` to its trainer. With ``mu = 0`` it is FedAvg, bit for bit.
+``proximal_mu`` to the ``train`` config, and the ``fedprox`` mod on each client
+(``fedbus.fl.mods.FedProxMod``, installed by a configured run) hands the trainer the received
+model as the anchor of ``LocalTerms``. With ``mu = 0`` it is FedAvg, bit for bit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fedbus.fl.client import PROXIMAL_MU
+from fedbus.fl.mods.fedprox import PROXIMAL_MU
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.base import check_parameter
 from fedbus.fl.strategy.fedavg import FedAvg
 
@@ -27,6 +29,7 @@ class FedProx(FedAvg):
     """
 
     name = "fedprox"
+    client_mods = ("fedprox",)
 
     def __init__(self, proximal_mu: float = 0.01) -> None:
         self.proximal_mu = check_parameter(self, "proximal_mu", proximal_mu, ">= 0", _at_least_0)
@@ -38,3 +41,6 @@ class FedProx(FedAvg):
 
 def _at_least_0(value: float) -> bool:
     return value >= 0
+
+
+register_strategy("fedprox", FedProx, lambda settings: FedProx(settings["strategy.proximal_mu"]))

@@ -27,12 +27,14 @@ from typing import Any, Final
 import numpy as np
 
 from fedbus.errors import ConfigError, InvalidArgumentError
-from fedbus.fl.client import Client, is_request, request_config, train_reply_content
+from fedbus.fl.client import Client, request_config, train_reply_content
 from fedbus.fl.protocol import model_content, read_arrays
+from fedbus.fl.registry import register_strategy, server_lr_option
 from fedbus.fl.strategy.base import Strategy, check_parameter
 from fedbus.fl.strategy.fedavg import WeightedAverage
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict
 from fedbus.train.base import Arrays, LocalTerms, Trainer
+from fedbus.worker import SERVER_ROLE
 
 __all__ = ["CONTROL", "CONTROL_DELTA", "SCAFFOLD_TRAIN", "Scaffold", "ScaffoldClient"]
 
@@ -183,12 +185,12 @@ class ScaffoldClient(Client):
 
     def __init__(self, trainer: Trainer, node_id: int | None = None, **options: Any) -> None:
         super().__init__(trainer, node_id, **options)
-        self.register_handlers(SCAFFOLD_TRAIN, self.on_scaffold_train)
+        self.register_handlers(
+            SCAFFOLD_TRAIN, self.on_scaffold_train, senders=[SERVER_ROLE], replies=False
+        )
 
     def on_scaffold_train(self, message: Message) -> Message | None:
         """Train with the control variate correction and reply with the variate's change."""
-        if not is_request(message):
-            return None
         content = message.content
         received = read_arrays(content).to_numpy_dict()
         server_control = _read_control(content)
@@ -238,3 +240,11 @@ def _steps(metrics: Mapping[str, float]) -> int:
             f"SCAFFOLD needs the trainer to report 'steps' >= 1 in its metrics, got {steps!r}"
         )
     return int(steps)
+
+
+register_strategy(
+    "scaffold",
+    Scaffold,
+    lambda settings: Scaffold(settings["federation.num_clients"], **server_lr_option(settings)),
+    client=ScaffoldClient,
+)

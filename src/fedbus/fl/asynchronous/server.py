@@ -26,7 +26,6 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Final
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from fedbus.errors import FedbusError, InvalidArgumentError
 from fedbus.fl.asynchronous.staleness import Staleness
 from fedbus.fl.protocol import ARRAYS, FINISH, read_arrays
+from fedbus.fl.requests import RequestGroup
 from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase, mean_wait
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
@@ -54,7 +54,6 @@ class _Request:
     node_id: int
     version: int
     base: ArrayRecord | None  # the model sent, by reference; None once too stale to matter
-    timer: TimerHandle | None = None
 
 
 class AsyncServer(ServerBase):
@@ -171,6 +170,15 @@ class AsyncServer(ServerBase):
         #: The current model version: the number of aggregations so far.
         self.version = first_round - 1
         self._requests: dict[str, _Request] = {}  # message id -> request in flight
+        # One rolling group for the whole run: it checks who answers and times requests out.
+        self._group = RequestGroup(
+            self,
+            on_reply=self._on_update,
+            on_failure=self._on_request_failed,
+            request_timeout=request_timeout,
+            rolling=True,
+            name="async training",
+        )
         self._busy: set[int] = set()
         self._record = RoundRecord(round=self.version + 1)
         self._aggregator: Aggregator | None = None
@@ -182,7 +190,7 @@ class AsyncServer(ServerBase):
         self._stopped = False
         train_type = strategy.train_message_type
         self.start_sends = (train_type, FINISH)
-        self.register_handlers(train_type, self.on_train_reply, sends=(train_type, FINISH))
+        self.register_request_types([train_type], (train_type, FINISH))
 
     # -- schedule -------------------------------------------------------------------------------
     def begin_training(self) -> None:
@@ -210,6 +218,10 @@ class AsyncServer(ServerBase):
         """Send the current model to idle clients until ``concurrency`` are busy."""
         node_ids = self.sample_excluding(self.concurrency - len(self._busy), self._busy)
         if not node_ids:
+            if not self._requests and self.num_clients == 0 and not self._stopped:
+                self.stop_run(
+                    f"version {self.version}: no client is left to train{self.departed_note()}"
+                )
             return
         version = self.version
         config = ConfigRecord(
@@ -220,31 +232,18 @@ class AsyncServer(ServerBase):
         for node_id in node_ids:
             content = contents if isinstance(contents, RecordDict) else contents[node_id]
             message = Message(content, node_id, message_type, group_id=str(version))
-            self.send(message)
-            message_id = message.metadata.message_id
-            request = self._requests[message_id] = _Request(node_id, version, self.arrays)
-            if self.request_timeout is not None:
-                request.timer = self.call_later(
-                    self.request_timeout, partial(self._on_request_timeout, message_id)
-                )
+            message_id = self._group.send(message)
+            self._requests[message_id] = _Request(node_id, version, self.arrays)
             self._busy.add(node_id)
             self.note_participant(node_id)
             self._record.clients_sampled += 1
 
     # -- replies --------------------------------------------------------------------------------
-    def on_train_reply(self, message: Message) -> None:
-        """A client's update (or error reply): discount it, buffer it, maybe aggregate."""
-        if not message.metadata.reply_to_message_id and not message.has_error():
-            raise InvalidArgumentError("the server accepts only replies to its train requests")
+    def _on_update(self, node_id: int, message: Message) -> None:
+        """A client's update: discount it, buffer it, maybe aggregate (raising refuses it)."""
         request = self._take_request(message.metadata.reply_to_message_id)
         if request is None or self._stopped:
             self._record.late_replies += 1
-            return
-        if message.has_error():
-            logger.info(
-                "version %s: node %s failed: %r", self.version, request.node_id, message.error
-            )
-            self._failed()
             return
         staleness = self.version - request.version
         weight = self.staleness.weight(staleness)
@@ -254,12 +253,9 @@ class AsyncServer(ServerBase):
             return
         try:
             self._buffer(request, message.content, weight)
-        except FedbusError as exc:
-            logger.warning(
-                "version %s: update of node %s refused: %s", self.version, request.node_id, exc
-            )
+        except FedbusError:
             self._failed()
-            return
+            raise  # the group logs the refusal with the node id
         self._failures_in_row = 0
         self._record.staleness[staleness] = self._record.staleness.get(staleness, 0) + 1
         if self._trigger_fired():
@@ -267,14 +263,17 @@ class AsyncServer(ServerBase):
         elif self.broadcast == "after_receiving":
             self._refill()
 
+    def _on_request_failed(self, node_id: int, message_id: str, reason: str) -> None:
+        """An error reply or a timeout (the group logged it): free the slot."""
+        request = self._take_request(message_id)
+        if request is not None and not self._stopped:
+            self._failed()
+
     def _take_request(self, message_id: str) -> _Request | None:
         """Forget a request (answered or given up); None if it was not in flight."""
         request = self._requests.pop(message_id, None)
-        if request is None:
-            return None
-        if request.timer is not None:
-            request.timer.cancel()
-        self._busy.discard(request.node_id)
+        if request is not None:
+            self._busy.discard(request.node_id)
         return request
 
     def _buffer(self, request: _Request, content: RecordDict, weight: float) -> None:
@@ -285,7 +284,7 @@ class AsyncServer(ServerBase):
         if moved is not update:
             content = RecordDict({**content, ARRAYS: moved})
         assert self._aggregator is not None
-        self._aggregator.add(request.node_id, content)
+        self.accept_update(self._aggregator, request.node_id, content)
         self._contributors.append(request.node_id)
         self._arrivals.append(now())
 
@@ -302,12 +301,6 @@ class AsyncServer(ServerBase):
             )
             return
         self._refill()
-
-    def _on_request_timeout(self, message_id: str) -> None:
-        request = self._take_request(message_id)
-        if request is not None and not self._stopped:
-            logger.info("version %s: node %s timed out", self.version, request.node_id)
-            self._failed()
 
     def _trigger_fired(self) -> bool:
         if self.trigger == "goal":
@@ -355,7 +348,5 @@ class AsyncServer(ServerBase):
         self._stopped = True
         if self._window is not None:
             self._window.cancel()
-        for request in self._requests.values():
-            if request.timer is not None:
-                request.timer.cancel()
+        self._group.close()
         super().stop_run(failure)

@@ -8,9 +8,10 @@ Three modes, the same accounting (``accounting``):
   moves the mean by at most ``2 C / m`` whoever else answered). Protects against whoever sees the
   model, not against the server.
 - ``client_clip``: the clients clip their own update before sending it (the request carries
-  ``clipping_norm``); the server refuses an update above the norm, then adds the noise as in
-  ``central``. The server never needs an individual update, so this mode is the one secure
-  aggregation can hide the updates of.
+  ``clipping_norm``, and the ``privacy`` mod on each client, ``fedbus.fl.mods.ClientPrivacy``,
+  clips); the server refuses an update above the norm, then adds the noise as in ``central``.
+  The server never needs an individual update, so this mode is the one secure aggregation can
+  hide the updates of.
 - ``local``: each client clips its update and adds the noise ``z C`` itself (the request
   carries ``noise_std``); the server averages. Protects against the server too, at the price of
   ``sqrt(m)`` times more noise in the mean.
@@ -122,6 +123,9 @@ class DifferentialPrivacy(Strategy):
             )
         self.inner, self.mode = inner, mode
         self.name = inner.name
+        # the client modes clip (and noise) on the clients, in their "privacy" mod
+        private = ("privacy",) if mode != "central" else ()
+        self.client_mods = (*inner.client_mods, *private)
         self.train_message_type = inner.train_message_type
         self.evaluate_message_type = inner.evaluate_message_type
         self.clipping_norm = check_parameter(self, "clipping_norm", clipping_norm, "> 0", _positive)
@@ -329,7 +333,13 @@ class _PrivateSum:
                 raise InvalidArgumentError(
                     f"node {node_id} sent an update above clipping_norm={self._norm:.6g}"
                 )
-            unclipped = bool(metrics.get(UNCLIPPED, 1))
+            if UNCLIPPED not in metrics:
+                raise InvalidArgumentError(
+                    f"node {node_id} sent an update without the {UNCLIPPED!r} metric: its client "
+                    f"did not clip it; install the privacy mod on every client "
+                    f"(client.use(fedbus.fl.mods.ClientPrivacy()))"
+                )
+            unclipped = bool(metrics[UNCLIPPED])
         self._metrics.add(metrics, read_num_examples(content))
         for key, value in arrays.items():
             self._sum[key] += value.astype(np.float64) - self._current[key]

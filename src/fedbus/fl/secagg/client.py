@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.fl.client import Client, is_request, plain_config
+from fedbus.fl.client import Client, from_server, plain_config
 from fedbus.fl.protocol import METRICS
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, decrypt, encrypt, mask
@@ -22,7 +22,6 @@ from fedbus.fl.secagg.quantize import Quantizer
 from fedbus.fl.secagg.shamir import split_secret
 from fedbus.fl.updates import model_delta
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from fedbus.worker import handler
 
 __all__ = ["SecAggClient", "flatten_update"]
 
@@ -57,7 +56,7 @@ class _RoundSecrets:
 class SecAggClient(Client):
     """A client of secure aggregation: trains, then takes part in the four SecAgg+ stages.
 
-    It is built as a ``Client`` is; its four handlers are declared with ``@handler``.
+    It is built as a ``Client`` is; its four handlers are declared with ``@from_server``.
     """
 
     #: The secrets of the round in progress; None between rounds. They live on the object from
@@ -66,12 +65,10 @@ class SecAggClient(Client):
     portable = False
 
     # -- stage 0: train, advertise keys ---------------------------------------------------------
-    @handler(p.SECAGG_TRAIN)
+    @from_server(p.SECAGG_TRAIN)
     def on_secagg_train(self, message: Message) -> Message | None:
         """Train, quantise the update, keep it; reply with two fresh public keys."""
-        if not is_request(message):
-            return None
-        # differential privacy's client_clip and local modes clip (and noise) before masking
+        # the privacy mod's update filter clips (and noises) in train_on: before masking
         received, arrays, num_examples, metrics = self.train_on(message)
         config = plain_config(message.content)
         quantizer = Quantizer(
@@ -101,7 +98,7 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"keys": keys, METRICS: reply_metrics}))
 
     # -- stage 1: share the secrets with the neighbours -----------------------------------------
-    @handler(p.SECAGG_SHARE)
+    @from_server(p.SECAGG_SHARE)
     def on_secagg_share(self, message: Message) -> Message | None:
         """Shamir-share the mask seed and the mask key among the neighbours that advertised."""
         current = self._current(message)
@@ -128,7 +125,7 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"shares": shares}))
 
     # -- stage 2: masked input ------------------------------------------------------------------
-    @handler(p.SECAGG_MASK)
+    @from_server(p.SECAGG_MASK)
     def on_secagg_mask(self, message: Message) -> Message | None:
         """Keep the shares addressed to this client; reply with the masked, quantised update."""
         current = self._current(message)
@@ -154,7 +151,7 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"masked": ArrayRecord({"y": masked})}))
 
     # -- stage 3: unmasking ---------------------------------------------------------------------
-    @handler(p.SECAGG_UNMASK)
+    @from_server(p.SECAGG_UNMASK)
     def on_secagg_unmask(self, message: Message) -> Message | None:
         """Reveal the survivors' seed shares and the dropped clients' mask-key shares."""
         current = self._current(message)
@@ -190,8 +187,6 @@ class SecAggClient(Client):
         return message.create_reply(RecordDict({"reveal": reveal}))
 
     def _current(self, message: Message) -> _RoundSecrets | None:
-        if not is_request(message):
-            return None
         current = self._round
         if current is None or message.metadata.group_id != str(current.server_round):
             raise InvalidArgumentError(

@@ -1,11 +1,11 @@
 """``SecAggServer``: synchronous rounds whose updates the server only ever sees summed.
 
-Each round runs the four SecAgg+ stages of ``protocol`` over the sampled clients, each stage a
-phase of requests that closes when every client still in the round answered or when
-``stage_timeout`` passes; a client that fails or stays silent drops out of the round. The
-server relays keys and encrypted shares, collects masked inputs, asks the survivors for the
-shares that remove the masks, and hands the strategy one update: the mean of the survivors'
-updates, recovered to quantisation error.
+Each round runs the four SecAgg+ stages of ``protocol`` over the sampled clients, four chained
+``RequestGroup``s: each closes when every client still in the round answered or when
+``stage_timeout`` passes, and its closing opens the next; a client that fails or stays silent
+drops out of the round. The server relays keys and encrypted shares, collects masked inputs,
+asks the survivors for the shares that remove the masks, and hands the strategy one update: the
+mean of the survivors' updates, recovered to quantisation error.
 
 A round in which some secret can no longer be recovered (fewer than ``threshold`` of a client's
 neighbours answered) fails cleanly: the model stays as it was, the failure is recorded in
@@ -18,12 +18,14 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import CONFIG, FINISH, METRICS
+from fedbus.fl.requests import RequestGroup
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, mask
 from fedbus.fl.secagg.graph import default_degree, default_threshold, neighbour_graph
@@ -32,7 +34,7 @@ from fedbus.fl.secagg.shamir import combine_shares
 from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from fedbus.worker import SERVER_NODE_ID, TimerHandle
+from fedbus.worker import SERVER_NODE_ID
 
 __all__ = ["SecAggServer"]
 
@@ -44,9 +46,7 @@ _KEY_BYTES = 32
 @dataclass(slots=True)
 class _Stage:
     kind: str
-    pending: dict[str, int]  # message id -> node
     replies: dict[int, RecordDict] = field(default_factory=dict)
-    timer: TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -165,14 +165,12 @@ class SecAggServer(ServerBase):
         #: Rounds that failed, and why: (round, reason).
         self.secagg_failures: list[tuple[int, str]] = []
         self._round: _Round | None = None
-        self._stage: _Stage | None = None
-        self._record = RoundRecord(round=0)
         # each stage's replies open the next stage; any stage may end the round (a failure),
         # which starts the next round or ends the run
         following = (*p.STAGES[1:], None)
         for kind, after in zip(p.STAGES, following, strict=True):
             sends = (p.SECAGG_TRAIN, FINISH) if after is None else (after, p.SECAGG_TRAIN, FINISH)
-            self.register_handlers(kind, self.on_stage_reply, sends=sends)
+            self.register_request_types([kind], sends)
 
     def begin_training(self) -> None:
         """Start round ``first_round``."""
@@ -221,56 +219,32 @@ class SecAggServer(ServerBase):
         self._open_stage(p.SECAGG_TRAIN, contents)
 
     def _open_stage(self, kind: str, contents: Mapping[int, RecordDict]) -> None:
-        assert self._round is not None
-        stage = _Stage(kind, {})
-        self._stage = stage
-        for node, content in contents.items():
-            message = Message(content, node, kind, group_id=str(self._round.number))
-            self.send(message)
-            stage.pending[message.metadata.message_id] = node
-            self.note_participant(node)
-        if self.stage_timeout is not None:
-            stage.timer = self.call_later(self.stage_timeout, lambda: self._on_timeout(stage))
-        if not stage.pending:
-            self._close_stage()
-
-    def on_stage_reply(self, message: Message) -> None:
-        """A client's reply (or error reply) to the current stage's request."""
-        stage = self._stage
-        node = (
-            None if stage is None else stage.pending.pop(message.metadata.reply_to_message_id, None)
+        state = self._round
+        assert state is not None
+        stage = _Stage(kind)
+        # a client that fails or stays silent has dropped out of the round: the group logs it
+        group = RequestGroup(
+            self,
+            on_reply=partial(self._on_stage_reply, state, stage),
+            on_close=partial(self._close_stage, state, stage),
+            deadline=self.stage_timeout,
+            name=f"round {state.number} {kind}",
         )
-        if stage is None or node is None or message.msg_type != stage.kind:
-            self._record.late_replies += 1
-            return
-        if message.has_error():
-            logger.info(
-                "round %s: node %s dropped out at %s: %r",
-                self._record.round,
-                node,
-                stage.kind,
-                message.error,
-            )
-        elif stage.kind == p.SECAGG_MASK:
-            assert self._round is not None
-            self._add_masked(self._round, node, message.content)
+        messages = []
+        for node, content in contents.items():
+            messages.append(Message(content, node, kind, group_id=str(state.number)))
+            self.note_participant(node)
+        group.send_all(messages)
+
+    def _on_stage_reply(self, state: _Round, stage: _Stage, node: int, message: Message) -> None:
+        if stage.kind == p.SECAGG_MASK:
+            self._add_masked(state, node, message.content)
         else:
             stage.replies[node] = message.content
-        if not stage.pending:
-            self._close_stage()
 
-    def _on_timeout(self, stage: _Stage) -> None:
-        if stage is self._stage:
-            logger.info("round %s: %s timed out", self._record.round, stage.kind)
-            self._close_stage()
-
-    def _close_stage(self) -> None:
-        stage, state = self._stage, self._round
-        assert stage is not None
-        assert state is not None
-        self._stage = None
-        if stage.timer is not None:
-            stage.timer.cancel()
+    def _close_stage(self, state: _Round, stage: _Stage, group: RequestGroup) -> None:
+        if self._round is not state:
+            return  # the run stopped meanwhile
         try:
             {
                 p.SECAGG_TRAIN: self._after_train,

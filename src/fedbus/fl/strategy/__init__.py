@@ -6,7 +6,8 @@
 - ``robust``: Byzantine-robust rules (Krum, Multi-Krum, median, trimmed mean, Bulyan, norm bound).
 
 Algorithms that also change what clients do (FedProx, SCAFFOLD, Ditto, FedBN) are in
-``fedbus.fl.algorithms``.
+``fedbus.fl.algorithms``. Each module registers the names configuration files use for its
+strategies (``fedbus.fl.registry.register_strategy``, at the module's bottom).
 """
 
 from fedbus.fl.strategy.base import Aggregator, Strategy, WeightedMetrics

@@ -91,6 +91,9 @@ class Strategy(ABC):
     #: its own: differential privacy may then noise the sum, and secure aggregation hide the
     #: updates. Median, Krum and the other robust rules need every update.
     aggregates_by_sum: bool = False
+    #: Mods every client of this strategy needs, by their names in ``fedbus.fl.mods.MODS``
+    #: (FedProx's ``"fedprox"``): a configured run installs them on each client it builds.
+    client_mods: tuple[str, ...] = ()
 
     def client_settings(self) -> dict[str, Any]:
         """Settings this strategy adds to the config of every request it sends (FedProx's

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.base import Strategy, check_parameter
 from fedbus.fl.strategy.fedavg import WeightedAverage
 from fedbus.message import ArrayRecord, RecordDict
@@ -90,3 +91,8 @@ class FedAsync(Strategy):
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> Mixing:
         """A mixing step from the current model."""
         return Mixing(arrays, self.alpha)
+
+
+register_strategy(
+    "fedasync", FedAsync, lambda settings: FedAsync(settings["strategy.fedasync_alpha"])
+)

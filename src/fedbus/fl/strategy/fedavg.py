@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.fl.protocol import read_arrays, read_metrics, read_num_examples
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics
 from fedbus.fl.updates import check_layout
 from fedbus.message import ArrayRecord, RecordDict
@@ -79,3 +80,6 @@ class FedAvg(Strategy):
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> WeightedAverage:
         """A streaming weighted average; the current model is kept if nobody trained."""
         return WeightedAverage(arrays)
+
+
+register_strategy("fedavg", FedAvg)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.fl.protocol import read_arrays, read_metrics, read_num_examples
+from fedbus.fl.registry import register_strategy, server_lr_option
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics, check_parameter
 from fedbus.fl.updates import check_layout, model_delta
 from fedbus.message import ArrayRecord, RecordDict
@@ -84,3 +85,6 @@ class FedBuff(Strategy):
     def start_aggregation(self, server_round: int, arrays: ArrayRecord) -> BufferedStep:
         """An empty buffer over the current model."""
         return BufferedStep(arrays, self.server_lr)
+
+
+register_strategy("fedbuff", FedBuff, lambda settings: FedBuff(**server_lr_option(settings)))

@@ -23,9 +23,11 @@ from numpy.typing import NDArray
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import read_num_examples
+from fedbus.fl.registry import register_strategy, server_lr_option
 from fedbus.fl.strategy.base import Strategy, check_parameter
 from fedbus.fl.strategy.fedavg import WeightedAverage
 from fedbus.message import ArrayRecord, RecordDict
+from fedbus.plugins import Settings
 
 __all__ = [
     "AdaptiveFedOpt",
@@ -325,3 +327,31 @@ def _check_layout(
             f"{dict(model)}; load the state saved with this model, or load_state({{}}) to start "
             "afresh"
         )
+
+
+def _adaptive(settings: Settings) -> dict[str, Any]:
+    """The keys FedAdam and FedYogi share."""
+    return {
+        **server_lr_option(settings),
+        "beta1": settings["strategy.beta1"],
+        "beta2": settings["strategy.beta2"],
+        "tau": settings["strategy.tau"],
+    }
+
+
+register_strategy(
+    "fedavgm",
+    FedAvgM,
+    lambda settings: FedAvgM(**server_lr_option(settings), momentum=settings["strategy.momentum"]),
+)
+register_strategy(
+    "fedadagrad",
+    FedAdagrad,
+    lambda settings: FedAdagrad(
+        **server_lr_option(settings),
+        beta1=settings["strategy.beta1"],
+        tau=settings["strategy.tau"],
+    ),
+)
+register_strategy("fedadam", FedAdam, lambda settings: FedAdam(**_adaptive(settings)))
+register_strategy("fedyogi", FedYogi, lambda settings: FedYogi(**_adaptive(settings)))

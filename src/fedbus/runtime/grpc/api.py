@@ -33,15 +33,15 @@ from fedbus.runtime.grpc.framing import TransportLimits
 from fedbus.runtime.grpc.security import Authenticator, ServerTls
 from fedbus.runtime.grpc.server import GrpcServer, ServerSettings
 from fedbus.runtime.grpc.stream import Heartbeat
-from fedbus.worker import MessageFlow, Worker
+from fedbus.worker import MessageFlow, RoutingPolicy, Worker
 
 __all__ = ["check_flow", "connect", "serve"]
 
 logger = logging.getLogger("fedbus.grpc")
 
 
-def check_flow(server: Worker, clients: Sequence[Worker]) -> None:
-    """Run the message-flow check on the server and one client of each class.
+def check_flow(server: Worker, clients: Sequence[Worker]) -> MessageFlow:
+    """Run the message-flow check on the server and one client of each class; returns the flow.
 
     Raises ``FlowError`` naming each type that some handler sends and no role handles.
     """
@@ -51,7 +51,9 @@ def check_flow(server: Worker, clients: Sequence[Worker]) -> None:
     single = len(samples) == 1
     roles: list[tuple[str, Worker]] = [("server", server)]
     roles += [("client" if single else f"client:{k.__name__}", w) for k, w in samples.items()]
-    MessageFlow.from_roles(roles).check()
+    flow = MessageFlow.from_roles(roles)
+    flow.check()
+    return flow
 
 
 def serve(
@@ -104,7 +106,10 @@ def serve(
         silent for 15 s is unavailable).
     check_with
         Client workers of this federation (one per class is enough): the message-flow check
-        runs on the server with them before anything is served. Nothing is checked without.
+        runs on the server with them before anything is served, and the flow they declare is
+        the routing policy (``RoutingPolicy``). Without them only the server's declarations
+        are known: clients may send it what its handlers accept, and no message travels from
+        client to client.
     activity
         Shared pending-work counter (``run_local`` passes one).
 
@@ -113,8 +118,11 @@ def serve(
     GrpcServer
         ``.port``, ``.wait(timeout)``, ``.stop()``, ``.connected``, ``.error``.
     """
-    if check_with:
-        check_flow(server, check_with)
+    policy = (
+        RoutingPolicy.from_flow(check_flow(server, check_with))
+        if check_with
+        else RoutingPolicy.from_server(server)
+    )
     if (tls is None) == (not insecure):
         raise InvalidArgumentError(
             "serve: pass tls=ServerTls(...) to serve over TLS, or insecure=True to serve "
@@ -146,7 +154,7 @@ def serve(
         limits=limits or TransportLimits(),
         heartbeat=heartbeat or Heartbeat(),
     )
-    runtime = GrpcServer(server, authenticator, settings, activity)
+    runtime = GrpcServer(server, authenticator, settings, activity, policy=policy)
     credentials = (
         None
         if tls is None

@@ -31,7 +31,7 @@ from fedbus.runtime.grpc.framing import (
     TransportLimits,
     encode_for_stream,
 )
-from fedbus.runtime.grpc.host import Endpoint, WorkerHost, expired
+from fedbus.runtime.grpc.host import Endpoint, WorkerHost
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
     PROTOCOL_KEY,
@@ -116,6 +116,7 @@ class GrpcClient(Endpoint):
         self._limits = settings.limits
         self._decode_limits = DecodeLimits(max_message_bytes=settings.limits.max_message_bytes)
         self._host = WorkerHost(worker, self._route, self._on_worker_stop, activity)
+        self._host.rules.max_message_bytes = settings.limits.max_message_bytes
         self._watchdog = Dispatcher("fedbus-grpc-client-watchdog")
         self._credentials = credentials
         self._channel: grpc.Channel | None = None
@@ -355,20 +356,15 @@ class GrpcClient(Endpoint):
                 "node %s: dropped a message for node %s", self.node_id, message.metadata.dst_node_id
             )
             self._host.count(-1)
-        elif expired(message):
-            self._host.fail(message, ErrorCode.MESSAGE_EXPIRED, "its TTL passed in transit")
+        elif (refusal := self._host.rules.check_arrived(message)) is not None:
+            self._host.fail(message, refusal.code, refusal.reason)
         else:
             self._host.deliver(message)
 
     def _route(self, message: Message) -> None:
-        size = encoded_size(message)
-        if size > self._limits.max_message_bytes:
-            self._host.fail(
-                message,
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"{size} bytes encoded, more than max_message_bytes="
-                f"{self._limits.max_message_bytes}",
-            )
+        refusal = self._host.rules.check_size(encoded_size(message))
+        if refusal is not None:
+            self._host.fail(message, refusal.code, refusal.reason)
             return
         with self._lock:
             outbox = self._outbox

@@ -3,8 +3,9 @@
 Both ends of a connection host one worker each (the server node 0, a client node K). What a
 runtime owes every worker lives here, once:
 
-- on send: fill ``run_id``, ``message_id`` and ``src_node_id`` (``mark_sent``), and refuse a
-  message whose TTL has already passed (the sender gets a ``MESSAGE_EXPIRED`` error reply);
+- on send: fill ``run_id``, ``message_id`` (128 random bits, unguessable: ``runtime.ids``) and
+  ``src_node_id`` (``mark_sent``), and refuse a message whose TTL has already passed (the
+  sender gets a ``MESSAGE_EXPIRED`` error reply);
 - on delivery: run the handler on the worker's dispatcher thread, unless the TTL passed in
   transit (``MESSAGE_EXPIRED``) or the worker has stopped (``NODE_UNAVAILABLE``);
 - never answer an error with an error: a failed error message is logged and dropped.
@@ -15,28 +16,22 @@ to a connection, a client to its stream.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from fedbus.message import ErrorCode, Message, mark_sent
+from fedbus.message import ErrorCode, Message
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher, Timer
-from fedbus.worker import Worker, runtime_error_reply
+from fedbus.runtime.ids import MessageIds
+from fedbus.runtime.rules import DeliveryRules, Refusal
+from fedbus.worker import Worker
 
 __all__ = ["Endpoint", "WorkerHost"]
 
 logger = logging.getLogger("fedbus.grpc")
 
 Route = Callable[[Message], None]
-
-
-def expired(message: Message) -> bool:
-    """True when the message's TTL has passed on this machine's wall clock."""
-    metadata = message.metadata
-    return metadata.ttl <= 0 or time.time() > metadata.expires_at
 
 
 class _Comm:
@@ -84,7 +79,6 @@ class WorkerHost:
     ) -> None:
         self.worker = worker
         self.node_id = worker.node_id
-        self.run_id = 0
         self.activity = activity
         self.dispatcher = Dispatcher(f"fedbus-node-{worker.node_id}", activity)
         self.worker_stopped = False
@@ -93,31 +87,22 @@ class WorkerHost:
         self._held: list[Message] = []
         self._route = route
         self._on_worker_stop = on_worker_stop
-        # Unique within a run without coordination: node id, a random session, a counter.
-        self._session = secrets.token_hex(4)
-        self._message_numbers = itertools.count(1)
+        # The runtime's duties (runtime.rules): ids random, not counted (a peer must not guess
+        # the id of a request it did not receive); TTLs on this machine's wall clock. The server
+        # adds its routing policy and size limit.
+        self.rules = DeliveryRules(0, MessageIds(), time.time)
 
     def attach(self, node_id: int, run_id: int) -> None:
         """Give the worker its node id and its ``CommManager``."""
-        self.node_id, self.run_id = node_id, run_id
+        self.node_id, self.rules.run_id = node_id, run_id
         self.worker.attach(_Comm(self), node_id)
 
     # -- sending --------------------------------------------------------------------------
-    def stamp(self, message: Message) -> None:
-        """Fill the fields the runtime owns: run id, a fresh message id, this node as sender."""
-        number = next(self._message_numbers)
-        mark_sent(
-            message,
-            run_id=self.run_id,
-            message_id=f"{self.node_id}-{self._session}-{number}",
-            src_node_id=self.node_id,
-        )
-
     def send(self, message: Message) -> None:
         """What the worker's ``send`` does: stamp, check the TTL, then route or deliver."""
-        self.stamp(message)
+        self.rules.stamp(message, self.node_id)
         self.count(1)
-        if expired(message):
+        if self.rules.expired(message):
             self.fail(message, ErrorCode.MESSAGE_EXPIRED, "its TTL had passed when sent")
         elif message.metadata.dst_node_id == self.node_id:
             self.deliver(message)
@@ -130,18 +115,10 @@ class WorkerHost:
         The reply comes from the node ``message`` was for, as if that node had answered, and
         is routed like any message. ``message`` was counted in ``activity``; it is done now.
         """
-        metadata = message.metadata
-        text = f"message {metadata.message_id} ({metadata.message_type!r}): {reason}"
-        if message.has_error():
-            logger.info("dropped an error message that cannot be delivered: %s", text)
+        reply = self.rules.error_reply(message, Refusal(code, reason))
+        if reply is None:
+            logger.info("dropped an error message that cannot be delivered: %r", message)
         else:
-            reply = runtime_error_reply(message, code, text)
-            mark_sent(
-                reply,
-                run_id=metadata.run_id,
-                message_id=f"{self.node_id}-{self._session}-{next(self._message_numbers)}",
-                src_node_id=metadata.dst_node_id,
-            )
             self.count(1)
             if reply.metadata.dst_node_id == self.node_id:
                 self.deliver(reply)
@@ -161,9 +138,9 @@ class WorkerHost:
         elif self.worker_stopped:
             self.count(1)  # fail() ends this message's count; the action's own end follows
             self.fail(message, ErrorCode.NODE_UNAVAILABLE, f"node {self.node_id} stopped")
-        elif expired(message):
+        elif (refusal := self.rules.check_arrived(message)) is not None:
             self.count(1)
-            self.fail(message, ErrorCode.MESSAGE_EXPIRED, "its TTL passed in transit")
+            self.fail(message, refusal.code, refusal.reason)
         else:
             self.worker.deliver(message)
 

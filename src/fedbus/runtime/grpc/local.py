@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fedbus.errors import InvalidArgumentError, RunError
-from fedbus.runtime.grpc.api import check_flow, connect, serve
+from fedbus.runtime.grpc.api import connect, serve
 from fedbus.runtime.grpc.client import ClientSettings, GrpcClient
 from fedbus.runtime.grpc.dispatcher import Activity
 from fedbus.runtime.grpc.framing import TransportLimits
@@ -89,7 +89,6 @@ def run_local(
     """
     if not clients:
         raise InvalidArgumentError("run_local: give at least one client")
-    check_flow(server, clients)
     ids = _client_ids(clients)
     activity = Activity()
     token = secrets.token_urlsafe(16)
@@ -101,6 +100,7 @@ def run_local(
         min_clients=len(clients),
         limits=limits,
         heartbeat=heartbeat,
+        check_with=clients,
         activity=activity,
     )
     address = f"{_LOOPBACK}:{handle.port}"

@@ -11,6 +11,15 @@ the client asks for when it is free) and stamps it on the connection. A message 
 ``src_node_id`` is not its connection's id is refused with an ``UNAUTHENTICATED`` error reply
 and logged; a client therefore cannot speak as another, and receives only messages addressed
 to it.
+
+Routing follows the flow declaration (``RoutingPolicy``): a message from a client whose type
+its role does not declare towards the receiver's role (a ``finish`` or ``train`` for another
+client, say) gets a ``PERMISSION_DENIED`` error reply and is never delivered or relayed.
+
+Departure: when a client's stream ends (it left, its connection broke, or its heartbeat
+stopped), the server worker is told at once (``Worker.nodes_departed``): every request in
+flight to that node gets a ``NODE_UNAVAILABLE`` error reply, and an FL server takes the node
+out of its sampling pool until it connects again.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message, mar
 from fedbus.message.codec import encoded_size
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
 from fedbus.runtime.grpc.framing import DATA, GOODBYE, TransportLimits, encode_for_stream
-from fedbus.runtime.grpc.host import Endpoint, WorkerHost, expired
+from fedbus.runtime.grpc.host import Endpoint, WorkerHost
 from fedbus.runtime.grpc.registry import ClientRegistry, Connection, RefusedError
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
@@ -39,7 +48,7 @@ from fedbus.runtime.grpc.security import (
     Authenticator,
 )
 from fedbus.runtime.grpc.stream import METHOD_NAME, SERVICE, Heartbeat, Outbox, channel_options
-from fedbus.worker import SERVER_NODE_ID, Worker
+from fedbus.worker import SERVER_NODE_ID, RoutingPolicy, Worker
 
 __all__ = ["GrpcServer", "ServerSettings", "TransportStats"]
 
@@ -87,10 +96,16 @@ class TransportStats:
     messages_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Messages refused for their sender (impersonation, run id, routing policy).
+    messages_refused: int = 0
 
 
 class GrpcServer(Endpoint):
-    """Hosts the server worker as node 0 and serves the fedbus stream (see ``serve``)."""
+    """Hosts the server worker as node 0 and serves the fedbus stream (see ``serve``).
+
+    ``policy`` is the routing policy messages from clients must follow (default: the one the
+    server's own declarations imply, ``RoutingPolicy.from_server``).
+    """
 
     def __init__(
         self,
@@ -98,12 +113,18 @@ class GrpcServer(Endpoint):
         authenticator: Authenticator,
         settings: ServerSettings,
         activity: Activity | None = None,
+        *,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.settings = settings
         self._limits = settings.limits
         self._decode_limits = DecodeLimits(max_message_bytes=settings.limits.max_message_bytes)
         self._host = WorkerHost(worker, self._route, self._on_worker_stop, activity)
         self._host.attach(SERVER_NODE_ID, settings.run_id)
+        # the server is the trust boundary: clients' messages follow the routing policy here
+        rules = self._host.rules
+        rules.policy = RoutingPolicy.from_server(worker) if policy is None else policy
+        rules.max_message_bytes = settings.limits.max_message_bytes
         self._host.ready = False
         self._watchdog = Dispatcher("fedbus-grpc-watchdog")
         self._clients = ClientRegistry(authenticator, settings.max_clients, settings.first_node_id)
@@ -237,6 +258,14 @@ class GrpcServer(Endpoint):
         ).start()
         return self._write(connection)
 
+    def _departed(self, node_id: int) -> None:
+        """On the server worker's thread: the node left; requests in flight to it fail now."""
+        if not self._started:
+            self._waiting = [waiting for waiting in self._waiting if waiting != node_id]
+            return
+        if not self._host.worker_stopped:
+            self._host.worker.nodes_departed([node_id])
+
     def _joined(self, node_id: int) -> None:
         """On the server worker's thread: register the node; start once enough are here."""
         worker = self._host.worker
@@ -289,6 +318,7 @@ class GrpcServer(Endpoint):
             problem = f"belongs to run {metadata.run_id}, not {self.settings.run_id}"
         if problem is not None:
             logger.warning("refused a message of node %d: it %s", connection.node_id, problem)
+            self._count_refusal()
             # Answer the connection's true owner, whatever the message claims.
             mark_sent(
                 message,
@@ -297,24 +327,30 @@ class GrpcServer(Endpoint):
                 src_node_id=connection.node_id,
             )
             self._host.fail(message, ErrorCode.UNAUTHENTICATED, f"refused: the message {problem}")
-        elif expired(message):
-            self._host.fail(message, ErrorCode.MESSAGE_EXPIRED, "its TTL passed in transit")
+            return
+        rules = self._host.rules
+        refusal = rules.check_route(message)
+        if refusal is not None:
+            logger.warning("refused a message of node %d: %s", connection.node_id, refusal.reason)
+            self._count_refusal()
+            self._host.fail(message, refusal.code, f"refused: {refusal.reason}")
+        elif (refusal := rules.check_arrived(message)) is not None:
+            self._host.fail(message, refusal.code, refusal.reason)
         elif metadata.dst_node_id == SERVER_NODE_ID:
             self._host.deliver(message)
         else:
             self._forward(message, encoded)
 
+    def _count_refusal(self) -> None:
+        with self._stats_lock:
+            self._stats.messages_refused += 1
+
     # -- routing --------------------------------------------------------------------------
     def _route(self, message: Message) -> None:
         """A message of the server worker (or a runtime error reply) for a client."""
-        size = encoded_size(message)
-        if size > self._limits.max_message_bytes:
-            self._host.fail(
-                message,
-                ErrorCode.MESSAGE_TOO_LARGE,
-                f"{size} bytes encoded, more than max_message_bytes="
-                f"{self._limits.max_message_bytes}",
-            )
+        refusal = self._host.rules.check_size(encoded_size(message))
+        if refusal is not None:
+            self._host.fail(message, refusal.code, refusal.reason)
             return
         if message.metadata.dst_node_id == SERVER_NODE_ID:
             self._host.deliver(message)
@@ -344,6 +380,8 @@ class GrpcServer(Endpoint):
     def _disconnect(self, connection: Connection, reason: str) -> None:
         if self._clients.remove(connection):
             logger.info("node %d disconnected: %s", connection.node_id, reason)
+            node_id = connection.node_id
+            self._host.post(lambda: self._departed(node_id))
         connection.outbox.close(f"node {connection.node_id} disconnected")
         if connection.status is not None:
             # The writer ends the call with this status; cancel only if it is stuck writing.

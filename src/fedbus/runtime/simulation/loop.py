@@ -12,13 +12,14 @@ handler's start plus ``HANDLER_TIME`` plus the samples it reported divided by th
 one through the codec, proving the same code would run over a network.
 
 Client work in parallel: with ``workers > 1`` (or ``backend="ray"``), the handlers of portable
-clients (``Worker.portable``) run in worker processes or on a Ray cluster, while the event loop,
-the clock and the order of events stay here. When the loop reaches a delivery to such a client,
-it sends that delivery and every other pending delivery to a different client (a round's
-requests) as tasks; copies of the clients answer them, and the loop replays each answer when
-it reaches its delivery (see ``offload``). An answer computed for a delivery that did not happen
-as foreseen (held, dropped, or preceded by another message to the same client) is dropped and
-the delivery answered again, so results are the same, bit for bit, as with ``workers=1``.
+clients (``Worker.portable``) run in worker processes or on a Ray cluster (the backend's
+executor, see ``executors``), while the event loop, the clock and the order of events stay
+here. When the loop reaches a delivery to such a client, it sends that delivery and every other
+pending delivery to a different client (a round's requests) as tasks; copies of the clients
+answer them, and the loop replays each answer when it reaches its delivery (see ``offload``).
+An answer computed for a delivery that did not happen as foreseen (held, dropped, or preceded
+by another message to the same client) is dropped and the delivery answered again, so results
+are the same, bit for bit, as with ``workers=1``.
 
 Clients whose profile has availability windows are offline outside them (the server never is).
 An offline device cannot send: a message it sends leaves at the start of its next window (and is
@@ -37,15 +38,24 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
 from fedbus.errors import FedbusError, InvalidArgumentError
-from fedbus.message import Message, Metadata, mark_sent, use_clock
+from fedbus.message import Message, Metadata, use_clock
 from fedbus.message.codec import decode_message, encode_message, encoded_size
 from fedbus.message.message import ErrorCode
-from fedbus.runtime.simulation.offload import CLIENT_CACHE, Action, Outcome, Task
+from fedbus.runtime.ids import MessageIds
+from fedbus.runtime.rules import DeliveryRules, Refusal
+from fedbus.runtime.simulation.executors import (
+    LOCAL,
+    ClientExecutor,
+    ExecutorSettings,
+    build_executor,
+    check_backend,
+)
+from fedbus.runtime.simulation.offload import CLIENT_CACHE, Action, Task
 from fedbus.runtime.simulation.processes import cores
 from fedbus.runtime.simulation.profiles import (
     HANDLER_TIME,
@@ -53,15 +63,19 @@ from fedbus.runtime.simulation.profiles import (
     ClientProfile,
     ProfileSource,
 )
-from fedbus.worker import SERVER_NODE_ID, MessageFlow, Worker, runtime_error_reply
+from fedbus.worker import (
+    SERVER_NODE_ID,
+    MessageFlow,
+    RoutingPolicy,
+    Worker,
+)
 
 __all__ = ["Simulation", "SimulationResult", "SimulationStats", "TraceEntry", "simulate"]
 
 logger = logging.getLogger("fedbus.simulation")
 
-Backend = Literal["local", "ray"]
 TraceEvent = Literal[
-    "delivered", "expired", "unavailable", "undeliverable", "dropped", "held", "offline"
+    "delivered", "expired", "unavailable", "undeliverable", "dropped", "held", "offline", "refused"
 ]
 ClientFactory = Callable[[int], Worker]
 
@@ -79,9 +93,10 @@ class TraceEntry:
     ``event`` is ``delivered`` (a handler ran), ``expired`` (its TTL passed first),
     ``unavailable`` (the receiver had stopped), ``undeliverable`` (no such node),
     ``dropped`` (lost by the receiver's dropout), ``held`` (the receiver was offline: the
-    message waits for its next window, where it gets another entry) or ``offline`` (lost
+    message waits for its next window, where it gets another entry), ``offline`` (lost
     because its receiver, or its sender, was offline and had no window left, or because the
-    receiver was offline with ``offline="fail"``).
+    receiver was offline with ``offline="fail"``) or ``refused`` (a client sent what the
+    message flow does not declare: its sender got ``PERMISSION_DENIED``, see ``RoutingPolicy``).
     """
 
     time: float
@@ -127,22 +142,6 @@ class SimulationResult:
     server: Worker
     workers: Mapping[int, Worker]
     stats: SimulationStats
-
-
-class ClientExecutor(Protocol):
-    """Where tasks are answered when client work runs outside the loop (see ``offload``)."""
-
-    def submit(self, tasks: Sequence[Task]) -> None:
-        """Start answering ``tasks``."""
-
-    def result(self, task_id: int) -> Outcome:
-        """The outcome of a submitted task, waiting for it if needed."""
-
-    def discard(self, task_id: int) -> None:
-        """Forget a submitted task whose outcome will not be used."""
-
-    def close(self) -> None:
-        """Release processes, files and connections."""
 
 
 @dataclass(slots=True)
@@ -223,9 +222,11 @@ class Simulation:
         module-level class), and import the main module: a script must start the simulation
         under ``if __name__ == "__main__":``.
     backend
-        ``"local"`` (this machine) or ``"ray"``: client work runs as Ray tasks
-        (``pip install 'fedbus[ray]'``), on the cluster at ``ray_address`` or on a local Ray
-        started for the run. Results are the same with every backend and worker count.
+        ``"local"`` (this machine) or a backend registered in ``executors``, such as
+        ``"ray"``: client work runs as Ray tasks, on the cluster at ``ray_address`` or on a
+        local Ray started for the run. ``import fedbus.runtime.ray`` registers ``"ray"`` (it
+        needs ``pip install 'fedbus[ray]'``); ``fedbus run`` does that when its configuration
+        asks for Ray. Results are the same with every backend and worker count.
     ray_address
         The Ray cluster to join (``ray.init(address=...)``); None starts a local Ray, or uses
         the one this process already started.
@@ -244,7 +245,7 @@ class Simulation:
         run_id: int = 1,
         offline: Literal["wait", "fail"] = "wait",
         workers: int = 1,
-        backend: Backend = "local",
+        backend: str = LOCAL,
         ray_address: str | None = None,
     ) -> None:
         if offline not in ("wait", "fail"):
@@ -255,10 +256,7 @@ class Simulation:
             raise InvalidArgumentError(
                 f"simulate: workers must be an int >= 0 (0: decide by itself), got {workers!r}"
             )
-        if backend not in ("local", "ray"):
-            raise InvalidArgumentError(
-                f'simulate: backend must be "local" or "ray", got {backend!r}'
-            )
+        check_backend(backend)
         self.server = server
         self._offline = offline
         self.stats = SimulationStats()
@@ -271,7 +269,8 @@ class Simulation:
         self._profiles: dict[int, ClientProfile] = {SERVER_NODE_ID: SERVER_PROFILE}
         self._queue: list[tuple[float, int, Message | _Timer]] = []
         self._sequence = itertools.count()
-        self._message_ids = itertools.count(1)
+        # ids from a stream of their own (dropouts do not move it); routing set when run starts
+        self._rules = DeliveryRules(run_id, MessageIds(seed), self._clock)
         self._now = 0.0
         self._elapsed = 0.0  # simulated seconds the running handler has used so far
         self._stopped: set[int] = set()
@@ -288,14 +287,15 @@ class Simulation:
         self._started_ids: set[int] = set()
         # Client work outside the loop (workers > 1 or Ray).
         self._workers_count, self._backend, self._ray_address = workers, backend, ray_address
-        self._offload = workers > 1 or backend == "ray"
+        self._offload = workers > 1 or backend != LOCAL
         self._timing: list[float] | None = (
-            [] if workers == 0 and backend == "local" and cores() > 1 else None
+            [] if workers == 0 and backend == LOCAL and cores() > 1 else None
         )
         if self._offload and self._factory is None:
             raise InvalidArgumentError(
-                "simulate: workers > 1 and the ray backend build clients elsewhere, which needs "
-                "a client factory (client_fn(node_id) -> Worker with num_clients), not a list"
+                f"simulate: workers={workers} with backend {backend!r} builds clients elsewhere, "
+                "which needs a client factory (client_fn(node_id) -> Worker with num_clients), "
+                "not a list"
             )
         self._executor: ClientExecutor | None = None
         self._foreseen: dict[int, _Foreseen] = {}  # by id(message)
@@ -386,7 +386,9 @@ class Simulation:
             raise InvalidArgumentError("a Simulation runs once; build a new one to run again")
         self._started = True
         with use_clock(self._clock):
-            self.message_flow().check()
+            flow = self.message_flow()
+            flow.check()
+            self._rules.policy = RoutingPolicy.from_flow(flow)
             self.server.on_nodes_registered(self._client_ids)
             self._run_on(self.server.on_start)
             if self._factory is None:
@@ -437,7 +439,7 @@ class Simulation:
         """Deliver ``message`` if nothing stops it; whether ``foreseen`` (if any) was used."""
         metadata = message.metadata
         node_id = metadata.dst_node_id
-        if self._now > metadata.expires_at:
+        if self._rules.expired(message, self._now):
             self._fail(message, "expired", ErrorCode.MESSAGE_EXPIRED, "its TTL passed in transit")
             return False
         if node_id in self._stopped:
@@ -504,14 +506,8 @@ class Simulation:
     def _executor_or_fail(self) -> ClientExecutor:
         if self._executor is None:
             assert self._factory is not None  # checked when built
-            if self._backend == "ray":
-                from fedbus.runtime.ray import RayExecutor
-
-                self._executor = RayExecutor(self._factory, address=self._ray_address)
-            else:
-                from fedbus.runtime.simulation.processes import ProcessPool
-
-                self._executor = ProcessPool(self._workers_count, self._factory)
+            settings = ExecutorSettings(self._workers_count, self._ray_address)
+            self._executor = build_executor(self._backend, self._factory, settings)
         return self._executor
 
     def _send_ahead(self, message: Message, worker: Worker) -> _Foreseen:
@@ -575,13 +571,10 @@ class Simulation:
     def _fail(self, message: Message, event: TraceEvent, code: ErrorCode, reason: str) -> None:
         """Record a failed delivery and tell the sender, unless the message was an error."""
         self._record(event, message.metadata)
-        if message.has_error():
-            return  # an error about an error would never end
-        reply = runtime_error_reply(
-            message, code, f"message {message.metadata.message_id}: {reason}"
-        )
-        self._stamp(reply, message.metadata.dst_node_id)
-        self._push(self._now, reply)
+        reply = self._rules.error_reply(message, Refusal(code, reason))
+        if reply is not None:
+            self.stats.messages_sent += 1
+            self._push(self._now, reply)
 
     # -- what workers call through their CommManager ------------------------------------------
     def _clock(self) -> float:
@@ -589,6 +582,11 @@ class Simulation:
 
     def _send(self, node_id: int, message: Message) -> None:
         self._stamp(message, node_id)
+        refusal = self._rules.check_route(message)
+        if refusal is not None:
+            logger.warning("refused a message of node %d: %s", node_id, refusal.reason)
+            self._fail(message, "refused", refusal.code, f"refused: {refusal.reason}")
+            return
         metadata = message.metadata
         depart = self._clock()
         profile = self._profile(node_id)
@@ -597,7 +595,7 @@ class Simulation:
             if depart == math.inf:
                 self._record("offline", metadata)
                 return
-        if metadata.ttl <= 0 or depart > metadata.expires_at:
+        if self._rules.expired(message, depart):
             self._fail(
                 message, "expired", ErrorCode.MESSAGE_EXPIRED, "its TTL had passed when sent"
             )
@@ -627,12 +625,7 @@ class Simulation:
 
     # -- helpers --------------------------------------------------------------------------------
     def _stamp(self, message: Message, node_id: int) -> None:
-        mark_sent(
-            message,
-            run_id=self._run_id,
-            message_id=str(next(self._message_ids)),
-            src_node_id=node_id,
-        )
+        self._rules.stamp(message, node_id)
         self.stats.messages_sent += 1
 
     def _push(self, time: float, message: Message) -> None:

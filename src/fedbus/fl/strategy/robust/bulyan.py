@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.robust.collect import RobustStrategy, check_count
 from fedbus.fl.strategy.robust.krum import krum_scores, pairwise_squared_distances
 from fedbus.fl.strategy.robust.median import coordinate_median
@@ -121,3 +122,6 @@ class Bulyan(RobustStrategy):
             return coordinate_median(updates)
         selected = updates[bulyan_select(updates, malicious)]
         return closest_to_median_mean(selected, len(selected) - 2 * malicious)
+
+
+register_strategy("bulyan", Bulyan, lambda settings: Bulyan(settings["strategy.num_malicious"]))

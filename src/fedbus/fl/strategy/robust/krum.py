@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.robust.collect import RobustStrategy, check_count
 from fedbus.fl.strategy.robust.median import coordinate_median
 
@@ -200,3 +201,13 @@ class Krum(MultiKrum):
 
     def __init__(self, num_malicious: int) -> None:
         super().__init__(num_malicious, num_selected=1)
+
+
+register_strategy("krum", Krum, lambda settings: Krum(settings["strategy.num_malicious"]))
+register_strategy(
+    "multikrum",
+    MultiKrum,
+    lambda settings: MultiKrum(
+        settings["strategy.num_malicious"], settings["strategy.num_selected"] or None
+    ),
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.robust.collect import RobustStrategy
 
 __all__ = ["Median", "coordinate_median"]
@@ -46,3 +47,6 @@ class Median(RobustStrategy):
     ) -> NDArray[np.float64]:
         """The coordinate-wise median of ``updates`` (``num_examples`` is not used)."""
         return coordinate_median(updates)
+
+
+register_strategy("median", Median)

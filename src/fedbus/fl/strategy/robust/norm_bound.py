@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.robust.collect import RobustStrategy
 
 __all__ = ["NormBound", "clip_norms"]
@@ -80,3 +81,8 @@ class NormBound(RobustStrategy):
             return np.zeros(updates.shape[1])
         weights = num_examples.astype(np.float64) / total
         return np.asarray(weights @ clip_norms(updates, self.max_norm), dtype=np.float64)
+
+
+register_strategy(
+    "norm_bound", NormBound, lambda settings: NormBound(settings["strategy.max_norm"])
+)

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.robust.collect import RobustStrategy
 from fedbus.fl.strategy.robust.median import coordinate_median
 
@@ -126,3 +127,8 @@ class TrimmedMean(RobustStrategy):
             )
             return coordinate_median(updates)
         return trimmed_mean(updates, trimmed)
+
+
+register_strategy(
+    "trimmed_mean", TrimmedMean, lambda settings: TrimmedMean(settings["strategy.trim_fraction"])
+)
