@@ -18,7 +18,16 @@ import argparse
 
 from fedbus import Message
 from fedbus.data import PartitionedDataset, load_digits
-from fedbus.fl import Client, EvaluateFn, FedAvg, RequestGroup, RoundRecord, ServerBase, Strategy
+from fedbus.fl import (
+    CentralEvaluation,
+    Client,
+    FedAvg,
+    RequestGroup,
+    RoundRecord,
+    ServerBase,
+    Strategy,
+    TrainingSettings,
+)
 from fedbus.fl.protocol import EVALUATE, FINISH, TRAIN, model_content, read_metrics
 from fedbus.message import ArrayRecord, ConfigRecord
 from fedbus.runtime.simulation import simulate
@@ -31,14 +40,12 @@ class PowerOfChoiceServer(ServerBase):
 
     start_sends = (EVALUATE, TRAIN, FINISH)
 
-    def __init__(self, strategy: Strategy, arrays: ArrayRecord, *, num_rounds: int, candidates: int,
-                 clients_per_round: int, evaluate_fn: EvaluateFn | None = None,
+    def __init__(self, strategy: Strategy, arrays: ArrayRecord, settings: TrainingSettings, *,
+                 candidates: int, clients_per_round: int,
                  stage_timeout: float | None = None) -> None:  # fmt: skip
-        super().__init__(
-            strategy, arrays, num_rounds=num_rounds, min_clients=candidates,
-            train_config={"epochs": 1, "lr": 0.2}, evaluate_fn=evaluate_fn, evaluate_every=1,
-            seed=0, first_round=1, sampler_state=None, on_round_end=None, node_id=0,
-        )  # fmt: skip
+        super().__init__(strategy, arrays, settings, node_id=0)
+        if settings.min_clients is None:
+            self.min_clients = candidates  # round 1 can probe as many as it asks
         self.candidates, self.clients_per_round = candidates, clients_per_round
         self.stage_timeout = stage_timeout
         self.probed: list[dict[int, float]] = []  # candidates' losses, round by round
@@ -90,11 +97,8 @@ class PowerOfChoiceServer(ServerBase):
             if contributors:
                 self.arrays, metrics = aggregator.result()
                 self.record_aggregation(record, contributors, metrics)
-            self.evaluate_centrally(record)
-            self.end_round(record)
-            if server_round == self.num_rounds:
-                self.stop_run(None)
-            else:
+            # runs the callbacks (central evaluation here), ends the run after the last round
+            if self.end_round(record):
                 self.probe(server_round + 1)
 
         group = RequestGroup(
@@ -123,9 +127,13 @@ def run(num_rounds: int = 20, candidates: int = 10, per_round: int = 5) -> Power
         loss, _, metrics = central.evaluate(arrays, {})
         return loss, metrics
 
+    settings = TrainingSettings(
+        num_rounds=num_rounds, train_config={"epochs": 1, "lr": 0.2},
+        callbacks=(CentralEvaluation(evaluate),),
+    )  # fmt: skip
     server = PowerOfChoiceServer(
-        FedAvg(), ArrayRecord(model.init(seed)), num_rounds=num_rounds, candidates=candidates,
-        clients_per_round=per_round, evaluate_fn=evaluate,
+        FedAvg(), ArrayRecord(model.init(seed)), settings, candidates=candidates,
+        clients_per_round=per_round,
     )  # fmt: skip
     simulate(server, clients, seed=seed, check_serialization=True)
     return server

@@ -8,10 +8,13 @@ need one. ``tls_files`` makes a throwaway CA and server certificate.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import ipaddress
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from cryptography import x509
@@ -53,6 +56,17 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import the script at ``path`` (an example) as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- certificates ------------------------------------------------------------------------

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from ..conftest import load_module
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "new_message_type.py"
 
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("new_message_type", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+    return load_module(EXAMPLE, "new_message_type")
 
 
 def test_example_reaches_its_stated_accuracy_while_skipping_updates(example: ModuleType) -> None:

@@ -65,3 +65,21 @@ def test_non_finite_updates_are_refused_and_the_run_learns(
     assert abs(attacked - clean) <= 0.02, (attacked, clean)
     refusals = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
     assert {f"node {node_id} failed" in " ".join(refusals) for node_id in attackers} == {True}
+
+
+def test_check_finite_reads_every_float_kind() -> None:
+    from fedbus.errors import InvalidArgumentError
+    from fedbus.fl.updates import check_finite
+    from fedbus.message import ArrayRecord
+
+    check_finite(1, ArrayRecord({"w": np.ones(3, np.float32), "n": np.array([2**62])}))
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(InvalidArgumentError, match="node 4 has non-finite values in 'b'"):
+            check_finite(4, ArrayRecord({"w": np.ones(2), "b": np.array([0.5, bad], np.float16)}))
+    torch = pytest.importorskip("torch")
+    fine = torch.tensor([1.0, -2.5], dtype=torch.bfloat16)
+    check_finite(2, ArrayRecord({"t": fine}))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        tensor = torch.tensor([1.0, bad], dtype=torch.bfloat16)
+        with pytest.raises(InvalidArgumentError, match="non-finite values in 't'"):
+            check_finite(2, ArrayRecord({"t": tensor}))

@@ -221,3 +221,26 @@ def test_requests_in_flight_to_a_departed_node_fail_at_once() -> None:
     assert (server.late_replies, server.refused_replies) == (1, 1)
     assert server.failed_messages == 1  # Asker has no handler for "ask" replies
     assert server.answers == {}
+
+
+class Quitter(Answerer):
+    """Node 2 leaves the federation instead of answering."""
+
+    @handler("ask", senders=[SERVER_ROLE], replies=False)
+    def on_ask(self, message: Message) -> Message | None:
+        if self.node_id == 2:
+            self.stop()
+            return None
+        return super().on_ask(message)
+
+
+def test_a_simulated_client_that_stops_has_departed() -> None:
+    from fedbus.runtime.simulation import simulate
+
+    departed: list[list[int]] = []
+    server = Asker([1, 2, 3])
+    server.on_nodes_departed = departed.append  # type: ignore[method-assign]
+    simulate(server, [Quitter(), Quitter(), Quitter()])
+    assert server.answers == {1: 1, 3: 3}
+    assert server.errors == {2: ErrorCode.NODE_UNAVAILABLE}  # at once, not at the TTL
+    assert departed == [[2]]

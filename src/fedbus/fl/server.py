@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.callbacks import EvaluateFn
 from fedbus.fl.protocol import EVALUATE, FINISH, TRAIN
+from fedbus.fl.record import RoundRecord
 from fedbus.fl.requests import RequestGroup
-from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase, mean_wait
+from fedbus.fl.server_base import ServerBase, mean_wait
+from fedbus.fl.settings import SharedOptions, TrainingSettings, settings_from_options
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
 from fedbus.worker import SERVER_NODE_ID
@@ -76,23 +79,19 @@ class Server(ServerBase):
         Sample ``ceil(clients_per_round * (1 + over_selection))`` clients and close the round
         on the first ``clients_per_round`` replies; the stragglers' replies arrive late and are
         dropped (default 0: sample exactly ``clients_per_round``).
-    train_config
-        Settings sent to clients with each ``train`` request (e.g. lr, epochs, batch_size).
-    evaluate_fn
-        Central evaluation of the global model on held-out data.
-    evaluate_every
-        Run ``evaluate_fn`` every K rounds (0: only after the last round).
     federated_evaluate_every, clients_per_evaluation
         Ask this many clients to evaluate every K rounds (0: never).
-    min_clients
-        Clients that must be known before round 1 starts (default: ``clients_per_round``).
-    seed
-        Seed of client sampling.
-    first_round, sampler_state
-        Continue a run: start at ``first_round`` (rounds keep their numbers), sampling from
-        ``sampler_state`` (what ``sampler_state()`` returned after round ``first_round - 1``).
+    settings
+        What every server shares (``TrainingSettings``: train_config, min_clients, seed,
+        first_round, sampler_state, callbacks); or give those as keywords (``SharedOptions``).
+        ``min_clients`` defaults to ``clients_per_round``.
+    evaluate_fn, evaluate_every
+        Keywords for ``callbacks=[CentralEvaluation(evaluate_fn, every=evaluate_every)]``:
+        central evaluation of the global model every K rounds and after the last one (0: only
+        after the last one).
     on_round_end
-        Called with each ``RoundRecord``.
+        Keyword for ``RoundEndFunction(on_round_end)``, run after the other callbacks: called
+        with each ``RoundRecord``.
     """
 
     start_sends = (TRAIN, EVALUATE, FINISH)
@@ -102,38 +101,19 @@ class Server(ServerBase):
         strategy: Strategy,
         initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
         *,
-        num_rounds: int,
         clients_per_round: int,
         min_replies: int | None = None,
         round_timeout: float | None = None,
         max_round_retries: int = 2,
         over_selection: float = 0.0,
-        train_config: Mapping[str, Any] | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-        evaluate_every: int = 1,
         federated_evaluate_every: int = 0,
         clients_per_evaluation: int | None = None,
-        min_clients: int | None = None,
-        seed: int = 0,
-        first_round: int = 1,
-        sampler_state: Mapping[str, Any] | None = None,
-        on_round_end: Callable[[RoundRecord], None] | None = None,
+        settings: TrainingSettings | None = None,
         node_id: int = SERVER_NODE_ID,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        super().__init__(
-            strategy,
-            initial_arrays,
-            num_rounds=num_rounds,
-            min_clients=clients_per_round if min_clients is None else min_clients,
-            train_config=train_config,
-            evaluate_fn=evaluate_fn,
-            evaluate_every=evaluate_every,
-            seed=seed,
-            first_round=first_round,
-            sampler_state=sampler_state,
-            on_round_end=on_round_end,
-            node_id=node_id,
-        )
+        settings = settings_from_options(type(self).__name__, settings, shared)
+        super().__init__(strategy, initial_arrays, settings, node_id=node_id)
         require = self.require
         require(clients_per_round >= 1, "clients_per_round", ">= 1", clients_per_round)
         if min_replies is None:
@@ -163,6 +143,8 @@ class Server(ServerBase):
                 'run it with AsyncServer (aggregation.trigger = "goal" or "time")'
             )
         strategy.check_round_size(min_replies)
+        if settings.min_clients is None:
+            self.min_clients = clients_per_round
         self.clients_per_round = clients_per_round
         self.min_replies = min_replies
         self.round_timeout = round_timeout
@@ -259,7 +241,6 @@ class Server(ServerBase):
         if phase.contributors:
             record.staleness = {0: len(phase.contributors)}
         self.record_aggregation(record, phase.contributors, train_metrics)
-        self.evaluate_centrally(record)
         if self.federated_evaluate_every > 0 and self.is_due(
             server_round, self.federated_evaluate_every
         ):
@@ -275,10 +256,7 @@ class Server(ServerBase):
         record.federated_loss = federated.get("loss")
         record.federated_accuracy = federated.get("accuracy")
         record.federated_metrics = federated
-        self.end_round(record)
-        if server_round >= self.num_rounds:
-            self.stop_run(None)
-        else:
+        if self.end_round(record):
             self._start_round(server_round + 1)
 
 

@@ -1,12 +1,16 @@
 """What every FL server shares, whatever decides when it aggregates.
 
 ``ServerBase`` holds the global model and the strategy, keeps the list of known clients and the
-seeded sampler, evaluates centrally, writes one ``RoundRecord`` per aggregation and ends the run.
-The two servers built on it differ only in when they aggregate and whom they send the model:
+seeded sampler, writes one ``RoundRecord`` per aggregation, runs the callbacks on it (central
+evaluation, early stopping, checkpointing: ``fl.callbacks``) and ends the run. The servers built
+on it differ only in when they aggregate and whom they send the model:
 
 - ``Server`` (``fl.server``): synchronous rounds, aggregating once the sampled clients answered;
 - ``AsyncServer`` (``fl.asynchronous``): aggregating after K updates or every T seconds, with
-  stale updates discounted.
+  stale updates discounted;
+- ``SecAggServer`` (``fl.secagg``): synchronous rounds whose updates are only seen summed.
+
+What they share comes in one ``TrainingSettings`` (``fl.settings``).
 """
 
 from __future__ import annotations
@@ -14,119 +18,70 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl.callbacks import Callback, CentralEvaluation, EvaluateFn, RoundEndFunction
 from fedbus.fl.protocol import FINISH, JOIN, read_arrays
+from fedbus.fl.record import RoundRecord
+from fedbus.fl.settings import TrainingSettings
 from fedbus.fl.strategy.base import Aggregator, Strategy
+from fedbus.fl.updates import check_finite
 from fedbus.message import ArrayRecord, Message, RecordDict, now
 from fedbus.worker import CLIENT_ROLE, Worker
 
-__all__ = ["EvaluateFn", "RoundRecord", "ServerBase"]
+__all__ = ["EvaluateFn", "RoundRecord", "ServerBase", "TrainingSettings"]
 
 logger = logging.getLogger("fedbus.server")
 
-#: Central evaluation: the global arrays -> (loss, metrics such as {"accuracy": ...}).
-EvaluateFn = Callable[[dict[str, np.ndarray[Any, Any]]], tuple[float, dict[str, float]]]
-
-
-@dataclass(slots=True)
-class RoundRecord:
-    """What happened in one round, i.e. one aggregation (one line of ``metrics.jsonl``).
-
-    ``time`` is the runtime's clock when the round ended: simulated seconds in simulation.
-    Test metrics come from central evaluation, federated ones from the clients; ``None`` when
-    that evaluation did not run this round. ``late_replies`` counts replies to earlier rounds
-    (or earlier attempts of this one) that arrived while this round ran, and were dropped;
-    ``refused_replies`` replies that answered a request sent to another node (an impostor), and
-    were refused.
-
-    ``straggler_wait`` is the mean time, in the runtime's seconds, that the updates aggregated
-    this round waited at the server between their arrival and the aggregation: in a synchronous
-    round, the time the fast clients' work sat idle until the slowest answered. ``staleness``
-    counts the aggregated updates by how many model versions old they were (all 0 in a
-    synchronous run), and ``stale_dropped`` the updates older than the tolerance.
-    ``strategy_metrics`` is what the strategy reported for the round (``Strategy.report``:
-    differential privacy's epsilon).
-    """
-
-    round: int
-    time: float = 0.0
-    train_loss: float | None = None
-    test_loss: float | None = None
-    test_accuracy: float | None = None
-    federated_loss: float | None = None
-    federated_accuracy: float | None = None
-    clients_sampled: int = 0
-    clients_replied: int = 0
-    clients_failed: int = 0
-    late_replies: int = 0
-    refused_replies: int = 0
-    retries: int = 0
-    straggler_wait: float = 0.0
-    stale_dropped: int = 0
-    staleness: dict[int, int] = field(default_factory=dict)
-    strategy_metrics: dict[str, float] = field(default_factory=dict)
-    train_metrics: dict[str, float] = field(default_factory=dict)
-    federated_metrics: dict[str, float] = field(default_factory=dict)
-
 
 class ServerBase(Worker):
-    """The global model, the known clients, the sampler, central evaluation and the run's end.
+    """The global model, the known clients, the sampler, the callbacks and the run's end.
 
-    Subclasses start training in ``begin_training`` and call ``evaluate_centrally``,
-    ``record_aggregation``, ``end_round`` and ``stop_run`` as their own schedule dictates. See
-    ``Server`` for the parameters they share.
+    Subclasses start training in ``begin_training`` and call ``record_aggregation`` and
+    ``end_round`` as their own schedule dictates; ``end_round`` runs the callbacks and says
+    whether to go on. See ``TrainingSettings`` for what ``settings`` holds.
     """
 
     def __init__(
         self,
         strategy: Strategy,
         initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
+        settings: TrainingSettings,
         *,
-        num_rounds: int,
-        min_clients: int,
-        train_config: Mapping[str, Any] | None,
-        evaluate_fn: EvaluateFn | None,
-        evaluate_every: int,
-        seed: int,
-        first_round: int,
-        sampler_state: Mapping[str, Any] | None,
-        on_round_end: Callable[[RoundRecord], None] | None,
         node_id: int,
     ) -> None:
         super().__init__(node_id)
-        self.require(num_rounds >= 1, "num_rounds", ">= 1", num_rounds)
-        self.require(1 <= first_round <= num_rounds, "first_round", "in 1..num_rounds", first_round)
-        self.require(evaluate_every >= 0, "evaluate_every", ">= 0", evaluate_every)
         self.strategy = strategy
         self.arrays = (
             initial_arrays
             if isinstance(initial_arrays, ArrayRecord)
             else ArrayRecord(dict(initial_arrays))
         )
-        self.num_rounds = num_rounds
-        self.first_round = first_round
-        self.min_clients = min_clients
-        self.train_config = dict(train_config or {})
-        self.evaluate_fn = evaluate_fn
-        self.evaluate_every = evaluate_every
-        self.on_round_end = on_round_end
+        self.settings = settings
+        self.num_rounds = settings.num_rounds
+        self.first_round = settings.first_round
+        #: Clients that must be known before training starts; a server sets its own default.
+        self.min_clients = 1 if settings.min_clients is None else settings.min_clients
+        self.train_config = dict(settings.train_config)
+        #: Run in order after each aggregation (``fl.callbacks``); append to add one.
+        self.callbacks: list[Callback] = list(settings.callbacks)
         self.history: list[RoundRecord] = []
         #: Updates aggregated per client over the run: node id -> count.
         self.participation: dict[int, int] = {}
         self.finished = False
         #: Why the run stopped early, or None.
         self.failure: str | None = None
-        #: Why the strategy ended a run before its last round (a privacy budget), or None.
+        #: Why the run ended cleanly before its last round (a privacy budget spent, early
+        #: stopping), or None.
         self.stopped_early: str | None = None
-        self._rng = np.random.default_rng(seed)
-        if sampler_state is not None:
+        self._stop_request: str | None = None
+        self._rng = np.random.default_rng(settings.seed)
+        if settings.sampler_state is not None:
             try:
-                self._rng.bit_generator.state = dict(sampler_state)
+                self._rng.bit_generator.state = dict(settings.sampler_state)
             except (TypeError, ValueError, KeyError) as exc:
                 raise InvalidArgumentError(
                     f"{type(self).__name__}: unusable sampler_state: {exc}"
@@ -138,6 +93,45 @@ class ServerBase(Worker):
         self._started = False
         self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
         self.register_handlers(JOIN, self.on_join, senders=[CLIENT_ROLE], replies=False)
+
+    @property
+    def on_round_end(self) -> Callable[[RoundRecord], object] | None:
+        """The function given as ``on_round_end`` (the first ``RoundEndFunction`` callback).
+
+        Setting it replaces that callback, or appends one: ``server.on_round_end =
+        records.append`` still works.
+        """
+        for callback in self.callbacks:
+            if isinstance(callback, RoundEndFunction):
+                return callback.function
+        return None
+
+    @on_round_end.setter
+    def on_round_end(self, function: Callable[[RoundRecord], object] | None) -> None:
+        index = next(
+            (i for i, c in enumerate(self.callbacks) if isinstance(c, RoundEndFunction)), None
+        )
+        if index is not None:
+            del self.callbacks[index]
+        if function is not None:
+            self.callbacks.insert(
+                len(self.callbacks) if index is None else index, RoundEndFunction(function)
+            )
+
+    @property
+    def evaluate_fn(self) -> EvaluateFn | None:
+        """The function of the first ``CentralEvaluation`` callback, or None."""
+        central = self._central_evaluation()
+        return None if central is None else central.evaluate_fn
+
+    @property
+    def evaluate_every(self) -> int:
+        """How often the first ``CentralEvaluation`` callback evaluates (0 when it has none)."""
+        central = self._central_evaluation()
+        return 0 if central is None else central.every
+
+    def _central_evaluation(self) -> CentralEvaluation | None:
+        return next((c for c in self.callbacks if isinstance(c, CentralEvaluation)), None)
 
     def require(self, condition: bool, name: str, expected: str, value: object) -> None:
         """Raise ``InvalidArgumentError`` naming this server's parameter unless ``condition``."""
@@ -221,7 +215,7 @@ class ServerBase(Worker):
         Raises ``InvalidArgumentError`` (the request group counts it as that node's failure)
         for a non-finite update, so no rule's model is poisoned by one NaN.
         """
-        check_finite(node_id, content)
+        check_finite(node_id, read_arrays(content))
         aggregator.add(node_id, content)
 
     def on_client_added(self, node_id: int) -> None:
@@ -294,22 +288,46 @@ class ServerBase(Worker):
         for node_id in contributors:
             self.participation[node_id] = self.participation.get(node_id, 0) + 1
 
-    def evaluate_centrally(self, record: RoundRecord) -> None:
-        """Evaluate the global model into ``record`` if ``evaluate_every`` says so this round."""
-        if self.is_due(record.round, self.evaluate_every) and self.evaluate_fn is not None:
-            loss, metrics = self.evaluate_fn(self.arrays.to_numpy_dict())
-            record.test_loss, record.test_accuracy = float(loss), metrics.get("accuracy")
-
     def is_due(self, server_round: int, every: int) -> bool:
         """True in the last round and every ``every`` rounds (never when ``every`` is 0)."""
         return server_round == self.num_rounds or (every > 0 and server_round % every == 0)
 
-    def end_round(self, record: RoundRecord) -> None:
-        """Stamp ``record`` with the clock, keep it and hand it to ``on_round_end``."""
+    def end_round(self, record: RoundRecord) -> bool:
+        """Stamp ``record`` with the clock, keep it, run the callbacks on it in order, and say
+        whether the run goes on.
+
+        Returns False when the run has ended: after the last round, when a callback asked to
+        stop (``request_stop``: ``stopped_early`` says why) or when one raised (``failure``
+        names it); the clients were then told to finish. The schedule starts the next round
+        only on True.
+        """
         record.time = now()
         self.history.append(record)
-        if self.on_round_end is not None:
-            self.on_round_end(record)
+        for callback in self.callbacks:
+            try:
+                callback.on_round_end(self, record)
+            except Exception as exc:
+                logger.error("callback %r raised in round %s", callback, record.round, exc_info=exc)
+                self.stop_run(
+                    f"round {record.round}: callback {callback!r} raised "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                return False
+        if record.round >= self.num_rounds:
+            self.stop_run(None)
+            return False
+        if self._stop_request is not None:
+            logger.info("the run ends after round %s: %s", record.round, self._stop_request)
+            self.stopped_early = self._stop_request
+            self.stop_run(None)
+            return False
+        return True
+
+    def request_stop(self, reason: str) -> None:
+        """End the run cleanly once the round in progress has ended (a callback calls it:
+        ``EarlyStopping``); ``stopped_early`` becomes ``reason`` unless it was the last round."""
+        if self._stop_request is None:
+            self._stop_request = reason
 
     def stopped_by_strategy(self, server_round: int) -> bool:
         """End the run cleanly if the strategy says ``server_round`` must not run."""
@@ -322,29 +340,29 @@ class ServerBase(Worker):
         return True
 
     def stop_run(self, failure: str | None) -> None:
-        """Tell every client that took part to finish, then stop."""
+        """Tell every client that took part to finish, run the callbacks' ``on_run_end``,
+        then stop."""
         self.failure = failure
         if failure is not None:
             logger.error("the run stops: %s", failure)
         for node_id in sorted(self._participants):
             self.send(Message(RecordDict(), node_id, FINISH))
         self.finished = failure is None
+        for callback in self.callbacks:
+            try:
+                callback.on_run_end(self)
+            except Exception as exc:
+                logger.error("callback %r raised at the run's end", callback, exc_info=exc)
+                if self.failure is None:
+                    self.failure = (
+                        f"callback {callback!r} raised {type(exc).__name__}: {exc} at the run's end"
+                    )
+                    self.finished = False
         self.stop()
 
 
 def _never_called(message: Message) -> None:  # pragma: no cover - refused by dispatch
     raise InvalidArgumentError(f"the server does not accept {message.msg_type!r} requests")
-
-
-def check_finite(node_id: int, content: RecordDict) -> None:
-    """Raise ``InvalidArgumentError`` unless every array of the update in ``content`` is
-    finite (integer arrays always are)."""
-    for name, array in read_arrays(content).to_numpy_dict().items():
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            raise InvalidArgumentError(
-                f"the update of node {node_id} has {bad} non-finite values in {name!r}"
-            )
 
 
 def mean_wait(arrivals: Sequence[float], until: float) -> float:

@@ -7,7 +7,8 @@ JSON text, so the resumed run samples as the uninterrupted one would) and the st
 atomically (written beside it, then ``os.replace``). A crash at any moment leaves either the
 previous checkpoint or the new one, never a model of one round labelled with another.
 
-No pickle: the file is read with ``allow_pickle=False``.
+``Checkpointing`` is the callback (``fedbus.fl.callbacks``) that writes it after each round;
+``fedbus server`` installs it. No pickle: the file is read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.fl import Callback, RoundRecord, ServerBase
 from fedbus.run.outputs import atomic_file, load_model, save_arrays
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "Checkpointing",
     "load_checkpoint",
     "load_sampler_state",
     "load_strategy_state",
@@ -37,6 +40,44 @@ _SAMPLER_KEY = "__fedbus_sampler_state__"
 # Strategy state arrays are stored under this prefix followed by their own key.
 _STRATEGY_PREFIX = "__fedbus_strategy__:"
 _RESERVED = (_ROUND_KEY, _SAMPLER_KEY)
+
+
+class Checkpointing(Callback):
+    """Write ``checkpoint.npz`` into ``run_dir`` after every ``every`` rounds and the last one.
+
+    Parameters
+    ----------
+    run_dir
+        The run directory; the file is replaced atomically each time.
+    every
+        Rounds between checkpoints (1: after every round; 0: after the last round only).
+
+    Example
+    -------
+    >>> server = Server(FedAvg(), arrays, num_rounds=50, clients_per_round=10,
+    ...                 callbacks=[Checkpointing("runs/mine")])  # doctest: +SKIP
+    """
+
+    def __init__(self, run_dir: str | Path, every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise InvalidArgumentError(
+                f"Checkpointing: every must be an integer >= 0, got {every!r}"
+            )
+        self.run_dir, self.every = Path(run_dir), every
+
+    def on_round_end(self, server: ServerBase, record: RoundRecord) -> None:
+        """Save the model, sampler and strategy after ``record.round`` if it is due."""
+        if server.is_due(record.round, self.every):
+            save_checkpoint(
+                self.run_dir,
+                record.round,  # a resumed server keeps the run's numbering
+                server.arrays.to_numpy_dict(),
+                server.sampler_state(),
+                server.strategy.state(),
+            )
+
+    def __repr__(self) -> str:
+        return f"Checkpointing({str(self.run_dir)!r}, every={self.every})"
 
 
 def save_checkpoint(

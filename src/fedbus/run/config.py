@@ -36,6 +36,7 @@ from fedbus.fl.asynchronous import BROADCASTS, DISCOUNTS
 from fedbus.fl.asynchronous import TRIGGERS as ASYNC_TRIGGERS
 from fedbus.fl.attacks import ATTACK_KINDS
 from fedbus.fl.privacy import MODES as DP_MODES
+from fedbus.fl.record import RECORD_METRICS
 from fedbus.fl.registry import STRATEGIES
 from fedbus.run.schema import (
     ConfigSection,
@@ -158,6 +159,22 @@ class FederationConfig(ConfigSection):
     )
     clients_per_evaluation: int = setting(
         10, "clients sampled for a federated evaluation", bounds="1 <= x <= num_clients"
+    )
+    early_stopping_patience: int = setting(
+        0,
+        "end the run once early_stopping_metric has not improved for this many evaluated "
+        "rounds (0 = never stop early); summary.json's stopped_early says why",
+        bounds="x >= 0",
+    )
+    early_stopping_metric: str = setting(
+        "test_accuracy",
+        "the metric early stopping watches; larger is better, smaller for a loss",
+        choices=RECORD_METRICS,
+    )
+    early_stopping_min_delta: float = setting(
+        0.0,
+        "how much better than the best so far the metric must be to count as an improvement",
+        bounds="x >= 0",
     )
     client_mods: str = setting(
         "",

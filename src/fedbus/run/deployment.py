@@ -24,13 +24,13 @@ import numpy as np
 from fedbus.data import ClientData, load_csv, load_npz
 from fedbus.data.base import split_client
 from fedbus.errors import ConfigError
-from fedbus.fl import RoundRecord, ServerBase
+from fedbus.fl import Callback, RoundRecord, ServerBase
 from fedbus.run.checkpoint import (
     CHECKPOINT_FILE,
+    Checkpointing,
     load_checkpoint,
     load_sampler_state,
     load_strategy_state,
-    save_checkpoint,
 )
 from fedbus.run.config import Config, config_to_toml, load_config
 from fedbus.run.experiment import metrics_line, run_statistics, write_outputs
@@ -122,12 +122,11 @@ def _keep_metrics_up_to(run_dir: Path, completed: int) -> None:
         file.write(text.encode("utf-8"))
 
 
-class _RoundLog:
-    """Checkpoint, metrics line and log line of each completed round."""
+class _RoundLog(Callback):
+    """Metrics line and log line of each completed round (after ``Checkpointing``)."""
 
     def __init__(self, run_dir: RunDirectory, completed: int, num_rounds: int) -> None:
         self.run_dir, self.offset, self.num_rounds = run_dir, completed, num_rounds
-        self.server: ServerBase | None = None
         self.handle: GrpcServer | None = None
         previous = read_metrics(run_dir.path)[-1:] if completed else []
         self.earlier = float(previous[0].get("wall_time") or 0.0) if previous else 0.0
@@ -138,17 +137,10 @@ class _RoundLog:
         """Seconds the run has taken, earlier lives of a resumed server included."""
         return self.earlier + time.perf_counter() - self.started
 
-    def __call__(self, record: RoundRecord) -> None:
-        assert self.server is not None  # both are set before the server starts
-        assert self.handle is not None
+    def on_round_end(self, server: ServerBase, record: RoundRecord) -> None:
+        """Append the round's metrics line and log it."""
+        assert self.handle is not None  # set before the server starts
         server_round = record.round  # the server keeps the numbering of a resumed run
-        save_checkpoint(
-            self.run_dir.path,
-            server_round,
-            self.server.arrays.to_numpy_dict(),
-            self.server.sampler_state(),
-            self.server.strategy.state(),
-        )
         stats = self.handle.stats
         up, down = stats.bytes_in - self._bytes[0], stats.bytes_out - self._bytes[1]
         self._bytes = (stats.bytes_in, stats.bytes_out)
@@ -194,11 +186,11 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         logger.info("all %d rounds are done already", federation.num_rounds)
         return DeploymentResult(run_dir.path, run_dir.read_summary())
     # A resumed server continues the round numbering and the sampler where they stopped.
-    server = log.server = build_server(
+    server = build_server(
         config,
         dataset,
         model,
-        log,
+        callbacks=[Checkpointing(run_dir.path), log],
         initial_arrays=arrays,
         first_round=completed + 1,
         sampler_state=load_sampler_state(run_dir.path) if completed else None,

@@ -7,7 +7,7 @@ below ``run`` takes plain arguments.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,13 +18,18 @@ from fedbus.data.registry import DATASETS
 from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError, PluginError
 from fedbus.fl import (
     AsyncServer,
+    Callback,
+    CentralEvaluation,
     Client,
+    EarlyStopping,
     EvaluateFn,
+    RoundEndFunction,
     RoundRecord,
     Server,
     ServerBase,
     Staleness,
     Strategy,
+    TrainingSettings,
 )
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
 from fedbus.fl.mods import MODS, build_mods
@@ -56,6 +61,7 @@ __all__ = [
     "build_model_and_data",
     "build_server",
     "check_mods",
+    "early_stopping",
     "mod_names",
 ]
 
@@ -215,6 +221,7 @@ def build_server(
     model: ModelKit,
     on_round_end: Callable[[RoundRecord], None] | None = None,
     *,
+    callbacks: Sequence[Callback] = (),
     initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None = None,
     first_round: int = 1,
     sampler_state: Mapping[str, Any] | None = None,
@@ -223,16 +230,34 @@ def build_server(
     """The FL server ``config`` describes, evaluating on ``dataset``'s central test set.
 
     ``aggregation.trigger = "all"`` gives the synchronous ``Server``; ``"goal"`` and ``"time"``
-    give ``AsyncServer``. ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a
-    run (a resumed deployment): the model, the round and the client sampler where it stopped.
+    give ``AsyncServer``. Its callbacks, in order: central evaluation, early stopping (when
+    ``federation.early_stopping_patience`` is set), ``callbacks``, then ``on_round_end``.
+    ``initial_arrays``, ``first_round`` and ``sampler_state`` continue a run (a resumed
+    deployment): the model, the round and the client sampler where it stopped.
     ``seeded_noise`` draws differential privacy's noise from the federation's seed, so that a
     simulation repeats; a deployment sets it False, since the seed is no secret. The server gets
     the mods ``federation.server_mods`` names.
     """
-    server = _build_server(
-        config, dataset, model, on_round_end, initial_arrays, first_round, sampler_state,
-        seeded_noise,
-    )  # fmt: skip
+    federation, trainer = config.federation, config.trainer
+    strategy = _private(config, build_strategy(config), seeded_noise)
+    _check_schedule(config, strategy)
+    every_round: list[Callback] = [
+        CentralEvaluation(model.evaluate_fn(*dataset.test_set()), every=federation.evaluate_every),
+        *early_stopping(config),
+        *callbacks,
+    ]
+    if on_round_end is not None:
+        every_round.append(RoundEndFunction(on_round_end))
+    settings = TrainingSettings(
+        num_rounds=federation.num_rounds,
+        train_config={"epochs": trainer.epochs, "batch_size": trainer.batch_size, "lr": trainer.lr},
+        seed=federation.seed,
+        first_round=first_round,
+        sampler_state=sampler_state,
+        callbacks=tuple(every_round),
+    )
+    arrays = model.init(federation.seed) if initial_arrays is None else dict(initial_arrays)
+    server = _build_server(config, strategy, arrays, settings)
     names = mod_names(config, SERVER_ROLE)
     if names:
         seed = config.federation.seed if seeded_noise else None
@@ -240,36 +265,41 @@ def build_server(
     return server
 
 
+def early_stopping(config: Config) -> list[Callback]:
+    """``[EarlyStopping(...)]`` as ``federation.early_stopping_*`` asks, or ``[]`` (patience 0).
+
+    Raises ``ConfigError`` when the metric it watches is never measured in this run.
+    """
+    federation = config.federation
+    if federation.early_stopping_patience == 0:
+        return []
+    metric = federation.early_stopping_metric
+    if metric.startswith("test_") and federation.evaluate_every == 0:
+        raise ConfigError(
+            f'federation.early_stopping_metric = "{metric}" is measured only after the last '
+            "round with federation.evaluate_every = 0: set evaluate_every >= 1"
+        )
+    if metric.startswith("federated_") and federation.federated_evaluate_every == 0:
+        raise ConfigError(
+            f'federation.early_stopping_metric = "{metric}" needs a federated evaluation: set '
+            'federation.federated_evaluate_every >= 1, or watch "test_accuracy"'
+        )
+    return [
+        EarlyStopping(
+            metric,
+            patience=federation.early_stopping_patience,
+            min_delta=federation.early_stopping_min_delta,
+        )
+    ]
+
+
 def _build_server(
-    config: Config,
-    dataset: FederatedDataset,
-    model: ModelKit,
-    on_round_end: Callable[[RoundRecord], None] | None,
-    initial_arrays: Mapping[str, np.ndarray[Any, Any]] | None,
-    first_round: int,
-    sampler_state: Mapping[str, Any] | None,
-    seeded_noise: bool,
+    config: Config, strategy: Strategy, arrays: Arrays, settings: TrainingSettings
 ) -> ServerBase:
-    federation, trainer, aggregation = config.federation, config.trainer, config.aggregation
-    strategy = _private(config, build_strategy(config), seeded_noise)
-    _check_schedule(config, strategy)
-    shared: dict[str, Any] = {
-        "num_rounds": federation.num_rounds,
-        "train_config": {
-            "epochs": trainer.epochs,
-            "batch_size": trainer.batch_size,
-            "lr": trainer.lr,
-        },
-        "evaluate_fn": model.evaluate_fn(*dataset.test_set()),
-        "evaluate_every": federation.evaluate_every,
-        "seed": federation.seed,
-        "first_round": first_round,
-        "sampler_state": sampler_state,
-        "on_round_end": on_round_end,
-    }
-    arrays = model.init(federation.seed) if initial_arrays is None else dict(initial_arrays)
+    """The server of the configured schedule, with ``settings``."""
+    federation, aggregation = config.federation, config.aggregation
     if config.privacy.secure_aggregation:
-        return _secure_server(config, strategy, arrays, shared)
+        return _secure_server(config, strategy, arrays, settings)
     if aggregation.trigger == "all":
         return Server(
             strategy,
@@ -281,7 +311,7 @@ def _build_server(
             over_selection=aggregation.over_selection,
             federated_evaluate_every=federation.federated_evaluate_every,
             clients_per_evaluation=federation.clients_per_evaluation,
-            **shared,
+            settings=settings,
         )
     return AsyncServer(
         strategy,
@@ -298,7 +328,7 @@ def _build_server(
             hinge=aggregation.staleness_hinge,
         ),
         request_timeout=federation.round_timeout or None,
-        **shared,
+        settings=settings,
     )
 
 
@@ -345,7 +375,7 @@ def _aggregates_by_sum(name: str) -> bool:
 
 
 def _secure_server(
-    config: Config, strategy: Strategy, arrays: Arrays, shared: dict[str, Any]
+    config: Config, strategy: Strategy, arrays: Arrays, settings: TrainingSettings
 ) -> SecAggServer:
     """The SecAgg+ server ``[privacy]`` asks for, or a ConfigError naming what to change."""
     privacy, federation = config.privacy, config.federation
@@ -382,7 +412,7 @@ def _secure_server(
             clip_range=privacy.secagg_clip_range,
             bits=privacy.secagg_bits,
             stage_timeout=federation.round_timeout or None,
-            **shared,
+            settings=settings,
         )
     except InvalidArgumentError as exc:
         raise ConfigError(f"[privacy] secure aggregation: {exc}") from exc
@@ -579,9 +609,15 @@ class ConfiguredClients:
 
 
 def build_federation(
-    config: Config, on_round_end: Callable[[RoundRecord], None] | None = None
+    config: Config,
+    on_round_end: Callable[[RoundRecord], None] | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
 ) -> Federation:
-    """Build the dataset, model, server, client factory and simulation that ``config`` describes."""
+    """Build the dataset, model, server, client factory and simulation that ``config`` describes.
+
+    The server runs ``callbacks``, then ``on_round_end``, after its own (``build_server``).
+    """
     federation = config.federation
     if federation.round_timeout == 0 and config.simulation.dropout > 0:
         raise ConfigError(
@@ -596,7 +632,7 @@ def build_federation(
         )
     check_mods(config)
     dataset, model = build_model_and_data(config)
-    server = build_server(config, dataset, model, on_round_end)
+    server = build_server(config, dataset, model, on_round_end, callbacks=callbacks)
     client_fn = ConfiguredClients(config, dataset, model)
     simulation = Simulation(
         server,

@@ -574,12 +574,7 @@ class Worker:
             # object, not Message | None: mods and handlers return whatever they return.
             reply: object = run_chain(self._incoming, message, context, handle)
         except Exception as exc:
-            self._fail(
-                message,
-                ErrorCode.HANDLER_EXCEPTION,
-                f"{type(exc).__name__}: {exc}",
-                exc_info=exc,
-            )
+            self._raised(message, exc)
             return
         self._send_reply(spec, message, reply)
 
@@ -612,7 +607,11 @@ class Worker:
         try:
             entry.on_reply(reply)
         except Exception as exc:
-            self._fail(reply, ErrorCode.HANDLER_EXCEPTION, f"{type(exc).__name__}: {exc}", exc)
+            self._raised(reply, exc)
+
+    def _raised(self, message: Message, exc: Exception) -> None:
+        """Code run for ``message`` raised: a ``HANDLER_EXCEPTION`` error reply (for a request)."""
+        self._fail(message, ErrorCode.HANDLER_EXCEPTION, f"{type(exc).__name__}: {exc}", exc)
 
     def _run_handler(self, spec: HandlerSpec | None, message: Message) -> None:
         if spec is None:
@@ -627,12 +626,7 @@ class Worker:
             # object, not Message | None: user handlers return whatever they return.
             reply: object = spec.callback(message)
         except Exception as exc:
-            self._fail(
-                message,
-                ErrorCode.HANDLER_EXCEPTION,
-                f"{type(exc).__name__}: {exc}",
-                exc_info=exc,
-            )
+            self._raised(message, exc)
             return
         self._send_reply(spec, message, reply)
 

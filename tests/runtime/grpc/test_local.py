@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,8 @@ from fedbus.runtime.grpc import run_local
 from fedbus.runtime.simulation import simulate
 from fedbus.train import NumpyTrainer, SoftmaxRegression
 from fedbus.worker import Worker
+
+from ...conftest import load_module
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "new_message_type.py"
 
@@ -76,13 +76,7 @@ def test_fedavg_over_grpc_equals_the_simulation(digits: Any, join: bool) -> None
 
 @pytest.fixture(scope="module")
 def example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("new_message_type_grpc", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(EXAMPLE, "new_message_type_grpc")
 
 
 def test_new_message_type_example_runs_over_grpc_unchanged(

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import numpy as np
 
 from fedbus.errors import FedbusError, InvalidArgumentError
 from fedbus.fl.asynchronous.staleness import Staleness
 from fedbus.fl.protocol import ARRAYS, FINISH, read_arrays
+from fedbus.fl.record import RoundRecord
 from fedbus.fl.requests import RequestGroup
-from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase, mean_wait
+from fedbus.fl.server_base import ServerBase, mean_wait
+from fedbus.fl.settings import SharedOptions, TrainingSettings, settings_from_options
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
 from fedbus.worker import SERVER_NODE_ID, TimerHandle
@@ -81,9 +83,10 @@ class AsyncServer(ServerBase):
     max_failures
         Failed requests in a row (errors, timeouts, dropped updates) after which the run stops
         (default ``10 * concurrency``): a federation whose clients all fail ends, not spins.
-    train_config, evaluate_fn, evaluate_every, min_clients, seed, first_round, sampler_state,
-    on_round_end
-        As for ``Server``; ``min_clients`` defaults to ``concurrency``.
+    settings
+        What every server shares (``TrainingSettings``), or its fields as keywords, with
+        ``evaluate_fn``, ``evaluate_every`` and ``on_round_end``: as for ``Server``;
+        ``min_clients`` defaults to ``concurrency``.
     """
 
     start_sends: tuple[str, ...] = (FINISH,)
@@ -93,7 +96,6 @@ class AsyncServer(ServerBase):
         strategy: Strategy,
         initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
         *,
-        num_rounds: int,
         concurrency: int,
         trigger: str = "goal",
         goal: int = 1,
@@ -102,30 +104,12 @@ class AsyncServer(ServerBase):
         staleness: Staleness | None = None,
         request_timeout: float | None = None,
         max_failures: int | None = None,
-        train_config: Mapping[str, Any] | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-        evaluate_every: int = 1,
-        min_clients: int | None = None,
-        seed: int = 0,
-        first_round: int = 1,
-        sampler_state: Mapping[str, Any] | None = None,
-        on_round_end: Callable[[RoundRecord], None] | None = None,
+        settings: TrainingSettings | None = None,
         node_id: int = SERVER_NODE_ID,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        super().__init__(
-            strategy,
-            initial_arrays,
-            num_rounds=num_rounds,
-            min_clients=concurrency if min_clients is None else min_clients,
-            train_config=train_config,
-            evaluate_fn=evaluate_fn,
-            evaluate_every=evaluate_every,
-            seed=seed,
-            first_round=first_round,
-            sampler_state=sampler_state,
-            on_round_end=on_round_end,
-            node_id=node_id,
-        )
+        settings = settings_from_options(type(self).__name__, settings, shared)
+        super().__init__(strategy, initial_arrays, settings, node_id=node_id)
         require = self.require
         require(concurrency >= 1, "concurrency", ">= 1", concurrency)
         require(trigger in TRIGGERS, "trigger", f"one of {', '.join(TRIGGERS)}", trigger)
@@ -161,6 +145,8 @@ class AsyncServer(ServerBase):
             )
         # a time window may close on a single update
         strategy.check_round_size(goal if trigger == "goal" else 1)
+        if settings.min_clients is None:
+            self.min_clients = concurrency
         self.concurrency = concurrency
         self.trigger, self.goal, self.period = trigger, goal, period
         self.broadcast = broadcast
@@ -168,7 +154,7 @@ class AsyncServer(ServerBase):
         self.request_timeout = request_timeout
         self.max_failures = max_failures
         #: The current model version: the number of aggregations so far.
-        self.version = first_round - 1
+        self.version = settings.first_round - 1
         self._requests: dict[str, _Request] = {}  # message id -> request in flight
         # One rolling group for the whole run: it checks who answers and times requests out.
         self._group = RequestGroup(
@@ -333,10 +319,7 @@ class AsyncServer(ServerBase):
         for request in self._requests.values():
             if request.version < oldest:
                 request.base = None
-        self.evaluate_centrally(record)
-        self.end_round(record)
-        if self.version >= self.num_rounds:
-            self.stop_run(None)
+        if not self.end_round(record):
             return
         if self.stopped_by_strategy(self.version + 1):
             return

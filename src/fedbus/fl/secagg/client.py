@@ -20,7 +20,7 @@ from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, decrypt, encrypt, mask
 from fedbus.fl.secagg.quantize import Quantizer
 from fedbus.fl.secagg.shamir import split_secret
-from fedbus.fl.updates import model_delta
+from fedbus.fl.updates import check_finite, model_delta
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 __all__ = ["SecAggClient", "flatten_update"]
@@ -70,6 +70,8 @@ class SecAggClient(Client):
         """Train, quantise the update, keep it; reply with two fresh public keys."""
         # the privacy mod's update filter clips (and noises) in train_on: before masking
         received, arrays, num_examples, metrics = self.train_on(message)
+        # the server sees only sums, so it cannot refuse a NaN: a diverged client drops out
+        check_finite(self.node_id, ArrayRecord(arrays))
         config = plain_config(message.content)
         quantizer = Quantizer(
             float(_number(config, p.CLIP_RANGE)),

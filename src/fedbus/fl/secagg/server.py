@@ -16,22 +16,24 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.fl.protocol import CONFIG, FINISH, METRICS
+from fedbus.fl.record import RoundRecord
 from fedbus.fl.requests import RequestGroup
 from fedbus.fl.secagg import protocol as p
 from fedbus.fl.secagg.crypto import KeyPair, agree, mask
 from fedbus.fl.secagg.graph import default_degree, default_threshold, neighbour_graph
 from fedbus.fl.secagg.quantize import Quantizer
 from fedbus.fl.secagg.shamir import combine_shares
-from fedbus.fl.server_base import EvaluateFn, RoundRecord, ServerBase
+from fedbus.fl.server_base import ServerBase
+from fedbus.fl.settings import SharedOptions, TrainingSettings, settings_from_options
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics
 from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from fedbus.worker import SERVER_NODE_ID
@@ -87,9 +89,9 @@ class SecAggServer(ServerBase):
         to integers modulo ``2**bits``.
     stage_timeout
         Seconds each stage waits for the clients still in the round (default: wait for all).
-    train_config, evaluate_fn, evaluate_every, min_clients, seed, first_round, sampler_state,
-    on_round_end
-        As for ``Server``.
+    settings
+        What every server shares (``TrainingSettings``), or its fields as keywords, with
+        ``evaluate_fn``, ``evaluate_every`` and ``on_round_end``: as for ``Server``.
     """
 
     start_sends = (p.SECAGG_TRAIN, FINISH)
@@ -99,37 +101,18 @@ class SecAggServer(ServerBase):
         strategy: Strategy,
         initial_arrays: ArrayRecord | Mapping[str, np.ndarray[Any, Any]],
         *,
-        num_rounds: int,
         clients_per_round: int,
         degree: int | None = None,
         threshold: int | None = None,
         clip_range: float = 1.0,
         bits: int = 32,
         stage_timeout: float | None = None,
-        train_config: Mapping[str, Any] | None = None,
-        evaluate_fn: EvaluateFn | None = None,
-        evaluate_every: int = 1,
-        min_clients: int | None = None,
-        seed: int = 0,
-        first_round: int = 1,
-        sampler_state: Mapping[str, Any] | None = None,
-        on_round_end: Callable[[RoundRecord], None] | None = None,
+        settings: TrainingSettings | None = None,
         node_id: int = SERVER_NODE_ID,
+        **shared: Unpack[SharedOptions],
     ) -> None:
-        super().__init__(
-            strategy,
-            initial_arrays,
-            num_rounds=num_rounds,
-            min_clients=clients_per_round if min_clients is None else min_clients,
-            train_config=train_config,
-            evaluate_fn=evaluate_fn,
-            evaluate_every=evaluate_every,
-            seed=seed,
-            first_round=first_round,
-            sampler_state=sampler_state,
-            on_round_end=on_round_end,
-            node_id=node_id,
-        )
+        settings = settings_from_options(type(self).__name__, settings, shared)
+        super().__init__(strategy, initial_arrays, settings, node_id=node_id)
         require = self.require
         require(
             clients_per_round >= 2,
@@ -149,6 +132,8 @@ class SecAggServer(ServerBase):
                 "secure aggregation hides; use fedavg, fedavgm, fedadagrad, fedadam, fedyogi or "
                 "fedprox"
             )
+        if settings.min_clients is None:
+            self.min_clients = clients_per_round
         self.clients_per_round = clients_per_round
         self.degree = default_degree(clients_per_round) if degree is None else degree
         require(
@@ -422,11 +407,7 @@ class SecAggServer(ServerBase):
 
     def _end(self, state: _Round) -> None:
         self._round = None
-        self.evaluate_centrally(self._record)
-        self.end_round(self._record)
-        if state.number >= self.num_rounds:
-            self.stop_run(None)
-        else:
+        if self.end_round(self._record):
             self._start_round(state.number + 1)
 
 

@@ -182,7 +182,7 @@ class _NodeComm:
         self._simulation._report_work(self._node_id, num_samples)
 
     def stop(self) -> None:
-        self._simulation._stopped.add(self._node_id)
+        self._simulation._node_stopped(self._node_id)
 
 
 class Simulation:
@@ -551,7 +551,7 @@ class Simulation:
             elif kind == "send":
                 self._send(node_id, value)
             else:
-                self._stopped.add(node_id)
+                self._node_stopped(node_id)
 
     def _online_or_held(self, message: Message, profile: ClientProfile) -> bool:
         """Whether the receiver is online now; if not, hold the message or fail it."""
@@ -612,6 +612,14 @@ class Simulation:
             size = encoded_size(message)
         self._count_bytes(metadata, size)
         self._push(depart + self._transfer_time(metadata, size), message)
+
+    def _node_stopped(self, node_id: int) -> None:
+        """A worker stopped: it receives nothing more, and a client has left the federation,
+        which the server learns at once (``Worker.nodes_departed``), as over gRPC."""
+        self._stopped.add(node_id)
+        if node_id != SERVER_NODE_ID and SERVER_NODE_ID not in self._stopped:
+            server = self.server
+            self._call_later(SERVER_NODE_ID, 0.0, lambda: server.nodes_departed([node_id]))
 
     def _call_later(self, node_id: int, delay: float, callback: Callable[[], None]) -> _Timer:
         if not delay >= 0:
