@@ -207,17 +207,21 @@ def request_seed(message: Message) -> int:
     it and from its own seed, so its answer depends on the request alone: the same on a fresh
     copy of the client, in another process, as on one that answered many requests before.
     """
-    seed = plain_config(message.content).get(SEED)
-    if seed is not None:
-        return _as_seed(seed)
-    return zlib.crc32(message.metadata.group_id.encode("utf-8"))
+    return _seed_of(message, plain_config(message.content))
 
 
 def request_config(message: Message) -> dict[str, object]:
     """A request's config as a plain dict, with its ``"seed"`` (``request_seed``) filled in."""
     config = plain_config(message.content)
-    config[SEED] = request_seed(message)
+    config[SEED] = _seed_of(message, config)
     return config
+
+
+def _seed_of(message: Message, config: dict[str, object]) -> int:
+    seed = config.get(SEED)
+    if seed is not None:
+        return _as_seed(seed)
+    return zlib.crc32(message.metadata.group_id.encode("utf-8"))
 
 
 def _as_seed(value: object) -> int:

@@ -114,7 +114,7 @@ class RequestGroup:
         if self.closed:
             raise InvalidArgumentError(f"{self.name}: the group is closed; open a new one")
         node_id = message.metadata.dst_node_id
-        message_id = self.worker.request(message, partial(self._answered, node_id))
+        message_id = self.worker.request(message, self._answered)
         self.pending[message_id] = node_id
         self.sent += 1
         if self.request_timeout is not None:
@@ -135,9 +135,11 @@ class RequestGroup:
         return len(self.pending)
 
     # -- what comes back ----------------------------------------------------------------------
-    def _answered(self, node_id: int, reply: Message) -> None:
+    def _answered(self, reply: Message) -> None:
+        # the worker's dispatch let through only a reply from the node the request went to
         message_id = reply.metadata.reply_to_message_id
-        if self.closed or self.pending.pop(message_id, None) is None:
+        node_id = None if self.closed else self.pending.pop(message_id, None)
+        if node_id is None:
             return  # the group closed while the dispatch held it: nothing more to count
         self._cancel_timer(message_id)
         if reply.has_error():

@@ -196,9 +196,17 @@ def _scalar_kind(value: object, allowed: tuple[type, ...]) -> type | None:
     return None
 
 
+# Built once: a union written inside the function is a new object on every call, and every
+# value stored in a record passes here.
+_PLAIN_SCALARS = frozenset({int, float, str, bool, bytes})
+_NUMPY_SCALARS = (np.bool_, np.integer, np.floating, np.str_, np.bytes_)
+
+
 def _normalise_scalar(value: Any) -> Any:
     """NumPy scalars (e.g. a loss computed as np.float32) become the Python value they hold."""
-    if isinstance(value, np.bool_ | np.integer | np.floating | np.str_ | np.bytes_):
+    if type(value) in _PLAIN_SCALARS:
+        return value
+    if isinstance(value, _NUMPY_SCALARS):
         return value.item()
     return value
 

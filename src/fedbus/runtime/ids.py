@@ -25,7 +25,7 @@ __all__ = ["MESSAGE_ID_BITS", "MessageIds"]
 #: Random bits in every message id.
 MESSAGE_ID_BITS = 128
 
-_HEX_DIGITS = MESSAGE_ID_BITS // 4
+_BYTES = MESSAGE_ID_BITS // 8
 
 
 class MessageIds:
@@ -58,5 +58,5 @@ class MessageIds:
     def next(self) -> str:
         """A new message id: ``MESSAGE_ID_BITS`` random bits as 32 hex characters."""
         if self._generator is None:
-            return secrets.token_hex(MESSAGE_ID_BITS // 8)
-        return f"{self._generator.getrandbits(MESSAGE_ID_BITS):0{_HEX_DIGITS}x}"
+            return secrets.token_hex(_BYTES)
+        return self._generator.getrandbits(MESSAGE_ID_BITS).to_bytes(_BYTES).hex()
