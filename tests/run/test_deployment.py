@@ -80,19 +80,21 @@ def test_a_client_killed_mid_round_and_restarted(fleet: Fleet) -> None:
     assert [fleet.finish(c) for c in [*clients[:4], restarted]] == [0] * 5
     metrics = read_metrics(run_dir_of(fleet.root))
     assert [m["round"] for m in metrics] == list(range(1, 13))
-    # the rounds without node 5 closed with the four replies that arrived, all aggregated
-    cut_short = metrics[killed_after]  # the round it was killed in
-    assert (cut_short["clients_replied"], cut_short["clients_sampled"]) == (4, 5)
+    # the round it was killed in closed with the four replies that arrived (it was sampled if
+    # it died training, not if it died between two rounds), all aggregated
+    cut_short = metrics[killed_after]
+    assert cut_short["clients_replied"] == 4
+    assert cut_short["clients_sampled"] in (4, 5)
     assert all(m["clients_replied"] + m["clients_failed"] <= 5 for m in metrics)
-    # the restarted client rejoined as node 5 and was sampled, and answered, again
-    assert metrics[-1]["clients_replied"] == 5
+    # the restarted client rejoined as node 5 and was sampled, and answered, again (it has the
+    # nine rounds left to rejoin in: a process start, against 600 epochs of training each)
     assert any(m["clients_replied"] == 5 for m in metrics if m["round"] > killed_after)
     assert fleet.log(server).count("node 5 connected") == 2
     assert metrics[-1]["test_accuracy"] > 0.85
 
 
 def test_a_killed_server_resumes_after_its_last_round(fleet: Fleet) -> None:
-    config = write_config(fleet.root / "fed.toml", rounds=12, epochs=400)
+    config = write_config(fleet.root / "fed.toml", rounds=8, epochs=400)
     port = free_port()
     server = fleet.server(config, port, "--insecure")
     clients = [fleet.client(config, port, k, "--insecure") for k in range(5)]
@@ -105,7 +107,7 @@ def test_a_killed_server_resumes_after_its_last_round(fleet: Fleet) -> None:
     assert fleet.finish(resumed) == 0, fleet.log(resumed)
     assert [fleet.finish(c) for c in clients] == [0] * 5  # they waited and rejoined
     metrics = read_metrics(run_dir)
-    assert [m["round"] for m in metrics] == list(range(1, 13))
+    assert [m["round"] for m in metrics] == list(range(1, 9))
     assert f"after round {completed}" in fleet.log(resumed)
     summary = (run_dir / "summary.json").read_text()
     assert f'"resumed_after_round": {completed}' in summary
