@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # The stamp is rebuilt when the project's dependencies change, so an existing .venv is reused.
 STAMP  := $(VENV)/.fedbus-installed
 
-.PHONY: install run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg docs clean
+.PHONY: install run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench-codec: install
 
 bench-transport: install
 	$(BIN)/python bench/transport.py
+
+# One server, 1,000 / 5,000 / 10,000 client nodes from 4 processes: admission, idle cost, rounds.
+bench-fleet: install
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -78,6 +78,10 @@ class TlsFiles:
     cert: Path
     key: Path
     other_ca: Path  # a CA that did not sign the server's certificate
+    client_cert: Path  # common name "site-a", signed by ca: for mutual TLS
+    client_key: Path
+    stranger_cert: Path  # common name "site-a" too, but signed by other_ca
+    stranger_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -101,15 +105,18 @@ def _certificate_authority(common_name: str) -> tuple[ec.EllipticCurvePrivateKey
     return key, certificate
 
 
-def _server_certificate(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
+def _leaf_certificate(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    common_name: str = "localhost",
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name(common_name))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -117,7 +124,7 @@ def _server_certificate(
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return key, certificate
@@ -132,17 +139,37 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throwaway CA and a server certificate for 127.0.0.1 and localhost."""
     root = tmp_path_factory.mktemp("tls")
     ca_key, ca = _certificate_authority("fedbus test CA")
-    key, certificate = _server_certificate(ca_key, ca)
-    _, other = _certificate_authority("another CA")
-    files = TlsFiles(root / "ca.pem", root / "server.pem", root / "server.key", root / "other.pem")
+    key, certificate = _leaf_certificate(ca_key, ca)
+    other_key, other = _certificate_authority("another CA")
+    client_key, client = _leaf_certificate(ca_key, ca, "site-a", ExtendedKeyUsageOID.CLIENT_AUTH)
+    stranger_key, stranger = _leaf_certificate(
+        other_key, other, "site-a", ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    files = TlsFiles(
+        root / "ca.pem",
+        root / "server.pem",
+        root / "server.key",
+        root / "other.pem",
+        root / "client.pem",
+        root / "client.key",
+        root / "stranger.pem",
+        root / "stranger.key",
+    )
     files.ca.write_bytes(_pem(ca))
     files.other_ca.write_bytes(_pem(other))
-    files.cert.write_bytes(_pem(certificate))
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    for path, written in ((files.cert, certificate), (files.client_cert, client)):
+        path.write_bytes(_pem(written))
+    files.stranger_cert.write_bytes(_pem(stranger))
+    for path, private in (
+        (files.key, key),
+        (files.client_key, client_key),
+        (files.stranger_key, stranger_key),
+    ):
+        path.write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         )
-    )
     return files

@@ -9,6 +9,7 @@
                   [--resume RUN_DIR] [--min-clients N] [--join-timeout S] [--heartbeat S]
     fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
                   (--root-cert F | --insecure) [--connect-timeout S] [--heartbeat S]
+    fedbus keys (new NAME | register REGISTRY PUBFILE | revoke REGISTRY NAME | list REGISTRY)
 
 ``server`` and ``client`` read the federation's token from ``--token-file`` or, without it,
 from the ``FEDBUS_TOKEN`` environment variable (a token on the command line would show in
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--output", default="comparison.png", help="default comparison.png")
     _server_parser(commands.add_parser("server", help="serve a federation over gRPC"))
     _client_parser(commands.add_parser("client", help="join a federation served over gRPC"))
+    from fedbus.run.keys import add_keys_parser  # it loads gRPC and cryptography only when run
+
+    add_keys_parser(commands)
     return parser
 
 
@@ -98,7 +102,22 @@ def _server_parser(server: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up when min-clients have not joined by then (default 600)",
     )
-    server.add_argument("--max-clients", type=int, default=1000, help="default 1000")
+    server.add_argument(
+        "--max-clients", type=int, help="client nodes at once (default: deployment.max_clients)"
+    )
+    server.add_argument(
+        "--keys",
+        type=Path,
+        metavar="REGISTRY",
+        help="registry of node keys (fedbus keys register): nodes prove their key; "
+        "default: deployment.key_registry",
+    )
+    server.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="PEM",
+        help="CA of client certificates: every node must present one it signed (mutual TLS)",
+    )
 
 
 def _client_parser(client: argparse.ArgumentParser) -> None:
@@ -110,7 +129,22 @@ def _client_parser(client: argparse.ArgumentParser) -> None:
     )
     data.add_argument("--data", type=Path, metavar="PATH", help="train on this .npz or .csv file")
     client.add_argument("--num-classes", type=int, help="classes of --data (default: from labels)")
+    client.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="host N nodes from this process: partitions K to K+N-1 (default 1)",
+    )
     client.add_argument("--root-cert", type=Path, help="PEM certificate(s) to trust")
+    client.add_argument(
+        "--key", type=Path, metavar="FILE", help="this node's private key (fedbus keys new)"
+    )
+    client.add_argument("--name", help="this node's registered name (default: the key's file name)")
+    client.add_argument(
+        "--cert", type=Path, metavar="PEM", help="this node's certificate, for mutual TLS"
+    )
+    client.add_argument("--cert-key", type=Path, metavar="PEM", help="the key of --cert")
     for name, meaning in (("--connect-timeout", "to join"), ("--reconnect-timeout", "to rejoin")):
         client.add_argument(
             name, type=float, default=300.0, metavar="SECONDS", help=f"time {meaning} (300)"
@@ -164,7 +198,14 @@ def _plot(args: argparse.Namespace) -> None:
     print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
 
 
-def _token(args: argparse.Namespace) -> str:
+def _keys(args: argparse.Namespace) -> None:
+    from fedbus.run.keys import run_keys
+
+    run_keys(args)
+
+
+def _token(args: argparse.Namespace, *, required: bool = True) -> str | None:
+    """The federation token; None when not given and a key or certificate proves identity."""
     if args.token_file is not None:
         try:
             token = str(args.token_file.read_text(encoding="utf-8")).strip()
@@ -174,6 +215,8 @@ def _token(args: argparse.Namespace) -> str:
             ) from exc
     else:
         token = os.environ.get("FEDBUS_TOKEN", "").strip()
+    if not token and not required:
+        return None
     if not token:
         raise ConfigError(
             "no token: put the federation's secret in a file and pass --token-file FILE, "
@@ -192,6 +235,7 @@ def _server(args: argparse.Namespace) -> None:
     from fedbus.run.config import load_config
     from fedbus.run.deployment import ServerOptions, run_server
     from fedbus.runtime.grpc import ServerTls
+    from fedbus.runtime.grpc.security import read_pem
 
     given = args.config is not None or args.overrides
     config = load_config(args.config, args.overrides) if given or not args.resume else None
@@ -202,10 +246,13 @@ def _server(args: argparse.Namespace) -> None:
     if args.tls_cert is not None and args.insecure:
         raise ConfigError("give --tls-cert/--tls-key or --insecure, not both")
     tls = None if args.tls_cert is None else ServerTls.from_files(args.tls_cert, args.tls_key)
+    if args.client_ca is not None and tls is None:
+        raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    keys = args.keys or (config is not None and config.deployment.key_registry)
     heartbeat = _heartbeat(args)
     options = ServerOptions(
         listen=args.listen,
-        token=_token(args),
+        token=_token(args, required=not keys and args.client_ca is None),
         tls=tls,
         insecure=args.insecure,
         resume=args.resume,
@@ -213,6 +260,8 @@ def _server(args: argparse.Namespace) -> None:
         join_timeout=args.join_timeout or None,
         max_clients=args.max_clients,
         heartbeat=heartbeat,
+        keys=args.keys,
+        client_ca=None if args.client_ca is None else read_pem(args.client_ca, "client CA"),
     )
     result = run_server(config, options)
     accuracy = result.summary["final_test_accuracy"]
@@ -223,14 +272,23 @@ def _server(args: argparse.Namespace) -> None:
 def _client(args: argparse.Namespace) -> None:
     from fedbus.run.config import load_config
     from fedbus.run.deployment import ClientOptions, run_client
+    from fedbus.runtime.grpc import NodeIdentity, NodeKey, ServerTls
     from fedbus.runtime.grpc.security import read_pem
 
     if args.root_cert is not None and args.insecure:
         raise ConfigError("give --root-cert or --insecure, not both")
+    if (args.cert is None) != (args.cert_key is None):
+        raise ConfigError("--cert and --cert-key go together")
+    if args.name is not None and args.key is None:
+        raise ConfigError("--name names the node of --key: give --key FILE with it")
+    identity = None
+    if args.key is not None:
+        identity = NodeIdentity(args.name or args.key.stem, NodeKey.from_file(args.key))
+    certificate = None if args.cert is None else ServerTls.from_files(args.cert, args.cert_key)
     heartbeat = _heartbeat(args)
     options = ClientOptions(
         server=args.server,
-        token=_token(args),
+        token=_token(args, required=identity is None and certificate is None),
         partition=args.partition,
         data_path=args.data,
         num_classes=args.num_classes,
@@ -241,9 +299,15 @@ def _client(args: argparse.Namespace) -> None:
         connect_timeout=args.connect_timeout,
         reconnect_timeout=args.reconnect_timeout,
         heartbeat=heartbeat,
+        nodes=args.nodes,
+        identity=identity,
+        certificate=certificate,
     )
     node_id = run_client(load_config(args.config, args.overrides), options)
-    print(f"node {node_id}: the federation is over")
+    hosted = (
+        f"nodes {node_id} to {node_id + args.nodes - 1}" if args.nodes > 1 else f"node {node_id}"
+    )
+    print(f"{hosted}: the federation is over")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,7 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if network
         else "%(levelname)s %(name)s: %(message)s",
     )  # fmt: skip
-    commands = {"run": _run, "flow": _flow, "plot": _plot, "server": _server, "client": _client}
+    commands = {
+        "run": _run,
+        "flow": _flow,
+        "plot": _plot,
+        "server": _server,
+        "client": _client,
+        "keys": _keys,
+    }
     try:
         commands[args.command](args)
     except ConfigError as exc:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fedbus.cli import main
 from fedbus.run import load_config, read_metrics
+from fedbus.run.deployment import AUDIT_FILE
 from fedbus.run.experiment import run_experiment
+from fedbus.runtime.grpc import read_audit
 
 from ..conftest import TlsFiles
 from .fleet import (
@@ -69,13 +72,19 @@ def test_a_client_killed_mid_round_and_restarted(fleet: Fleet) -> None:
         fleet.root / "fed.toml",
         per_round=5, rounds=12, min_replies=4, round_timeout=30.0, epochs=600,
     )  # fmt: skip
+    # Node 5 proves a key: its restarted process takes its node id back with it. The others
+    # join with the token (they could not rejoin under their ids after a restart).
+    assert main(["keys", "new", "node-5", "--dir", str(fleet.root)]) == 0
+    registry = str(fleet.root / "nodes.json")
+    assert main(["keys", "register", registry, str(fleet.root / "node-5.pub")]) == 0
+    key = ("--key", str(fleet.root / "node-5.key"))
     port = free_port()
-    server = fleet.server(config, port, "--insecure")
-    clients = [fleet.client(config, port, k, "--insecure") for k in range(5)]
+    server = fleet.server(config, port, "--insecure", "--keys", registry)
+    clients = [fleet.client(config, port, k, "--insecure", *key[: 2 * (k == 4)]) for k in range(5)]
     killed_after = wait_for_round(fleet.root, 2, server)
     clients[4].send_signal(signal.SIGKILL)  # while it trains for the next round
     assert clients[4].wait(10) == -signal.SIGKILL
-    restarted = fleet.client(config, port, 4, "--insecure")
+    restarted = fleet.client(config, port, 4, "--insecure", *key)
     assert fleet.finish(server) == 0, fleet.log(server)
     assert [fleet.finish(c) for c in [*clients[:4], restarted]] == [0] * 5
     metrics = read_metrics(run_dir_of(fleet.root))
@@ -89,7 +98,14 @@ def test_a_client_killed_mid_round_and_restarted(fleet: Fleet) -> None:
     # the restarted client rejoined as node 5 and was sampled, and answered, again (it has the
     # nine rounds left to rejoin in: a process start, against 600 epochs of training each)
     assert any(m["clients_replied"] == 5 for m in metrics if m["round"] > killed_after)
-    assert fleet.log(server).count("node 5 connected") == 2
+    server_log = fleet.log(server)
+    assert server_log.count("node 5 connected") == 1
+    assert server_log.count("node 5 reconnected") == 1
+    audit = [
+        (e["event"], e.get("node_id")) for e in read_audit(run_dir_of(fleet.root) / AUDIT_FILE)
+    ]
+    assert audit.count(("join", 5)) == 1
+    assert audit.count(("reconnect", 5)) == 1
     assert metrics[-1]["test_accuracy"] > 0.85
 
 

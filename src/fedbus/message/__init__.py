@@ -1,8 +1,9 @@
 """Messages and their content: the lowest layer of fedbus, importing nothing else of it.
 
 ``message`` holds ``Message``, ``Metadata`` and ``Error``; ``records`` and ``array`` the typed
-content; ``clock`` the replaceable clock that stamps ``created_at``; ``codec`` the binary
-format that carries a whole message between processes.
+content, and ``packed`` the read-only lists that long list values decode to; ``clock`` the
+replaceable clock that stamps ``created_at``; ``codec`` the binary format that carries a whole
+message between processes.
 """
 
 from fedbus.message.array import DTYPE_NAMES, MAX_RANK, Array
@@ -18,6 +19,7 @@ from fedbus.message.message import (
     check_message_type,
     mark_sent,
 )
+from fedbus.message.packed import PackedList, PackedNumbers, PackedStrings
 from fedbus.message.records import ArrayRecord, ConfigRecord, MetricRecord, Record, RecordDict
 
 __all__ = [
@@ -34,6 +36,9 @@ __all__ = [
     "Message",
     "Metadata",
     "MetricRecord",
+    "PackedList",
+    "PackedNumbers",
+    "PackedStrings",
     "Record",
     "RecordDict",
     "check_message_type",

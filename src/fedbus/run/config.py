@@ -68,6 +68,7 @@ __all__ = [
     "PrivacyConfig",
     "RunConfig",
     "SimulationConfig",
+    "DeploymentConfig",
     "StrategyConfig",
     "TrainerConfig",
     "config_from_dict",
@@ -511,6 +512,39 @@ class SimulationConfig(ConfigSection):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig(ConfigSection):
+    """[deployment]: the gRPC server of `fedbus server`: room, budgets and identity."""
+
+    section: ClassVar[str] = "deployment"
+    max_clients: int = setting(
+        10_000, "client nodes connected at once; more are told the server is full", bounds="x >= 1"
+    )
+    receive_budget_per_peer_mb: int = setting(
+        2048,
+        "largest message one client may have in transit to the server, MiB (a larger one "
+        "is refused for that client only)",
+        bounds="1 <= x <= receive_budget_total_mb",
+    )
+    receive_budget_total_mb: int = setting(
+        8192,
+        "all messages in transit to the server together, MiB; beyond it clients wait "
+        "before the server reads more from them",
+        bounds="x >= 1",
+    )
+    handshake_timeout: float = setting(
+        5.0,
+        "seconds a new connection has to finish its TLS and HTTP/2 handshake before it is closed",
+        bounds="x > 0",
+    )
+    key_registry: str = setting(
+        "",
+        "JSON registry of node public keys (fedbus keys register); nodes then join by "
+        "proving their key, and a revoked key is disconnected at once",
+        is_path=True,
+    )
+
+
 SECTIONS: dict[str, type[ConfigSection]] = {
     section.section: section
     for section in (
@@ -524,6 +558,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
         PrivacyConfig,
         AttackConfig,
         SimulationConfig,
+        DeploymentConfig,
     )
 }
 
@@ -552,6 +587,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
 
 
 def _suggest(section: str, key: str) -> str:

@@ -41,11 +41,24 @@ from fedbus.run.federation import (
     build_server,
 )
 from fedbus.run.outputs import CONFIG_FILE, RunDirectory, atomic_file, read_metrics
-from fedbus.runtime.grpc import ClientSettings, GrpcServer, Heartbeat, ServerTls, connect, serve
+from fedbus.runtime.grpc import (
+    ClientSettings,
+    GrpcServer,
+    Heartbeat,
+    NodeIdentity,
+    ReceiveLimits,
+    ServerTls,
+    connect_many,
+    serve,
+)
+from fedbus.worker import Worker
 
 __all__ = ["ClientOptions", "DeploymentResult", "ServerOptions", "run_client", "run_server"]
 
 logger = logging.getLogger("fedbus.deployment")
+
+#: The server's audit log in its run directory: joins, refusals, revocations, departures.
+AUDIT_FILE = "audit.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,27 +70,40 @@ class ServerOptions:
     """
 
     listen: str
-    token: str
+    token: str | None
     tls: ServerTls | None = None
     insecure: bool = False
     resume: Path | None = None
     min_clients: int | None = None
     join_timeout: float | None = 600.0
-    max_clients: int = 1000
+    #: None: ``deployment.max_clients`` of the configuration.
+    max_clients: int | None = None
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    #: The key registry file; None: ``deployment.key_registry`` (empty: no keys).
+    keys: Path | None = None
+    #: PEM of the CA that signs client certificates (mutual TLS).
+    client_ca: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
-    """What ``fedbus client`` takes besides the configuration: one of partition or data_path."""
+    """What ``fedbus client`` takes besides the configuration: one of partition or data_path.
+
+    ``nodes`` hosts partitions ``partition`` to ``partition + nodes - 1`` from this process,
+    one node each. ``identity`` (a node key) and ``certificate`` (mutual TLS) prove who the
+    node is; without them the token does.
+    """
 
     server: str
-    token: str
+    token: str | None
     partition: int | None = None
     data_path: Path | None = None
     num_classes: int | None = None
     root_certificates: bytes | None = None
     insecure: bool = False
+    nodes: int = 1
+    identity: NodeIdentity | None = None
+    certificate: ServerTls | None = None
     connect_timeout: float = 300.0
     reconnect_timeout: float = 300.0
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
@@ -198,18 +224,29 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
     )
     if completed:
         server.strategy.load_state(load_strategy_state(run_dir.path))
+    deployment = config.deployment
+    keys = options.keys or (Path(deployment.key_registry) if deployment.key_registry else None)
+    max_clients = options.max_clients or deployment.max_clients
     handle = log.handle = serve(
         server,
         options.listen,
         token=options.token,
+        keys=keys,
         tls=options.tls,
+        client_ca=options.client_ca,
         insecure=options.insecure,
         min_clients=options.min_clients or federation.num_clients,
         join_timeout=options.join_timeout,
-        max_clients=max(options.max_clients, options.min_clients or federation.num_clients),
+        max_clients=max(max_clients, options.min_clients or federation.num_clients),
         # ids 1..num_clients belong to the partitions; clients with their own data come after
         first_node_id=federation.num_clients + 1,
         heartbeat=options.heartbeat,
+        receive=ReceiveLimits(
+            per_peer=deployment.receive_budget_per_peer_mb << 20,
+            total=deployment.receive_budget_total_mb << 20,
+        ),
+        handshake_timeout=deployment.handshake_timeout,
+        audit_log=run_dir.path / AUDIT_FILE,
         check_with=[build_client(config, model, dataset.client(0), 1)],
     )
     logger.info(
@@ -280,49 +317,76 @@ def _local_data(config: Config, options: ClientOptions) -> tuple[ClientData, int
 def run_client(config: Config, options: ClientOptions) -> int:
     """Join the federation at ``options.server`` and take part until it ends.
 
-    Returns the node id the client had. Raises ``RunError`` when it was refused or lost the
-    server for longer than ``reconnect_timeout``.
+    Returns the node id the client had (the first one, with ``nodes`` > 1). Raises
+    ``RunError`` when it was refused or lost the server for longer than ``reconnect_timeout``.
     """
     if (options.partition is None) == (options.data_path is None):
         raise ConfigError("fedbus client: give --partition K or --data PATH (one of them)")
-    node_id: int | None
-    if options.partition is not None:
-        num_clients = config.federation.num_clients
-        if not 0 <= options.partition < num_clients:
-            raise ConfigError(
-                f"--partition {options.partition}: expected 0 to {num_clients - 1} "
-                f"(federation.num_clients={num_clients})"
-            )
-        dataset, model = build_model_and_data(config)
-        node_id = options.partition + 1  # the simulation's node id of this partition
-        data = dataset.client(options.partition)
-    else:
-        data, num_features, num_classes = _local_data(config, options)
-        model, node_id = build_config_model(config, num_features, num_classes), None
-    client = build_client(config, model, data, node_id, seeded_noise=False)
+    if options.nodes < 1:
+        raise ConfigError(f"--nodes {options.nodes}: expected 1 or more")
+    if options.nodes > 1 and options.partition is None:
+        raise ConfigError("--nodes hosts consecutive partitions: give --partition K with it")
+    if options.nodes > 1 and options.identity is not None:
+        raise ConfigError(
+            "--key proves one node; host many nodes with keys from Python "
+            "(connect_many(..., identities=...))"
+        )
+    clients = _build_clients(config, options)
     settings = ClientSettings(
-        node_id=node_id,
         connect_timeout=options.connect_timeout,
         reconnect_timeout=options.reconnect_timeout,
         heartbeat=options.heartbeat,
+        identity=options.identity,
     )
-    handle = connect(
-        client,
+    # one node or many: the same call (one node gets one dispatcher thread of its own)
+    group = connect_many(
+        clients,
         options.server,
         token=options.token,
         root_certificates=options.root_certificates,
+        certificate=options.certificate,
         insecure=options.insecure,
         settings=settings,
     )
-    logger.info(
-        "joined %s as node %s with %d samples", options.server, handle.node_id, data.num_train
-    )
+    node_ids = group.node_ids
+    logger.info("joined %s as node(s) %s", options.server, _id_ranges(node_ids))
     try:
-        handle.wait()
+        group.wait()
     except KeyboardInterrupt:
         logger.warning("interrupted: leaving the federation")
-        handle.stop()
-        handle.wait(10.0)
-    if handle.error is not None:
-        raise handle.error
-    return handle.node_id or 0
+        group.stop()
+        group.wait(10.0)
+    errors = list(group.errors.values())
+    if errors:
+        if len(errors) > 1:
+            logger.error("%d of %d nodes ended with an error", len(errors), len(clients))
+        raise errors[0]
+    return node_ids[0]
+
+
+def _build_clients(config: Config, options: ClientOptions) -> list[Worker]:
+    """The client workers this process hosts: partitions K.., or one local data file."""
+    if options.partition is not None:
+        num_clients = config.federation.num_clients
+        last = options.partition + options.nodes - 1
+        if not 0 <= options.partition <= last < num_clients:
+            span = f"{options.partition}" + (f" to {last}" if options.nodes > 1 else "")
+            raise ConfigError(
+                f"--partition {span}: expected partitions 0 to {num_clients - 1} "
+                f"(federation.num_clients={num_clients})"
+            )
+        dataset, model = build_model_and_data(config)
+        # node id K + 1: the simulation's node id of partition K
+        return [
+            build_client(config, model, dataset.client(k), k + 1, seeded_noise=False)
+            for k in range(options.partition, last + 1)
+        ]
+    data, num_features, num_classes = _local_data(config, options)
+    model = build_config_model(config, num_features, num_classes)
+    return [build_client(config, model, data, None, seeded_noise=False)]
+
+
+def _id_ranges(node_ids: list[int]) -> str:
+    if len(node_ids) > 3 and node_ids == list(range(node_ids[0], node_ids[-1] + 1)):
+        return f"{node_ids[0]}..{node_ids[-1]}"
+    return ", ".join(map(str, node_ids))

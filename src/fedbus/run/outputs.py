@@ -43,6 +43,7 @@ from typing import IO, Any
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError
+from fedbus.message import PackedList
 
 __all__ = [
     "METRIC_KEYS",
@@ -90,7 +91,7 @@ def _plain(value: Any) -> Any:
         return None
     if isinstance(value, Mapping):
         return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | PackedList):
         return [_plain(item) for item in value]
     return value
 

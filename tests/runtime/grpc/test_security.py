@@ -194,8 +194,11 @@ def test_a_flood_of_joins_is_bounded_and_the_federation_goes_on() -> None:
         code, details = full.status()
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_clients=2" in details
+        # the id of a connected node belongs to it: without its proof, nobody else gets it
         taken = RawStream(live.port, node_id=live.client.node_id)
-        assert taken.status()[0] == grpc.StatusCode.ALREADY_EXISTS
+        code, details = taken.status()
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert "belongs to another node" in details
         live.still_answers()
         for stream in [*strangers, member, full, taken]:
             stream.close()

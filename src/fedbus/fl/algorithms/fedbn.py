@@ -27,7 +27,7 @@ from fedbus.fl.protocol import METRICS, read_arrays
 from fedbus.fl.registry import register_strategy
 from fedbus.fl.strategy.base import Strategy
 from fedbus.fl.strategy.fedavg import WeightedAverage
-from fedbus.message import ArrayRecord, Message, MetricRecord, RecordDict
+from fedbus.message import ArrayRecord, Message, MetricRecord, PackedList, RecordDict
 from fedbus.train.base import Arrays
 
 __all__ = ["DEFAULT_LOCAL_LAYERS", "LOCAL_LAYERS", "FedBN", "FedBNClient", "is_local"]
@@ -152,7 +152,11 @@ def _patterns(patterns: object) -> tuple[str, ...]:
 
 def _local_patterns(config: dict[str, object]) -> tuple[str, ...]:
     value = config.get(LOCAL_LAYERS)
-    if not isinstance(value, list) or not value or not all(isinstance(p, str) for p in value):
+    if (
+        not isinstance(value, list | PackedList)
+        or not value
+        or not all(isinstance(p, str) for p in value)
+    ):
         raise ConfigError(
             f"{LOCAL_LAYERS!r}: a FedBN request needs a non-empty list of glob patterns, "
             f"got {value!r}"

@@ -21,7 +21,14 @@ from fedbus.fl.secagg.crypto import KeyPair, agree, decrypt, encrypt, mask
 from fedbus.fl.secagg.quantize import Quantizer
 from fedbus.fl.secagg.shamir import split_secret
 from fedbus.fl.updates import check_finite, model_delta
-from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fedbus.message import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    PackedList,
+    RecordDict,
+)
 
 __all__ = ["SecAggClient", "flatten_update"]
 
@@ -79,7 +86,7 @@ class SecAggClient(Client):
             int(_number(config, p.NUM_INPUTS)),
         )
         neighbours = config.get(p.NEIGHBOURS, [])
-        if not isinstance(neighbours, list):
+        if not isinstance(neighbours, list | PackedList):
             raise InvalidArgumentError(f"{p.NEIGHBOURS!r}: expected a list of node ids")
         self._round = _RoundSecrets(
             server_round=int(_number(config, p.ROUND)),
@@ -219,6 +226,8 @@ def _config(content: RecordDict, name: str) -> ConfigRecord:
 
 def _list(record: ConfigRecord, key: str) -> list[Any]:
     value = record.get(key, [])
+    if isinstance(value, PackedList):  # a long list, decoded from a frame
+        return value.tolist()
     if not isinstance(value, list):
         raise InvalidArgumentError(f"{key!r}: expected a list, got {type(value).__name__}")
     return value

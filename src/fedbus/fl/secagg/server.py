@@ -35,7 +35,14 @@ from fedbus.fl.secagg.shamir import combine_shares
 from fedbus.fl.server_base import ServerBase
 from fedbus.fl.settings import SharedOptions, TrainingSettings, settings_from_options
 from fedbus.fl.strategy.base import Strategy, WeightedMetrics
-from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from fedbus.message import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MetricRecord,
+    PackedList,
+    RecordDict,
+)
 from fedbus.worker import SERVER_NODE_ID
 
 __all__ = ["SecAggServer"]
@@ -284,7 +291,7 @@ class SecAggServer(ServerBase):
             to, ciphertexts = record.get("to"), record.get("ciphertexts")
             if (
                 to != state.peers[node]
-                or not isinstance(ciphertexts, list)
+                or not isinstance(ciphertexts, list | PackedList)
                 or len(ciphertexts) != len(to)
             ):
                 continue  # shares for anyone but exactly its peers: dropped from the round
@@ -345,7 +352,9 @@ class SecAggServer(ServerBase):
                 ("s_from", "s_shares", key_shares),
             ):
                 ids, values = record.get(owners, []), record.get(shares, [])
-                if not (isinstance(ids, list) and isinstance(values, list)):
+                if not (
+                    isinstance(ids, list | PackedList) and isinstance(values, list | PackedList)
+                ):
                     continue
                 for owner, share in zip(ids, values, strict=False):
                     if isinstance(owner, int) and isinstance(share, bytes):

@@ -26,7 +26,7 @@ from fedbus.fl.protocol import (
     read_num_examples,
 )
 from fedbus.fl.updates import model_delta
-from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from fedbus.message import ArrayRecord, ConfigRecord, MetricRecord, PackedList, RecordDict
 
 __all__ = ["Aggregator", "Strategy", "WeightedMetrics", "apply_mean_update", "check_parameter"]
 
@@ -53,7 +53,7 @@ class WeightedMetrics:
     def add(self, metrics: MetricRecord, weight: int) -> None:
         """Add one reply's scalar metrics (lists and ``num_examples`` are skipped)."""
         for key, value in metrics.items():
-            if key == "num_examples" or isinstance(value, list):
+            if key == "num_examples" or isinstance(value, list | PackedList):
                 continue
             self._sums[key] = self._sums.get(key, 0.0) + float(value) * weight
             self._weights[key] = self._weights.get(key, 0) + weight

@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import grpc
 
 from fedbus.errors import InvalidArgumentError
-from fedbus.runtime.grpc.client import ClientSettings, GrpcClient
+from fedbus.runtime.grpc.audit import AuditLog
+from fedbus.runtime.grpc.budget import ReceiveLimits
+from fedbus.runtime.grpc.client import ClientSettings, GrpcClient, NodeIdentity
 from fedbus.runtime.grpc.dispatcher import Activity
 from fedbus.runtime.grpc.framing import TransportLimits
+from fedbus.runtime.grpc.group import ClientGroup, connect_group
+from fedbus.runtime.grpc.identity import KeyRegistry
 from fedbus.runtime.grpc.security import Authenticator, ServerTls
 from fedbus.runtime.grpc.server import GrpcServer, ServerSettings
 from fedbus.runtime.grpc.stream import Heartbeat
 from fedbus.worker import MessageFlow, RoutingPolicy, Worker
 
-__all__ = ["check_flow", "connect", "serve"]
+__all__ = ["check_flow", "connect", "connect_many", "serve"]
 
 logger = logging.getLogger("fedbus.grpc")
 
@@ -62,15 +67,20 @@ def serve(
     *,
     token: str | None = None,
     node_tokens: Mapping[int, str] | None = None,
+    keys: KeyRegistry | str | Path | None = None,
     tls: ServerTls | None = None,
+    client_ca: bytes | None = None,
     insecure: bool = False,
     min_clients: int = 1,
     join_timeout: float | None = None,
-    max_clients: int = 1000,
+    max_clients: int = 10_000,
     first_node_id: int = 1,
     run_id: int = 1,
     limits: TransportLimits | None = None,
     heartbeat: Heartbeat | None = None,
+    receive: ReceiveLimits | None = None,
+    handshake_timeout: float = 5.0,
+    audit_log: str | Path | None = None,
     check_with: Sequence[Worker] = (),
     activity: Activity | None = None,
 ) -> GrpcServer:
@@ -88,9 +98,17 @@ def serve(
         ``host:port`` to listen on; port 0 picks a free port (read it from ``.port``).
     token, node_tokens
         The federation's shared secret, and optional per-node secrets (see ``Authenticator``).
+    keys
+        The registry of node public keys (a ``KeyRegistry`` or its file): a node that names
+        itself proves its key by signing a fresh challenge; the file is read again when it
+        changes, and a revoked node is disconnected at once. With keys and no token, every
+        node must prove a key.
     tls, insecure
         The server's certificate and key; or ``insecure=True`` to serve plain text, which must
         be asked for and is logged as a warning.
+    client_ca
+        PEM certificate(s) of the CA that signs client certificates: mutual TLS. Every node
+        must then present a certificate it signed; its common name is the node's name.
     min_clients, join_timeout
         Clients to wait for before starting, and how long (None: for ever). When the timeout
         passes first the server stops and ``.error`` says why.
@@ -104,6 +122,12 @@ def serve(
     limits, heartbeat
         Sizes (default: 1 MiB chunks, 4 GiB messages) and liveness (5 s heartbeats, a client
         silent for 15 s is unavailable).
+    receive
+        The receive budget: bytes of messages in transit per client and in all.
+    handshake_timeout
+        Seconds a new connection has to finish its TLS and HTTP/2 handshake.
+    audit_log
+        A JSON-lines file of joins, refusals, revocations, reconnections and departures.
     check_with
         Client workers of this federation (one per class is enough): the message-flow check
         runs on the server with them before anything is served, and the flow they declare is
@@ -140,10 +164,13 @@ def serve(
         raise InvalidArgumentError(
             f"serve: max_clients must be an int >= min_clients ({min_clients}), got {max_clients!r}"
         )
+    if client_ca is not None and tls is None:
+        raise InvalidArgumentError("serve: client_ca (mutual TLS) needs tls=ServerTls(...)")
     authenticator = Authenticator(token, node_tokens)
+    registry = KeyRegistry.load(keys) if isinstance(keys, str | Path) else keys
     if insecure:
         logger.warning("serving %s WITHOUT TLS: tokens and models travel in clear text", address)
-    if authenticator.open:
+    if authenticator.open and registry is None and client_ca is None:
         logger.warning("serving %s WITHOUT a token: anyone who reaches it may join", address)
     settings = ServerSettings(
         min_clients=min_clients,
@@ -153,12 +180,26 @@ def serve(
         run_id=run_id,
         limits=limits or TransportLimits(),
         heartbeat=heartbeat or Heartbeat(),
+        receive=receive or ReceiveLimits(),
+        handshake_timeout=handshake_timeout,
     )
-    runtime = GrpcServer(server, authenticator, settings, activity, policy=policy)
+    runtime = GrpcServer(
+        server,
+        authenticator,
+        settings,
+        activity,
+        policy=policy,
+        keys=registry,
+        audit=AuditLog(audit_log),
+    )
     credentials = (
         None
         if tls is None
-        else grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)])
+        else grpc.ssl_server_credentials(
+            [(tls.private_key, tls.certificate_chain)],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
     )
     runtime.start(address, credentials)
     return runtime
@@ -170,6 +211,7 @@ def connect(
     *,
     token: str | None = None,
     root_certificates: bytes | None = None,
+    certificate: ServerTls | None = None,
     insecure: bool = False,
     settings: ClientSettings | None = None,
     start_worker: bool = True,
@@ -191,6 +233,9 @@ def connect(
     root_certificates, insecure
         PEM certificates to trust (None: the system's); or ``insecure=True`` for a plain-text
         connection, which must be asked for and is logged as a warning.
+    certificate
+        This node's certificate and key, for a server that asks for client certificates
+        (mutual TLS).
     settings
         Node id to ask for, reconnection, sizes and liveness (see ``ClientSettings``).
     start_worker
@@ -209,11 +254,7 @@ def connect(
     RunError
         The server refused this client, or could not be reached in time.
     """
-    if insecure and root_certificates is not None:
-        raise InvalidArgumentError("connect: pass root_certificates or insecure=True, not both")
-    if insecure:
-        logger.warning("connecting to %s WITHOUT TLS", address)
-    credentials = None if insecure else grpc.ssl_channel_credentials(root_certificates)
+    credentials = _channel_credentials(address, root_certificates, certificate, insecure)
     runtime = GrpcClient(
         client,
         address,
@@ -224,3 +265,79 @@ def connect(
     )
     runtime.start(start_worker=start_worker)
     return runtime
+
+
+def connect_many(
+    clients: Sequence[Worker],
+    address: str,
+    *,
+    token: str | None = None,
+    root_certificates: bytes | None = None,
+    certificate: ServerTls | None = None,
+    insecure: bool = False,
+    settings: ClientSettings | None = None,
+    identities: Sequence[NodeIdentity] | None = None,
+    threads: int | None = None,
+    start_workers: bool = True,
+    activity: Activity | None = None,
+) -> ClientGroup:
+    """Connect every worker of ``clients`` as its own node, from this process.
+
+    Each node has its own connection, node id and reconnection, exactly as if it ran alone
+    (``connect``); they share this process's event loop and ``threads`` dispatcher threads
+    (default: one per core), so hosting thousands of nodes costs no thread per node. A
+    worker's own node id, if it has one, is asked for. The connections open concurrently; if
+    any node is refused or cannot connect in time, every node leaves and ``RunError`` says
+    how many failed and why.
+
+    Parameters
+    ----------
+    identities
+        One ``NodeIdentity`` (name and key) per worker, for a server with a key registry.
+    threads
+        Dispatcher threads that run the workers' handlers (node i on thread i mod threads).
+
+    The other parameters are ``connect``'s, for every node.
+
+    Returns
+    -------
+    ClientGroup
+        ``.node_ids``, ``.wait(timeout)``, ``.stop()``, ``.errors``.
+
+    Examples
+    --------
+    >>> group = connect_many(workers, "server:8080", token=TOKEN)  # doctest: +SKIP
+    >>> group.wait()  # doctest: +SKIP
+    """
+    credentials = _channel_credentials(address, root_certificates, certificate, insecure)
+    return connect_group(
+        clients,
+        address,
+        token=token,
+        credentials=credentials,
+        settings=settings or ClientSettings(),
+        identities=identities,
+        threads=threads,
+        start_workers=start_workers,
+        activity=activity,
+    )
+
+
+def _channel_credentials(
+    address: str,
+    root_certificates: bytes | None,
+    certificate: ServerTls | None,
+    insecure: bool,
+) -> grpc.ChannelCredentials | None:
+    if insecure and (root_certificates is not None or certificate is not None):
+        raise InvalidArgumentError(
+            "connect: pass root_certificates (and a client certificate) or insecure=True, not both"
+        )
+    if insecure:
+        logger.warning("connecting to %s WITHOUT TLS", address)
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates,
+        private_key=None if certificate is None else certificate.private_key,
+        certificate_chain=None if certificate is None else certificate.certificate_chain,
+    )

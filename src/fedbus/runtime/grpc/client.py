@@ -1,26 +1,35 @@
 """The client end: one worker, one stream to the server, kept open and reopened when lost.
 
-A ``GrpcClient`` opens the stream, learns its node id and the run id from the server's
-initial metadata, starts its worker, then reads frames on a session thread until the server
-says GOODBYE. A lost connection (server restarted, network cut, heartbeat timeout) is reopened
-with exponential backoff under the same node id; a refusal that cannot change by retrying
-(wrong token, wrong protocol, server full, bad input) ends the client with an error.
+A ``GrpcClient`` opens its stream, learns its node id and the run id from the server's initial
+metadata, starts its worker, then reads frames until the server says GOODBYE. The stream is a
+coroutine on the process's ``IoLoop``: a process can host thousands of client nodes with the
+same few threads (``connect_many``), each node with its own channel and TCP connection, as
+each device of a fleet would have.
+
+A lost connection (server restarted, network cut, heartbeat timeout) is reopened under the same
+node id, after a jittered exponential backoff: a storm of reconnections spreads out instead of
+arriving at once. Every connection presents the node's proof: its key's signature over a fresh
+challenge, or the resume secret it drew at start, so that only this node gets its id back. A
+refusal that cannot change by retrying (wrong token or key, wrong protocol, bad input) ends
+the client with an error. "The server is full" is retried with backoff until the timeout.
 
 Every message goes to the server, which routes it: a client never talks to another directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import grpc.aio
 
-from fedbus.errors import DecodeError, RunError
+from fedbus.errors import DecodeError, InvalidArgumentError, RunError
 from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message
 from fedbus.message.codec import encoded_size
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
@@ -32,17 +41,26 @@ from fedbus.runtime.grpc.framing import (
     encode_for_stream,
 )
 from fedbus.runtime.grpc.host import Endpoint, WorkerHost
+from fedbus.runtime.grpc.identity import (
+    CHALLENGE_KEY,
+    NODE_NAME_KEY,
+    SIGNATURE_KEY,
+    NodeKey,
+    check_node_name,
+)
+from fedbus.runtime.grpc.ioloop import IoLoop
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
     PROTOCOL_KEY,
     PROTOCOL_VERSION,
+    RESUME_KEY,
     RUN_ID_KEY,
     TOKEN_KEY,
 )
-from fedbus.runtime.grpc.stream import METHOD, Heartbeat, Outbox, channel_options
+from fedbus.runtime.grpc.stream import CHALLENGE_METHOD, METHOD, Heartbeat, Outbox, channel_options
 from fedbus.worker import Worker
 
-__all__ = ["ClientSettings", "GrpcClient"]
+__all__ = ["ClientSettings", "GrpcClient", "NodeIdentity"]
 
 logger = logging.getLogger("fedbus.grpc.client")
 
@@ -53,13 +71,28 @@ _PERMANENT = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
 _FIRST_BACKOFF = 0.05
 # After its worker stops, a client waits this long for the server to end the stream.
 _CLOSE_GRACE = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """A node's name and private key, to join a server that keeps a key registry."""
+
+    name: str
+    key: NodeKey = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_node_name(self.name)
+        if not isinstance(self.key, NodeKey):
+            raise InvalidArgumentError(
+                f"NodeIdentity.key must be a NodeKey (NodeKey.from_file), got "
+                f"{type(self.key).__name__}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +111,10 @@ class ClientSettings:
     reconnect_timeout
         Seconds to keep trying to reconnect before giving up with an error.
     max_backoff
-        Longest wait between two attempts; waits double from 0.05 s up to this.
+        Longest wait between two attempts; waits double from 0.05 s up to this, each drawn
+        between half and all of its value (jitter).
+    identity
+        The node's name and key, for a server with a key registry; None joins with the token.
     limits, heartbeat
         Message and chunk sizes; liveness (see ``Heartbeat``).
     """
@@ -88,6 +124,7 @@ class ClientSettings:
     reconnect: bool = True
     reconnect_timeout: float = 300.0
     max_backoff: float = 5.0
+    identity: NodeIdentity | None = None
     limits: TransportLimits = field(default_factory=TransportLimits)
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
 
@@ -98,8 +135,22 @@ class _CallFailedError(Exception):
         self.code, self.details = code, details
 
 
+class _Session:
+    """One open stream: the call, its outbox and its writer task."""
+
+    __slots__ = ("call", "outbox", "writer")
+
+    def __init__(self, call: Any, outbox: Outbox) -> None:
+        self.call, self.outbox = call, outbox
+        self.writer: asyncio.Task[None] | None = None
+
+
 class GrpcClient(Endpoint):
-    """Hosts one worker as a client node over one gRPC stream (see ``connect``)."""
+    """Hosts one worker as a client node over one gRPC stream (see ``connect``).
+
+    ``dispatcher`` runs the worker's handlers; None gives the worker a thread of its own.
+    Nodes hosted together (``connect_many``) share a few dispatchers.
+    """
 
     def __init__(
         self,
@@ -110,22 +161,28 @@ class GrpcClient(Endpoint):
         credentials: grpc.ChannelCredentials | None,
         settings: ClientSettings,
         activity: Activity | None = None,
+        io: IoLoop | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.address, self.settings = address, settings
+        self._io = io or IoLoop.shared()
         self._token = token
         self._limits = settings.limits
         self._decode_limits = DecodeLimits(max_message_bytes=settings.limits.max_message_bytes)
-        self._host = WorkerHost(worker, self._route, self._on_worker_stop, activity)
+        self._host = WorkerHost(
+            worker, self._route, self._on_worker_stop, activity, dispatcher=dispatcher
+        )
         self._host.rules.max_message_bytes = settings.limits.max_message_bytes
-        self._watchdog = Dispatcher("fedbus-grpc-client-watchdog")
         self._credentials = credentials
-        self._channel: grpc.Channel | None = None
+        self._channel: grpc.aio.Channel | None = None
         self._lock = threading.Lock()
-        self._outbox: Outbox | None = None
-        self._call: Any = None
-        self._last_received = time.monotonic()
+        self._session: _Session | None = None
+        self._last_received = 0.0
         self._stopping = threading.Event()
+        self._stop_requested: asyncio.Event | None = None
         self._done = threading.Event()
+        # Drawn once per life of this client: it alone can take this node id back.
+        self._resume = secrets.token_urlsafe(24)
         self._requested = settings.node_id if settings.node_id is not None else None
         if self._requested is None and worker.node_id >= 0:
             self._requested = worker.node_id
@@ -139,28 +196,26 @@ class GrpcClient(Endpoint):
         With ``start_worker=False`` the worker's ``on_start`` waits for ``start_worker()``,
         and messages that arrive before are held for it.
         """
-        self._watchdog.start()
+        self._io.run(self.open())
+        if start_worker:
+            self.start_worker()
+
+    async def open(self) -> None:
+        """On the loop: connect, attach the worker and run the session in the background."""
+        self._stop_requested = asyncio.Event()
+        if self._stopping.is_set():
+            self._stop_requested.set()
         try:
-            call, outbox, node_id, run_id = self._connect(self.settings.connect_timeout)
-        except RunError:
-            self._close_channel()
-            self._watchdog.stop()
+            session, node_id, run_id = await self._connect(self.settings.connect_timeout)
+        except BaseException:
+            await self._close_channel()
             self._done.set()
             raise
         self.node_id = self._requested = node_id
-        with self._lock:
-            self._call, self._outbox = call, outbox
         self._host.attach(node_id, run_id)
         self._host.ready = False
-        self._host.dispatcher.start()
-        threading.Thread(
-            target=self._session,
-            args=(call, outbox),
-            name=f"fedbus-grpc-client-{node_id}",
-            daemon=True,
-        ).start()
-        if start_worker:
-            self.start_worker()
+        self._host.start_dispatcher()
+        asyncio.get_running_loop().create_task(self._run(session))
 
     def start_worker(self) -> None:
         """Run the worker's ``on_start``, then deliver what arrived before it."""
@@ -176,18 +231,22 @@ class GrpcClient(Endpoint):
     def stop(self) -> None:
         """Leave the federation: say GOODBYE and close the stream (from any thread)."""
         self._stopping.set()
+        self._io.call_soon(self._stop_on_loop)
+
+    def _stop_on_loop(self) -> None:
+        if self._stop_requested is not None:
+            self._stop_requested.set()
         with self._lock:
-            outbox, call = self._outbox, self._call
-        if outbox is not None:
-            outbox.say_goodbye()
-        if call is not None:
-            self._watchdog.call_later(_CLOSE_GRACE, call.cancel)
+            session = self._session
+        if session is not None:
+            session.outbox.say_goodbye()
+            self._io.loop.call_later(_CLOSE_GRACE, session.call.cancel)
 
     @property
     def connected(self) -> bool:
         """True while a stream to the server is open (sends between two streams fail)."""
         with self._lock:
-            return self._outbox is not None and not self._outbox.closed
+            return self._session is not None and not self._session.outbox.closed
 
     @property
     def worker(self) -> Worker:
@@ -199,74 +258,110 @@ class GrpcClient(Endpoint):
         self.stop()
 
     # -- connecting -----------------------------------------------------------------------
-    def _new_channel(self) -> grpc.Channel:
+    def _new_channel(self) -> grpc.aio.Channel:
         options: list[tuple[str, Any]] = [
             *channel_options(self._limits),
             # gRPC's own reconnect backoff starts at 1 s and grows to 120 s: ours decides.
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(self.settings.max_backoff * 1000)),
+            # One TCP connection per node, as each device of a fleet has: channels to the
+            # same server would otherwise share one.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if self._credentials is None:
-            return grpc.insecure_channel(self.address, options=options)
-        return grpc.secure_channel(self.address, self._credentials, options=options)
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, self._credentials, options=options)
 
-    def _close_channel(self) -> None:
+    async def _close_channel(self) -> None:
         """Drop the channel: the next attempt opens a new TCP connection, never a frozen one."""
         channel, self._channel = self._channel, None
         if channel is not None:
-            channel.close()
+            await channel.close()
 
-    def _open(self) -> tuple[Any, Outbox, int, int]:
-        if self._channel is None:
-            self._channel = self._new_channel()
-        outbox = Outbox(self._host.fail, self._limits, self.settings.heartbeat)
-        metadata = [(PROTOCOL_KEY, PROTOCOL_VERSION)]
+    async def _metadata(self, channel: grpc.aio.Channel) -> list[tuple[str, Any]]:
+        metadata: list[tuple[str, Any]] = [
+            (PROTOCOL_KEY, PROTOCOL_VERSION),
+            (RESUME_KEY, self._resume),
+        ]
         if self._token is not None:
             metadata.append((TOKEN_KEY, self._token))
         if self._requested is not None:
             metadata.append((NODE_ID_KEY, str(self._requested)))
-        call = self._channel.stream_stream(METHOD)(outbox.frames(), metadata=metadata)
-        # A server that accepts the connection but never answers must not hang the client.
-        handshake = self._watchdog.call_later(self.settings.heartbeat.timeout, call.cancel)
-        headers = dict(call.initial_metadata() or ())
-        handshake.cancel()
+        identity = self.settings.identity
+        if identity is not None:
+            ask = channel.unary_unary(CHALLENGE_METHOD)
+            challenge = await ask(b"", timeout=self.settings.heartbeat.timeout)
+            signature = identity.key.sign_challenge(challenge, identity.name, self._requested)
+            metadata += [
+                (NODE_NAME_KEY, identity.name),
+                (CHALLENGE_KEY, challenge),
+                (SIGNATURE_KEY, signature),
+            ]
+        return metadata
+
+    async def _open(self) -> tuple[_Session, int, int]:
+        if self._channel is None:
+            self._channel = self._new_channel()
+        channel = self._channel
         try:
+            metadata = await self._metadata(channel)
+        except grpc.aio.AioRpcError as exc:
+            raise _CallFailedError(exc.code(), exc.details() or "no details") from None
+        outbox = Outbox(self._io, self._host.fail, self._limits, self.settings.heartbeat)
+        call = channel.stream_stream(METHOD)(metadata=metadata)
+        try:
+            # A server that accepts the connection but never answers must not hang the client.
+            headers = await asyncio.wait_for(
+                call.initial_metadata(), self.settings.heartbeat.timeout
+            )
             node_id, run_id = int(headers[NODE_ID_KEY]), int(headers[RUN_ID_KEY])
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError, TimeoutError, grpc.aio.AioRpcError):
             outbox.close("the connection failed")
             call.cancel()
-            code = call.code()
+            code = await call.code()
             if code == grpc.StatusCode.CANCELLED:
-                self._close_channel()  # the handshake timed out: try a fresh connection
-            raise _CallFailedError(code, call.details() or "no details") from None
-        return call, outbox, node_id, run_id
+                await self._close_channel()  # the handshake timed out: try a fresh connection
+            raise _CallFailedError(code, await call.details() or "no details") from None
+        return _Session(call, outbox), node_id, run_id
 
-    def _connect(self, timeout: float) -> tuple[Any, Outbox, int, int]:
-        deadline = time.monotonic() + timeout
+    async def _connect(self, timeout: float) -> tuple[_Session, int, int]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         delay = _FIRST_BACKOFF
         while True:
             try:
-                return self._open()
+                async with self._io.connecting:
+                    return await self._open()
             except _CallFailedError as failed:
                 if failed.code in _PERMANENT:
                     raise RunError(
                         f"the server at {self.address} refused this client: {failed}"
                     ) from None
                 last = failed
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stopping.wait(min(delay, remaining)):
+            remaining = deadline - loop.time()
+            wait = min(random.uniform(delay / 2, delay), remaining)
+            if remaining <= 0 or await self._stop_within(wait):
                 raise RunError(
                     f"could not connect to the server at {self.address} within {timeout:g} s; "
                     f"last error: {last}"
                 )
-            delay = min(delay * 2, self.settings.max_backoff) * random.uniform(0.8, 1.2)
+            delay = min(delay * 2, self.settings.max_backoff)
+
+    async def _stop_within(self, seconds: float) -> bool:
+        """Wait ``seconds``; True at once if the client is asked to stop meanwhile."""
+        assert self._stop_requested is not None
+        try:
+            await asyncio.wait_for(self._stop_requested.wait(), max(0.0, seconds))
+        except TimeoutError:
+            return False
+        return True
 
     # -- the session ----------------------------------------------------------------------
-    def _session(self, call: Any, outbox: Outbox) -> None:
+    async def _run(self, session: _Session) -> None:
         try:
             while True:
-                goodbye, failure = self._pump(call, outbox)
+                goodbye, failure = await self._pump(session)
                 if goodbye or self._stopping.is_set():
                     break
                 if failure is not None and failure.code in _PERMANENT:
@@ -276,77 +371,98 @@ class GrpcClient(Endpoint):
                     self.error = RunError(f"lost the connection to the server: {failure}")
                     break
                 logger.warning("node %s: connection lost (%s); reconnecting", self.node_id, failure)
-                self._close_channel()
+                await self._close_channel()
                 try:
-                    call, outbox, _, _ = self._connect(self.settings.reconnect_timeout)
+                    session, _, _ = await self._connect(self.settings.reconnect_timeout)
                 except RunError as exc:
                     self.error = exc
                     break
                 logger.info("node %s: reconnected", self.node_id)
         finally:
-            self._finish()
+            await self._finish()
 
-    def _pump(self, call: Any, outbox: Outbox) -> tuple[bool, _CallFailedError | None]:
+    async def _pump(self, session: _Session) -> tuple[bool, _CallFailedError | None]:
         """Read one connection until it ends: (the server said GOODBYE, why it failed)."""
+        loop = asyncio.get_running_loop()
+        call = session.call
         with self._lock:
-            self._call, self._outbox = call, outbox
+            self._session = session
         if self._stopping.is_set():
-            outbox.say_goodbye()
-        self._last_received = time.monotonic()
-        self._watch(call)
+            session.outbox.say_goodbye()
+        session.writer = loop.create_task(self._write(session))
+        self._last_received = loop.time()
+        self._watch(session)
         reassembler = Reassembler(self._limits)
         goodbye, failure = False, None
         try:
-            for frame in call:
-                self._last_received = time.monotonic()
+            while True:
+                frame = await call.read()
+                if frame is grpc.aio.EOF:
+                    break
+                self._last_received = loop.time()
                 kind, encoded = reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
                     self._on_message(encoded)
                 elif kind == GOODBYE:
                     goodbye = True
+            code = await call.code()
+            if code != grpc.StatusCode.OK and not goodbye:
+                failure = _CallFailedError(code, await call.details() or "")
         except DecodeError as exc:
             logger.error("node %s: the server sent bad input: %s", self.node_id, exc)
             failure = _CallFailedError(grpc.StatusCode.DATA_LOSS, str(exc))
             call.cancel()
-        except grpc.RpcError as exc:
+        except grpc.aio.AioRpcError as exc:
             failure = _CallFailedError(exc.code(), exc.details() or "")
+        except asyncio.CancelledError:
+            if not call.cancelled():
+                raise  # this task itself was cancelled: not a connection matter
+            # the call was cancelled here: the server went silent, or the client is leaving
+            failure = _CallFailedError(grpc.StatusCode.CANCELLED, "the stream was cancelled")
         finally:
             with self._lock:
-                self._call, self._outbox = None, None
-            outbox.close("the connection to the server was lost")
+                self._session = None
+            session.outbox.close("the connection to the server was lost")
+            session.writer.cancel()
         return goodbye, failure
 
-    def _finish(self) -> None:
+    async def _write(self, session: _Session) -> None:
+        try:
+            async for frame in session.outbox.frames():
+                await session.call.write(frame)
+            await session.call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call ended: the reader reports why
+
+    async def _finish(self) -> None:
         with self._lock:
-            call = self._call
-        if call is not None:
-            call.cancel()
+            session = self._session
+        if session is not None:
+            session.call.cancel()
         self._host.worker_stopped = True
-        self._host.dispatcher.stop()
-        self._watchdog.stop()
-        self._host.dispatcher.join(10.0)
-        self._watchdog.join(5.0)
-        self._close_channel()
+        await self._close_channel()
+        await asyncio.get_running_loop().run_in_executor(None, self._host.stop_dispatcher)
         self._done.set()
         if self.error is not None:
             logger.error("node %s: %s", self.node_id, self.error)
         else:
             logger.info("node %s: done", self.node_id)
 
-    def _watch(self, call: Any) -> None:
+    def _watch(self, session: _Session) -> None:
+        loop = asyncio.get_running_loop()
         timeout = self.settings.heartbeat.timeout
 
         def check() -> None:
-            if self._call is not call:
+            if self._session is not session:
                 return
-            silent = time.monotonic() - self._last_received
+            silent = loop.time() - self._last_received
             if silent < timeout:
-                self._watchdog.call_later(timeout - silent, check)
+                loop.call_later(timeout - silent, check)
                 return
             logger.warning("node %s: nothing from the server for %.1f s", self.node_id, silent)
-            call.cancel()
+            session.call.cancel()
 
-        self._watchdog.call_later(timeout, check)
+        loop.call_later(timeout, check)
 
     # -- messages -------------------------------------------------------------------------
     def _on_message(self, encoded: memoryview) -> None:
@@ -367,6 +483,6 @@ class GrpcClient(Endpoint):
             self._host.fail(message, refusal.code, refusal.reason)
             return
         with self._lock:
-            outbox = self._outbox
-        if outbox is None or not outbox.put(message, encode_for_stream(message)):
+            session = self._session
+        if session is None or not session.outbox.put(message, encode_for_stream(message)):
             self._host.fail(message, ErrorCode.NODE_UNAVAILABLE, "not connected to the server")

@@ -42,6 +42,7 @@ __all__ = [
     "HEARTBEAT",
     "Reassembler",
     "TransportLimits",
+    "announced_size",
     "control_frame",
     "encode_for_stream",
     "message_frames",
@@ -97,6 +98,18 @@ class TransportLimits:
     def max_frame_bytes(self) -> int:
         """The largest gRPC message a stream carries: one header and one full chunk."""
         return HEADER_SIZE + self.chunk_size
+
+
+def announced_size(frame: bytes) -> int:
+    """The message length a frame announces if it is the first chunk of a message, else 0.
+
+    Read before the frame is fed to a ``Reassembler`` (which checks everything), so that the
+    receiver can reserve the memory first; a malformed header reads as 0.
+    """
+    if len(frame) < HEADER_SIZE:
+        return 0
+    kind, _, _, _, total, offset = _HEADER.unpack_from(frame)
+    return int(total) if kind == DATA and offset == 0 else 0
 
 
 def control_frame(kind: int) -> bytes:

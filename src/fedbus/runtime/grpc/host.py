@@ -68,6 +68,9 @@ class WorkerHost:
         Called once, on the dispatcher thread, when the worker calls ``stop()``.
     activity
         Shared pending-work counter, for ``run_local``; None in a real deployment.
+    dispatcher
+        The thread to run the worker on, shared with other workers (``connect_many``);
+        None gives the worker a dispatcher of its own, started and stopped with it.
     """
 
     def __init__(
@@ -76,11 +79,14 @@ class WorkerHost:
         route: Route,
         on_worker_stop: Callable[[], None],
         activity: Activity | None = None,
+        *,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.worker = worker
         self.node_id = worker.node_id
         self.activity = activity
-        self.dispatcher = Dispatcher(f"fedbus-node-{worker.node_id}", activity)
+        self._owns_dispatcher = dispatcher is None
+        self.dispatcher = dispatcher or Dispatcher(f"fedbus-node-{worker.node_id}", activity)
         self.worker_stopped = False
         #: False holds deliveries back (the server before ``on_start``); ``release`` sends them.
         self.ready = True
@@ -91,6 +97,17 @@ class WorkerHost:
         # the id of a request it did not receive); TTLs on this machine's wall clock. The server
         # adds its routing policy and size limit.
         self.rules = DeliveryRules(0, MessageIds(), time.time)
+
+    def start_dispatcher(self) -> None:
+        """Start the worker's own dispatcher (a shared one is started by its owner)."""
+        if self._owns_dispatcher:
+            self.dispatcher.start()
+
+    def stop_dispatcher(self) -> None:
+        """Stop and join the worker's own dispatcher (blocking: not on the IoLoop)."""
+        if self._owns_dispatcher:
+            self.dispatcher.stop()
+            self.dispatcher.join(10.0)
 
     def attach(self, node_id: int, run_id: int) -> None:
         """Give the worker its node id and its ``CommManager``."""

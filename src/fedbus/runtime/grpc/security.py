@@ -26,6 +26,7 @@ __all__ = [
     "NODE_ID_KEY",
     "PROTOCOL_KEY",
     "PROTOCOL_VERSION",
+    "RESUME_KEY",
     "RUN_ID_KEY",
     "TOKEN_KEY",
     "Authenticator",
@@ -38,6 +39,8 @@ TOKEN_KEY: Final = "fedbus-token"
 NODE_ID_KEY: Final = "fedbus-node-id"
 RUN_ID_KEY: Final = "fedbus-run-id"
 PROTOCOL_KEY: Final = "fedbus-protocol"
+#: A client's resume secret: whoever held a node id gets it back only by presenting it again.
+RESUME_KEY: Final = "fedbus-resume"
 #: The transport frame layout version (``framing``); both ends must speak the same.
 PROTOCOL_VERSION: Final = "1"
 

@@ -1,45 +1,63 @@
 """The server end: node 0, the router of every message, and the judge of who is who.
 
-Each client holds one bidirectional stream open. For each stream the server runs two blocking
-threads and no more: gRPC's handler thread writes (it iterates the connection's ``Outbox``),
-a reader thread reads and reassembles frames. Neither runs worker code: a message for the
+Every connection is served by coroutines on the process's ``IoLoop``: the stream handler
+writes (it iterates the connection's ``Outbox``) and one reader task reads and reassembles
+frames. The server's threads are the same few whatever the number of clients: the loop, gRPC's
+own, and the server worker's dispatcher. Neither coroutine runs worker code: a message for the
 server worker is posted to its dispatcher; one for another client is put in that client's
 outbox, as the bytes it arrived in (relayed, never re-encoded).
 
-Identity: the server assigns each connection its node id (1, 2, ... in join order, or the id
-the client asks for when it is free) and stamps it on the connection. A message whose
-``src_node_id`` is not its connection's id is refused with an ``UNAUTHENTICATED`` error reply
-and logged; a client therefore cannot speak as another, and receives only messages addressed
-to it.
+Identity: admission (``ClientRegistry``) decides who a connection is (a registered key, a
+client certificate, or the federation token with a resume secret) and which node id it holds;
+the id is stamped on the connection. A message whose ``src_node_id`` is not its connection's id
+is refused with an ``UNAUTHENTICATED`` error reply and logged; a client therefore cannot speak
+as another, and receives only messages addressed to it. A revoked key is disconnected as soon
+as the registry file says so. Joins, refusals, revocations, reconnections and departures go to
+the audit log.
 
 Routing follows the flow declaration (``RoutingPolicy``): a message from a client whose type
-its role does not declare towards the receiver's role (a ``finish`` or ``train`` for another
-client, say) gets a ``PERMISSION_DENIED`` error reply and is never delivered or relayed.
+its role does not declare towards the receiver's role gets a ``PERMISSION_DENIED`` error reply
+and is never delivered or relayed.
+
+Bounded work per peer: a message in reassembly is reserved in the receive budget (per peer
+and in all, ``ReceiveBudget``) and released when complete or when its peer goes; a connection
+that has not finished its HTTP/2 (or TLS) handshake within ``handshake_timeout`` is closed.
 
 Departure: when a client's stream ends (it left, its connection broke, or its heartbeat
 stopped), the server worker is told at once (``Worker.nodes_departed``): every request in
-flight to that node gets a ``NODE_UNAVAILABLE`` error reply, and an FL server takes the node
-out of its sampling pool until it connects again.
+flight to that node gets a ``NODE_UNAVAILABLE`` error reply.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
-import time
-from collections.abc import Iterator
-from concurrent import futures
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+import grpc.aio
 
-from fedbus.errors import DecodeError, RunError
+from fedbus.errors import DecodeError, FedbusError, RunError
 from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message, mark_sent
 from fedbus.message.codec import encoded_size
+from fedbus.runtime.grpc.audit import AuditLog
+from fedbus.runtime.grpc.budget import BudgetExceededError, ReceiveBudget, ReceiveLimits
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
-from fedbus.runtime.grpc.framing import DATA, GOODBYE, TransportLimits, encode_for_stream
+from fedbus.runtime.grpc.framing import (
+    DATA,
+    GOODBYE,
+    TransportLimits,
+    announced_size,
+    encode_for_stream,
+)
 from fedbus.runtime.grpc.host import Endpoint, WorkerHost
-from fedbus.runtime.grpc.registry import ClientRegistry, Connection, RefusedError
+from fedbus.runtime.grpc.identity import Challenges, KeyRegistry
+from fedbus.runtime.grpc.ioloop import IoLoop
+from fedbus.runtime.grpc.registry import Admission, ClientRegistry, Connection, RefusedError
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
     PROTOCOL_KEY,
@@ -47,7 +65,14 @@ from fedbus.runtime.grpc.security import (
     RUN_ID_KEY,
     Authenticator,
 )
-from fedbus.runtime.grpc.stream import METHOD_NAME, SERVICE, Heartbeat, Outbox, channel_options
+from fedbus.runtime.grpc.stream import (
+    CHALLENGE_METHOD_NAME,
+    METHOD_NAME,
+    SERVICE,
+    Heartbeat,
+    Outbox,
+    channel_options,
+)
 from fedbus.worker import SERVER_NODE_ID, RoutingPolicy, Worker
 
 __all__ = ["GrpcServer", "ServerSettings", "TransportStats"]
@@ -56,6 +81,8 @@ logger = logging.getLogger("fedbus.grpc.server")
 
 # How long a stopping server waits for its clients to take their last messages and GOODBYE.
 _DRAIN_SECONDS = 10.0
+# How long a closed connection's writer may take to end the call before it is cancelled.
+_WRITER_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +104,26 @@ class ServerSettings:
         Stamped on every message of the run.
     limits, heartbeat
         Message and chunk sizes; liveness (see ``Heartbeat``).
+    receive
+        The receive budget: bytes of messages in reassembly per peer and in all.
+    handshake_timeout
+        Seconds a new TCP connection has to complete its HTTP/2 and TLS handshake; a
+        connection without any call for twice as long is closed too.
+    keys_check_interval
+        Seconds between two looks at the key registry file (a revocation made by
+        ``fedbus keys revoke`` takes effect within this time).
     """
 
     min_clients: int = 1
     join_timeout: float | None = None
-    max_clients: int = 1000
+    max_clients: int = 10_000
     first_node_id: int = 1
     run_id: int = 1
     limits: TransportLimits = field(default_factory=TransportLimits)
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    receive: ReceiveLimits = field(default_factory=ReceiveLimits)
+    handshake_timeout: float = 5.0
+    keys_check_interval: float = 1.0
 
 
 @dataclass(slots=True)
@@ -98,13 +136,18 @@ class TransportStats:
     bytes_out: int = 0
     #: Messages refused for their sender (impersonation, run id, routing policy).
     messages_refused: int = 0
+    #: Connection attempts refused (credentials, node id, room, protocol).
+    connections_refused: int = 0
+    #: Bytes of messages in reassembly, reserved in the receive budget now.
+    bytes_buffered: int = 0
 
 
 class GrpcServer(Endpoint):
     """Hosts the server worker as node 0 and serves the fedbus stream (see ``serve``).
 
     ``policy`` is the routing policy messages from clients must follow (default: the one the
-    server's own declarations imply, ``RoutingPolicy.from_server``).
+    server's own declarations imply, ``RoutingPolicy.from_server``). ``keys`` is the registry
+    of node keys (None: nodes join with the token or a certificate), ``audit`` the audit log.
     """
 
     def __init__(
@@ -115,8 +158,12 @@ class GrpcServer(Endpoint):
         activity: Activity | None = None,
         *,
         policy: RoutingPolicy | None = None,
+        keys: KeyRegistry | None = None,
+        audit: AuditLog | None = None,
+        io: IoLoop | None = None,
     ) -> None:
         self.settings = settings
+        self._io = io or IoLoop.shared()
         self._limits = settings.limits
         self._decode_limits = DecodeLimits(max_message_bytes=settings.limits.max_message_bytes)
         self._host = WorkerHost(worker, self._route, self._on_worker_stop, activity)
@@ -126,15 +173,21 @@ class GrpcServer(Endpoint):
         rules.policy = RoutingPolicy.from_server(worker) if policy is None else policy
         rules.max_message_bytes = settings.limits.max_message_bytes
         self._host.ready = False
-        self._watchdog = Dispatcher("fedbus-grpc-watchdog")
-        self._clients = ClientRegistry(authenticator, settings.max_clients, settings.first_node_id)
+        self._timers = Dispatcher("fedbus-grpc-timers")
+        challenges = Challenges(capacity=max(1024, 2 * settings.max_clients))
+        self._clients = ClientRegistry(
+            authenticator, settings.max_clients, settings.first_node_id,
+            keys=keys, challenges=challenges,
+        )  # fmt: skip
+        self._audit = audit or AuditLog(None)
+        self._budget = ReceiveBudget(settings.receive)
         self._waiting: list[int] = []
         self._started = False
         self._done = threading.Event()
-        self._grpc: grpc.Server | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._stats = TransportStats()
         self._stats_lock = threading.Lock()
-        self._executor: futures.ThreadPoolExecutor | None = None
         self.error: RunError | None = None
         self.port = 0
         if activity is not None:
@@ -143,18 +196,24 @@ class GrpcServer(Endpoint):
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         """Bind ``address``, start serving and return the port."""
-        # One handler thread per connected client (it writes the stream), plus a few for
-        # connection attempts being refused.
-        workers = self.settings.max_clients + 8
-        self._executor = futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="fedbus-grpc"
-        )
-        server = grpc.server(
-            self._executor,
-            handlers=[self._handlers()],
-            options=channel_options(self._limits),
-            maximum_concurrent_rpcs=workers,
-        )
+        port = self._io.run(self._start(address, credentials))
+        self._host.dispatcher.start()
+        self._timers.start()
+        if self.settings.join_timeout is not None:
+            self._timers.call_later(self.settings.join_timeout, self._join_timed_out)
+        logger.info("listening on %s (port %d)", address, port)
+        return port
+
+    async def _start(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        options: list[tuple[str, Any]] = [
+            *channel_options(self._limits),
+            ("grpc.server_handshake_timeout_ms", int(self.settings.handshake_timeout * 1000)),
+            # A connection that finished its handshake but holds no call (a client between
+            # two attempts, or a peer that only opened a socket) is closed after twice that.
+            ("grpc.max_connection_idle_ms", int(self.settings.handshake_timeout * 2000)),
+        ]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers([self._handlers()])
         try:
             if credentials is None:
                 port = server.add_insecure_port(address)
@@ -164,19 +223,18 @@ class GrpcServer(Endpoint):
             raise RunError(f"cannot listen on {address!r}: {exc}") from exc
         if port == 0:
             raise RunError(f"cannot listen on {address!r}: the address is in use or invalid")
+        await server.start()
         self._grpc, self.port = server, int(port)
-        self._host.dispatcher.start()
-        self._watchdog.start()
-        server.start()
-        if self.settings.join_timeout is not None:
-            self._watchdog.call_later(self.settings.join_timeout, self._join_timed_out)
-        logger.info("listening on %s (port %d)", address, port)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         return self.port
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         # Identity (de)serializers: the payload is our own frame, no protobuf involved.
-        method = grpc.stream_stream_rpc_method_handler(self._stream)
-        return grpc.method_handlers_generic_handler(SERVICE, {METHOD_NAME: method})
+        stream = grpc.stream_stream_rpc_method_handler(self._stream)
+        challenge = grpc.unary_unary_rpc_method_handler(self._challenge)
+        return grpc.method_handlers_generic_handler(
+            SERVICE, {METHOD_NAME: stream, CHALLENGE_METHOD_NAME: challenge}
+        )
 
     def stop(self, failure: str | None = None) -> None:
         """Say GOODBYE to every client, let them drain, then shut down (from any thread)."""
@@ -187,29 +245,33 @@ class GrpcServer(Endpoint):
             self.error = RunError(failure)
         for connection in connections:
             connection.outbox.say_goodbye()
-        threading.Thread(
-            target=self._shut_down, args=(connections,), name="fedbus-grpc-stop", daemon=True
-        ).start()
+        self._io.submit(self._shut_down(connections))
 
-    def _shut_down(self, connections: list[Connection]) -> None:
-        deadline = time.monotonic() + _DRAIN_SECONDS
+    async def _shut_down(self, connections: list[Connection]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DRAIN_SECONDS
         for connection in connections:
-            connection.ended.wait(max(0.0, deadline - time.monotonic()))
+            remaining = max(0.0, deadline - loop.time())
+            await loop.run_in_executor(None, connection.ended.wait, remaining)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._grpc is not None:
-            self._grpc.stop(grace=1.0).wait(5.0)
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
+            await self._grpc.stop(grace=1.0)
         for connection in self._clients.connections():
             self._disconnect(connection, "the server stopped")
+        await loop.run_in_executor(None, self._stop_threads)
+
+    def _stop_threads(self) -> None:
         self._host.worker_stopped = True
         self._host.dispatcher.stop()
-        self._watchdog.stop()
+        self._timers.stop()
         self._host.dispatcher.join(5.0)
-        self._watchdog.join(5.0)
+        self._timers.join(5.0)
         if self._host.activity is not None:
             if not self._started:
                 self._host.activity.done()  # the start that never happened
             self._host.activity.close()
+        self._audit.close()
         self._done.set()
         logger.info("server stopped")
 
@@ -226,37 +288,87 @@ class GrpcServer(Endpoint):
             )
 
     # -- admission ------------------------------------------------------------------------
-    def _stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        peer = context.peer()
-        outbox = Outbox(self._host.fail, self._limits, self.settings.heartbeat)
-        try:
-            connection = self._clients.admit(
-                dict(context.invocation_metadata() or ()),
-                lambda node_id: Connection(node_id, peer, context, outbox, self._limits),
+    async def _challenge(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """A fresh challenge for a node that will prove its key."""
+        if self._clients.keys is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this server has no key registry: join with the federation token",
             )
+        return self._clients.challenges.issue()
+
+    def _admit(self, context: grpc.aio.ServicerContext, peer: str) -> Admission:
+        metadata = dict(context.invocation_metadata() or ())
+        identity = self._clients.identify(metadata, _certificate_name(context))
+        outbox = Outbox(self._io, self._host.fail, self._limits, self.settings.heartbeat)
+        return self._clients.admit(
+            identity,
+            metadata,
+            lambda node_id: Connection(node_id, identity, peer, outbox, self._limits),
+        )
+
+    async def _stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> None:
+        peer = context.peer()
+        try:
+            admission = self._admit(context, peer)
         except RefusedError as refused:
+            with self._stats_lock:
+                self._stats.connections_refused += 1
             logger.warning("refused %s: %s", peer, refused.details)
-            context.abort(refused.code, refused.details)
-            raise  # not reached: abort raises
-        context.send_initial_metadata(
+            self._audit.record(
+                "refused", peer=peer, reason=refused.details, name=refused.name or None
+            )
+            await context.abort(refused.code, refused.details)
+            return
+        connection = admission.connection
+        connection.task = asyncio.current_task()
+        connection.last_seen = asyncio.get_running_loop().time()
+        if admission.replaced is not None:
+            self._disconnect(admission.replaced, "replaced by a new connection of the same node")
+        await context.send_initial_metadata(
             (
                 (NODE_ID_KEY, str(connection.node_id)),
                 (RUN_ID_KEY, str(self.settings.run_id)),
                 (PROTOCOL_KEY, PROTOCOL_VERSION),
             )
         )
-        logger.info("node %d connected from %s", connection.node_id, peer)
+        self._audit_join(connection, admission.returning)
         # Registered before its first message can be read: the worker learns of a node
         # before it hears from it.
         self._host.post(lambda: self._joined(connection.node_id))
-        self._watch(connection)
-        threading.Thread(
-            target=self._read,
-            args=(connection, requests),
-            name=f"fedbus-grpc-read-{connection.node_id}",
-            daemon=True,
-        ).start()
-        return self._write(connection)
+        reader = asyncio.get_running_loop().create_task(self._read(connection, context))
+        try:
+            async for frame in connection.outbox.frames():
+                await context.write(frame)
+        except asyncio.CancelledError:
+            self._disconnect(connection, connection.closed_because or "the connection was lost")
+            raise
+        finally:
+            reader.cancel()
+            connection.ended.set()
+        if connection.status is not None:
+            context.set_code(connection.status[0])
+            context.set_details(connection.status[1])
+
+    def _audit_join(self, connection: Connection, returning: bool) -> None:
+        identity = connection.identity
+        logger.info(
+            "node %d %s from %s (%s)",
+            connection.node_id,
+            "reconnected" if returning else "connected",
+            connection.peer,
+            identity.describe(),
+        )
+        self._audit.record(
+            "reconnect" if returning else "join",
+            node_id=connection.node_id,
+            peer=connection.peer,
+            proof=identity.kind,
+            name=None if identity.kind == "resume" else identity.name,
+            fingerprint=identity.fingerprint or None,
+        )
 
     def _departed(self, node_id: int) -> None:
         """On the server worker's thread: the node left; requests in flight to it fail now."""
@@ -272,7 +384,8 @@ class GrpcServer(Endpoint):
         if self._started:
             worker.on_nodes_registered([node_id])
             return
-        self._waiting.append(node_id)
+        if node_id not in self._waiting:
+            self._waiting.append(node_id)
         if len(self._waiting) < self.settings.min_clients:
             return
         self._started = True
@@ -285,25 +398,53 @@ class GrpcServer(Endpoint):
             self._host.count(-1)  # the start counted at construction has happened
 
     # -- reading --------------------------------------------------------------------------
-    def _read(self, connection: Connection, requests: Iterator[bytes]) -> None:
+    async def _read(self, connection: Connection, context: grpc.aio.ServicerContext) -> None:
         reason = "the client closed its stream"
+        loop = asyncio.get_running_loop()
         try:
-            for frame in requests:
-                connection.last_seen = time.monotonic()
+            while True:
+                frame = await context.read()
+                if frame is grpc.aio.EOF:
+                    break
+                connection.last_seen = loop.time()
+                if not connection.reassembler.in_progress:
+                    size = announced_size(frame)
+                    if size:
+                        await self._reserve(connection, size)
                 kind, encoded = connection.reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
+                    self._release(connection)
                     self._on_message(connection, encoded)
                 elif kind == GOODBYE:
                     connection.said_goodbye = True
                     reason = "the client left"
-        except DecodeError as exc:
+        except (DecodeError, BudgetExceededError) as exc:
             reason = f"bad input: {exc}"
             logger.warning("node %d (%s) sent %s", connection.node_id, connection.peer, reason)
-            connection.status = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except grpc.RpcError:
-            reason = "the connection was lost"
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if isinstance(exc, BudgetExceededError)
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            connection.status = (code, str(exc))
+        except (grpc.RpcError, asyncio.CancelledError, grpc.aio.AioRpcError):
+            reason = connection.closed_because or "the connection was lost"
         finally:
             self._disconnect(connection, reason)
+
+    async def _reserve(self, connection: Connection, size: int) -> None:
+        # Only sizes the frame layout accepts are reserved; the reassembler refuses the rest.
+        if size > self._limits.max_message_bytes:
+            return
+        await self._budget.reserve(size)
+        connection.reserved = size
+        # Waiting for room is the server's choice, not the peer's silence.
+        connection.last_seen = asyncio.get_running_loop().time()
+
+    def _release(self, connection: Connection) -> None:
+        if connection.reserved:
+            self._budget.release(connection.reserved)
+            connection.reserved = 0
 
     def _on_message(self, connection: Connection, encoded: memoryview) -> None:
         message = decode_message(encoded, limits=self._decode_limits)
@@ -368,53 +509,92 @@ class GrpcServer(Endpoint):
             self._stats.messages_out += 1
             self._stats.bytes_out += len(encoded)
 
-    # -- writing and leaving --------------------------------------------------------------
-    def _write(self, connection: Connection) -> Iterator[bytes]:
-        try:
-            yield from connection.outbox.frames()
-        finally:
-            if connection.status is not None:
-                connection.context.set_code(connection.status[0])
-                connection.context.set_details(connection.status[1])
-
+    # -- leaving --------------------------------------------------------------------------
     def _disconnect(self, connection: Connection, reason: str) -> None:
+        """Forget the connection and end its stream (on the loop, or from a worker thread)."""
+        if not self._io.on_loop():
+            self._io.call_soon(self._disconnect, connection, reason)
+            return
         if self._clients.remove(connection):
             logger.info("node %d disconnected: %s", connection.node_id, reason)
             node_id = connection.node_id
+            self._audit.record("leave", node_id=node_id, reason=reason)
             self._host.post(lambda: self._departed(node_id))
+        connection.closed_because = connection.closed_because or reason
+        self._release(connection)  # a partial message is freed with its peer
         connection.outbox.close(f"node {connection.node_id} disconnected")
-        if connection.status is not None:
-            # The writer ends the call with this status; cancel only if it is stuck writing.
-            self._watchdog.call_later(1.0, connection.context.cancel)
-        elif not connection.said_goodbye:
-            connection.context.cancel()
-        connection.ended.set()
+        task = connection.task
+        if task is not None and not task.done():
+            if connection.status is None and not connection.said_goodbye:
+                task.cancel()  # the peer is gone or must go: nothing more to write
+            else:  # the writer ends the call with the status; cancel it only if it sticks
+                asyncio.get_running_loop().call_later(_WRITER_GRACE, task.cancel)
 
-    def _watch(self, connection: Connection) -> None:
+    def _close(self, connection: Connection, code: grpc.StatusCode, reason: str) -> None:
+        """End a connection for a reason its peer is told (on the loop)."""
+        connection.status = (code, reason)
+        self._disconnect(connection, reason)
+
+    async def _sweep(self) -> None:
+        """Once per heartbeat interval: silent peers go; revoked keys go."""
+        loop = asyncio.get_running_loop()
         timeout = self.settings.heartbeat.timeout
+        interval = min(self.settings.heartbeat.interval, self.settings.keys_check_interval)
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for connection in self._clients.connections():
+                silent = now - connection.last_seen
+                if silent >= timeout:
+                    logger.warning(
+                        "node %d sent nothing for %.1f s: marked unavailable",
+                        connection.node_id,
+                        silent,
+                    )
+                    self._close(connection, grpc.StatusCode.UNAVAILABLE, "heartbeat timeout")
+            self._check_keys()
 
-        def check() -> None:
-            if connection.ended.is_set():
+    def _check_keys(self) -> None:
+        keys = self._clients.keys
+        if keys is None:
+            return
+        try:
+            if not keys.reload_if_changed():
                 return
-            silent = time.monotonic() - connection.last_seen
-            if silent < timeout:
-                self._watchdog.call_later(timeout - silent, check)
-                return
-            logger.warning(
-                "node %d sent nothing for %.1f s: marked unavailable", connection.node_id, silent
-            )
-            connection.status = (grpc.StatusCode.UNAVAILABLE, "heartbeat timeout")
-            self._disconnect(connection, f"no heartbeat for {silent:.1f} s")
-
-        self._watchdog.call_later(timeout, check)
+        except (FedbusError, OSError) as exc:  # a bad edit must not stop the server
+            logger.error("the key registry could not be read again, kept as it was: %s", exc)
+            return
+        self._clients.keys_changed()
+        for connection in self._clients.revoked_connections():
+            name = connection.identity.name
+            logger.warning("node %d: the key of %r was revoked", connection.node_id, name)
+            self._audit.record("revoked", node_id=connection.node_id, name=name)
+            self._close(connection, grpc.StatusCode.PERMISSION_DENIED, f"key {name!r} revoked")
 
     @property
     def stats(self) -> TransportStats:
         """A copy of the message and byte counters so far."""
         with self._stats_lock:
-            return TransportStats(**{k: getattr(self._stats, k) for k in TransportStats.__slots__})
+            stats = TransportStats(**{k: getattr(self._stats, k) for k in TransportStats.__slots__})
+        stats.bytes_buffered = self._budget.used
+        return stats
 
     @property
     def connected(self) -> list[int]:
         """Node ids of the clients connected now."""
         return self._clients.node_ids()
+
+    def revoke_now(self) -> None:
+        """Read the key registry again at once and disconnect revoked nodes (any thread)."""
+        self._io.call_soon(self._check_keys)
+
+
+def _certificate_name(context: grpc.aio.ServicerContext) -> str | None:
+    """The common name of the peer's verified client certificate (mutual TLS), or None."""
+    auth = context.auth_context() or {}
+    names = auth.get("x509_common_name") or []
+    if not names:
+        return None
+    with contextlib.suppress(UnicodeDecodeError):
+        return bytes(names[0]).decode("utf-8")[:256]
+    return None

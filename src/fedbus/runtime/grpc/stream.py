@@ -1,17 +1,18 @@
 """What both ends of a connection share: the outbox, liveness settings and gRPC options.
 
-An ``Outbox`` holds the messages waiting to be written on one stream, in order. The gRPC
-thread that writes the stream iterates ``Outbox.frames()``, which blocks on the queue and, when
-nothing has been sent for ``heartbeat.interval`` seconds, yields a HEARTBEAT frame instead: a
-blocking wait with a timeout, never a polling loop.
+An ``Outbox`` holds the messages waiting to be written on one stream, in order. The coroutine
+that writes the stream iterates ``Outbox.frames()``, which waits for the next message and,
+when nothing has been sent for ``heartbeat.interval`` seconds, yields a HEARTBEAT frame
+instead: an event and one loop timer, never a polling loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -24,13 +25,17 @@ from fedbus.runtime.grpc.framing import (
     control_frame,
     message_frames,
 )
+from fedbus.runtime.grpc.ioloop import IoLoop
 
-__all__ = ["METHOD", "Heartbeat", "Outbox", "channel_options"]
+__all__ = ["CHALLENGE_METHOD", "METHOD", "Heartbeat", "Outbox", "channel_options"]
 
-#: The one gRPC method of the fedbus service: a bidirectional stream of transport frames.
+#: The fedbus service's stream: a bidirectional stream of transport frames, one per node.
 METHOD: Final = "/fedbus.Transport/Connect"
+#: Its one unary method: a fresh challenge for a node to sign before it connects with a key.
+CHALLENGE_METHOD: Final = "/fedbus.Transport/Challenge"
 SERVICE: Final = "fedbus.Transport"
 METHOD_NAME: Final = "Connect"
+CHALLENGE_METHOD_NAME: Final = "Challenge"
 
 _HEARTBEAT_FRAME = control_frame(HEARTBEAT)
 _GOODBYE_FRAME = control_frame(GOODBYE)
@@ -82,35 +87,54 @@ def channel_options(limits: TransportLimits) -> list[tuple[str, int]]:
 class Outbox:
     """Encoded messages waiting to be written on one stream, in the order they were sent.
 
+    Any thread may ``put``; the stream's writer, a coroutine on the ``IoLoop``, iterates
+    ``frames()``. A writer with nothing to write waits on an event with one loop timer for
+    the heartbeat: no task and no thread per idle connection.
+
     Parameters
     ----------
+    io
+        The loop the writer runs on.
     fail
         Called with each message that will never be written (the stream closed first).
     limits, heartbeat
         Chunk size; heartbeat interval.
     """
 
-    def __init__(self, fail: Fail, limits: TransportLimits, heartbeat: Heartbeat) -> None:
+    def __init__(
+        self, io: IoLoop, fail: Fail, limits: TransportLimits, heartbeat: Heartbeat
+    ) -> None:
+        self._io = io
         self._fail = fail
         self._chunk_size = limits.chunk_size
         self._interval = heartbeat.interval
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._items: deque[object] = deque()
         self._lock = threading.Lock()
+        self._ready = asyncio.Event()
+        # True while a wake-up is on its way to the writer: one per burst of puts, not per put.
+        self._wake_pending = False
         self.closed = False
+
+    def _push(self, item: object, *, after_close: bool = False) -> bool:
+        with self._lock:
+            if self.closed and not after_close:
+                return False
+            self._items.append(item)
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            if self._io.on_loop():
+                self._ready.set()
+            else:
+                self._io.call_soon(self._ready.set)
+        return True
 
     def put(self, message: Message, encoded: bytes | bytearray | memoryview) -> bool:
         """Queue ``message``; False (nothing queued) once the outbox is closed."""
-        with self._lock:
-            if not self.closed:
-                self._queue.put((message, encoded))
-                return True
-        return False
+        return self._push((message, encoded))
 
     def say_goodbye(self) -> None:
         """Write a GOODBYE frame after what is queued, then end the stream."""
-        with self._lock:
-            if not self.closed:
-                self._queue.put(_SAY_GOODBYE)
+        self._push(_SAY_GOODBYE)
 
     def close(self, reason: str) -> None:
         """Stop writing; every message still queued is failed with ``NODE_UNAVAILABLE``."""
@@ -118,28 +142,34 @@ class Outbox:
             if self.closed:
                 return
             self.closed = True
-        pending: list[Message] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, tuple):
-                pending.append(item[0])
-        self._queue.put(_CLOSE)  # wakes the writer, blocked in frames()
+            pending = [item[0] for item in self._items if isinstance(item, tuple)]
+            self._items.clear()
+        self._push(_CLOSE, after_close=True)  # wakes the writer, waiting in frames()
         for message in pending:
             self._fail(message, ErrorCode.NODE_UNAVAILABLE, reason)
 
-    def frames(self) -> Iterator[bytes]:
+    def _next(self) -> object | None:
+        with self._lock:
+            if self._items:
+                return self._items.popleft()
+            self._wake_pending = False
+            self._ready.clear()
+            return None
+
+    async def frames(self) -> AsyncIterator[bytes]:
         """The frames to write, until GOODBYE or ``close``; heartbeats while idle."""
+        loop = asyncio.get_running_loop()
         sequence = 0
         while True:
-            try:
-                item = self._queue.get(timeout=self._interval)
-            except queue.Empty:
-                if self.closed:
-                    return
-                yield _HEARTBEAT_FRAME
+            item = self._next()
+            if item is None:
+                timer = loop.call_later(self._interval, self._ready.set)
+                await self._ready.wait()
+                timer.cancel()
+                with self._lock:
+                    idle = not self._items
+                if idle:  # woken by the timer: nothing was sent for a whole interval
+                    yield _HEARTBEAT_FRAME
                 continue
             if item is _CLOSE:
                 return
@@ -151,4 +181,5 @@ class Outbox:
                 self._fail(message, ErrorCode.NODE_UNAVAILABLE, "the connection closed")
                 continue
             sequence += 1
-            yield from message_frames(encoded, sequence, self._chunk_size)
+            for frame in message_frames(encoded, sequence, self._chunk_size):
+                yield frame
