@@ -13,15 +13,16 @@ connection to 127.0.0.1), and the server is measured through ``/proc`` in two ph
    "round 1/3" line; later rounds from the ``wall_time`` differences of ``metrics.jsonl``), the
    server's peak memory (VmHWM and VmRSS, polled every 0.2 s) and its most threads.
 
-Targets: 10,000 nodes connected on this machine; server threads constant in N; server memory
-under 1 GB; a 1,000-client round under 2 s. Every wait is bounded: a stuck phase fails with
-the tail of each process's log, and the next fleet size still runs.
+Targets: 10,000 nodes connected on this machine; server threads a fixed few (at most 32),
+not one or more per node; server memory under 1 GB; a 1,000-client round under 2 s. Every
+wait is bounded: a stuck phase fails with the tail of each process's log, and the next fleet
+size still runs.
 
 Prints a table and adds the figures to ``bench/results.json`` under ``"fleet"``.
 
 Usage::
 
-    python bench/fleet.py [--nodes 1000,5000,10000] [--processes 4] [--window 10]
+    python bench/fleet.py [--nodes 1000,5000,10000] [--processes 4] [--window 10] [--heartbeat 5]
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ LOG_TAIL_CHARS = 2500
 TARGET_RSS_MB = 1024
 TARGET_ROUND_S = 2.0
 TARGET_NODES = 10_000
+TARGET_THREADS = 32
 
 CONFIG = """\
 [run]
@@ -195,14 +197,17 @@ def raise_file_limit(nodes: int) -> None:
         )
 
 
-def start_fleet(fleet: Fleet, config: Path, nodes: int, processes: int, *server_args: str) -> float:
+def start_fleet(
+    fleet: Fleet, config: Path, nodes: int, processes: int, heartbeat: float, *server_args: str
+) -> float:
     """Start the server, wait until it listens, then start the client processes; returns the
     moment (``time.time()``) the clients were started."""
     port = free_port()
     timeout = str(int(fleet.timeout_s))
+    liveness = ("--heartbeat", str(heartbeat))
     fleet.start(
         "server", "server", str(config), "--listen", f"127.0.0.1:{port}", "--insecure",
-        "--join-timeout", timeout, *server_args,
+        "--join-timeout", timeout, *liveness, *server_args,
     )  # fmt: skip
     fleet.wait_until(lambda: "serving on port" in fleet.log("server"), "the server to listen")
     started = time.time()
@@ -212,7 +217,7 @@ def start_fleet(fleet: Fleet, config: Path, nodes: int, processes: int, *server_
         fleet.start(
             f"client{index}", "client", str(config), "--server", f"127.0.0.1:{port}",
             "--insecure", "--partition", str(first), "--nodes", str(count),
-            "--connect-timeout", timeout,
+            "--connect-timeout", timeout, *liveness,
         )  # fmt: skip
         first += count
     return started
@@ -285,11 +290,14 @@ class AuditCounter:
         return self.counts.get("join", 0)
 
 
-def idle_phase(nodes: int, processes: int, window_s: float, timeout_s: float) -> dict[str, Any]:
+def idle_phase(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     """N nodes connected to a server that never starts a round: admission time, idle cost."""
-    with Fleet(timeout_s) as fleet:
+    window_s = args.window
+    with Fleet(args.timeout) as fleet:
         config = write_config(fleet, nodes)
-        started = start_fleet(fleet, config, nodes, processes, "--min-clients", str(nodes + 1))
+        started = start_fleet(
+            fleet, config, nodes, args.processes, args.heartbeat, "--min-clients", str(nodes + 1)
+        )
         audit = AuditCounter(fleet)
         fleet.wait_until(lambda: audit.joins() >= nodes, f"{nodes} nodes to join")
         admitted = datetime.fromisoformat(audit.last_join).timestamp() - started
@@ -313,11 +321,11 @@ def idle_phase(nodes: int, processes: int, window_s: float, timeout_s: float) ->
         }
 
 
-def rounds_phase(nodes: int, processes: int, timeout_s: float) -> dict[str, Any]:
+def rounds_phase(nodes: int, args: argparse.Namespace) -> dict[str, Any]:
     """N nodes, 1,000 sampled per round, 3 rounds: round times and the server's peak."""
-    with Fleet(timeout_s) as fleet:
+    with Fleet(args.timeout) as fleet:
         config = write_config(fleet, nodes)
-        start_fleet(fleet, config, nodes, processes)
+        start_fleet(fleet, config, nodes, args.processes, args.heartbeat)
         server = fleet.processes["server"]
         peak = {"rss_mb": 0.0, "threads": 0}
 
@@ -371,8 +379,8 @@ def round_seconds(metrics: list[dict[str, Any]], server_log: str) -> list[float]
 def measure_size(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
     row: dict[str, Any] = {"nodes": nodes, "processes": args.processes}
     phases: dict[str, Callable[[], dict[str, Any]]] = {
-        "idle": lambda: idle_phase(nodes, args.processes, args.window, args.timeout),
-        "rounds": lambda: rounds_phase(nodes, args.processes, args.timeout),
+        "idle": lambda: idle_phase(nodes, args),
+        "rounds": lambda: rounds_phase(nodes, args),
     }
     for name, phase in phases.items():
         print(f"{nodes} nodes: {name} phase ...", flush=True)
@@ -410,10 +418,15 @@ def verdicts(rows: list[dict[str, Any]]) -> Iterator[str]:
     rounds = [row["rounds"] for row in rows if "error" not in row["rounds"]]
     connected = max((row["nodes"] for row in rows if "error" not in row["idle"]), default=0)
     counts = sorted({i["threads"] for i in idle} | {r["peak_threads"] for r in rounds})
+    # gRPC's and the executor's pools vary by a few threads with load; none is per node.
     memory = max([i["rss_mb"] for i in idle] + [r["peak_rss_mb"] for r in rounds], default=0.0)
     slowest = max((r["median_round_s"] for r in rounds), default=float("nan"))
     yield _verdict(f"{TARGET_NODES:,} nodes connected", connected >= TARGET_NODES, f"{connected:,}")
-    yield _verdict("server threads constant in N", len(counts) == 1, f"{counts}")
+    yield _verdict(
+        f"server threads <= {TARGET_THREADS}, not per node",
+        max(counts, default=0) <= TARGET_THREADS,
+        f"{counts}",
+    )
     yield _verdict(f"server RSS < {TARGET_RSS_MB} MB", memory < TARGET_RSS_MB, f"{memory:.0f} MB")
     yield _verdict(
         f"{PER_ROUND:,}-client round < {TARGET_ROUND_S} s",
@@ -423,7 +436,7 @@ def verdicts(rows: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def _verdict(target: str, met: bool, measured: str) -> str:
-    return f"  {'met   ' if met else 'MISSED'}  {target:<32} measured: {measured}"
+    return f"  {'met   ' if met else 'MISSED'}  {target:<36} measured: {measured}"
 
 
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -431,7 +444,12 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["fleet"] = {
         "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
-        "settings": {"window_s": args.window, "settle_s": SETTLE_S, "per_round": PER_ROUND},
+        "settings": {
+            "window_s": args.window,
+            "settle_s": SETTLE_S,
+            "per_round": PER_ROUND,
+            "heartbeat_s": args.heartbeat,
+        },
         "rows": rows,
     }
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -443,6 +461,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="client processes hosting them")
     parser.add_argument("--window", type=float, default=10.0, help="idle seconds measured")
     parser.add_argument("--timeout", type=float, default=900.0, help="bound on each wait, s")
+    parser.add_argument(
+        "--heartbeat", type=float, default=5.0, help="heartbeat interval of every node, s"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.nodes.split(",")]
     raise_file_limit(max(sizes))
