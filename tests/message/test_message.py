@@ -854,6 +854,7 @@ def test_error_code_values_are_stable() -> None:
         "UNAUTHENTICATED": 6,
         "MESSAGE_TOO_LARGE": 7,
         "PERMISSION_DENIED": 8,
+        "RESOURCE_EXHAUSTED": 9,
     }
 
 

@@ -70,6 +70,7 @@ class ErrorCode(IntEnum):
     UNAUTHENTICATED         6      the sender did not prove who it is, or claimed another id
     MESSAGE_TOO_LARGE       7      the message exceeds the receiver's size limit
     PERMISSION_DENIED       8      the sender's role may not send this type to the receiver
+    RESOURCE_EXHAUSTED      9      no room was left for the message (a memory budget, a disk)
     ======================  =====  ==============================================================
     """
 
@@ -82,6 +83,7 @@ class ErrorCode(IntEnum):
     UNAUTHENTICATED = 6
     MESSAGE_TOO_LARGE = 7
     PERMISSION_DENIED = 8
+    RESOURCE_EXHAUSTED = 9
 
 
 @dataclass(frozen=True, slots=True)

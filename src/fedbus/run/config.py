@@ -47,6 +47,7 @@ from fedbus.run.schema import (
     setting,
     show,
 )
+from fedbus.runtime.simulation import DEFAULT_MEMORY_BUDGET_MB
 from fedbus.train.registry import MODELS
 
 __all__ = [
@@ -509,6 +510,18 @@ class SimulationConfig(ConfigSection):
         "",
         'the Ray cluster to join with backend = "ray" (e.g. "auto" or "ray://head:10001"); '
         "empty starts a local Ray for the run",
+    )
+    memory_budget_mb: float = setting(
+        DEFAULT_MEMORY_BUDGET_MB,
+        "replies in flight to the server kept in memory, MB; beyond it each waits in a spill "
+        "file and the server reads it from there (results are the same; 0 = spill every "
+        "reply of 64 KiB or more)",
+        bounds="x >= 0",
+    )
+    spill_dir: str = setting(
+        "",
+        "directory for spill files (made if missing; a private folder in it is removed after "
+        "the run); empty: the system's temporary directory",
     )
 
 

@@ -645,5 +645,7 @@ def build_federation(
         workers=config.simulation.workers,
         backend=RAY if config.simulation.backend == RAY else "local",
         ray_address=config.simulation.ray_address or None,
+        memory_budget_mb=config.simulation.memory_budget_mb,
+        spill_dir=config.simulation.spill_dir or None,
     )
     return Federation(config, dataset, model, server, client_fn, simulation)

@@ -1,6 +1,7 @@
 """The embedded simulation runtime: deterministic, event-driven, in simulated time."""
 
 from fedbus.runtime.simulation.loop import (
+    DEFAULT_MEMORY_BUDGET_MB,
     Simulation,
     SimulationResult,
     SimulationStats,
@@ -19,6 +20,7 @@ from fedbus.runtime.simulation.profiles import (
 )
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET_MB",
     "HANDLER_TIME",
     "SERVER_PROFILE",
     "ClientProfile",

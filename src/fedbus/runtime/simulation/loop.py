@@ -21,6 +21,12 @@ An answer computed for a delivery that did not happen as foreseen (held, dropped
 by another message to the same client) is dropped and the delivery answered again, so results
 are the same, bit for bit, as with ``workers=1``.
 
+Memory: in simulated time every client of a round trains before the first reply reaches the
+server, so a round's replies are in flight together. Those to the server are kept in memory up
+to ``memory_budget_mb``; beyond it each is written to a spill file and travels as a message
+decoded from that file (``fedbus.message.spill``), read back by the server without a copy. The
+run is the same, bit for bit, with any budget; only where the bytes wait changes.
+
 Clients whose profile has availability windows are offline outside them (the server never is).
 An offline device cannot send: a message it sends leaves at the start of its next window (and is
 lost if none is left). A message that arrives while its receiver is offline waits for the
@@ -45,7 +51,8 @@ import numpy as np
 from fedbus.errors import FedbusError, InvalidArgumentError
 from fedbus.message import Message, Metadata, use_clock
 from fedbus.message.codec import decode_message, encode_message, encoded_size
-from fedbus.message.message import ErrorCode
+from fedbus.message.message import Error, ErrorCode
+from fedbus.message.spill import SpillDirectory, SpillError
 from fedbus.runtime.ids import MessageIds
 from fedbus.runtime.rules import DeliveryRules, Refusal
 from fedbus.runtime.simulation.executors import (
@@ -75,7 +82,15 @@ __all__ = ["Simulation", "SimulationResult", "SimulationStats", "TraceEntry", "s
 logger = logging.getLogger("fedbus.simulation")
 
 TraceEvent = Literal[
-    "delivered", "expired", "unavailable", "undeliverable", "dropped", "held", "offline", "refused"
+    "delivered",
+    "expired",
+    "unavailable",
+    "undeliverable",
+    "dropped",
+    "held",
+    "offline",
+    "refused",
+    "no_room",
 ]
 ClientFactory = Callable[[int], Worker]
 
@@ -84,6 +99,12 @@ ClientFactory = Callable[[int], Worker]
 #: back costs more than it saves).
 AUTO_SAMPLE = 20
 AUTO_MIN_SECONDS = 0.005
+
+#: Replies in flight to the server kept in memory, MB; beyond, they wait in spill files.
+DEFAULT_MEMORY_BUDGET_MB = 256.0
+#: Smaller messages are never spilled nor counted: a file per metrics reply costs more than
+#: the bytes it would save.
+SPILL_FROM_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +117,9 @@ class TraceEntry:
     message waits for its next window, where it gets another entry), ``offline`` (lost
     because its receiver, or its sender, was offline and had no window left, or because the
     receiver was offline with ``offline="fail"``) or ``refused`` (a client sent what the
-    message flow does not declare: its sender got ``PERMISSION_DENIED``, see ``RoutingPolicy``).
+    message flow does not declare: its sender got ``PERMISSION_DENIED``, see ``RoutingPolicy``)
+    or ``no_room`` (the memory budget was spent and its spill file could not be written: its
+    sender got ``RESOURCE_EXHAUSTED``; a reply arrives as that error reply instead).
     """
 
     time: float
@@ -108,7 +131,10 @@ class TraceEntry:
 class SimulationStats:
     """Counters of a simulation; bytes are encoded sizes (what a network would carry).
 
-    ``offloaded`` counts deliveries answered by worker processes or Ray rather than here.
+    ``offloaded`` counts deliveries answered by worker processes or Ray rather than here;
+    ``messages_spilled`` and ``bytes_spilled`` the messages to the server that waited in spill
+    files (beyond ``memory_budget_mb``); ``peak_in_memory_bytes`` the most bytes of messages
+    to the server in flight in memory at once (those of ``SPILL_FROM_BYTES`` or more).
     """
 
     messages_sent: int = 0
@@ -117,6 +143,9 @@ class SimulationStats:
     events: dict[str, int] = field(default_factory=dict)
     timer_failures: int = 0
     offloaded: int = 0
+    messages_spilled: int = 0
+    bytes_spilled: int = 0
+    peak_in_memory_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +259,13 @@ class Simulation:
     ray_address
         The Ray cluster to join (``ray.init(address=...)``); None starts a local Ray, or uses
         the one this process already started.
+    memory_budget_mb
+        Megabytes of messages to the server (replies, mostly) kept in memory while in flight;
+        each that does not fit waits in a spill file in ``spill_dir`` instead, and the server
+        reads it from there. None: no limit. Results do not depend on it.
+    spill_dir
+        Where spill files go (in a private directory made for the run and removed after it);
+        None: the system's temporary directory.
     """
 
     def __init__(
@@ -247,6 +283,8 @@ class Simulation:
         workers: int = 1,
         backend: str = LOCAL,
         ray_address: str | None = None,
+        memory_budget_mb: float | None = DEFAULT_MEMORY_BUDGET_MB,
+        spill_dir: str | None = None,
     ) -> None:
         if offline not in ("wait", "fail"):
             raise InvalidArgumentError(
@@ -257,6 +295,15 @@ class Simulation:
                 f"simulate: workers must be an int >= 0 (0: decide by itself), got {workers!r}"
             )
         check_backend(backend)
+        if memory_budget_mb is not None and (
+            isinstance(memory_budget_mb, bool)
+            or not isinstance(memory_budget_mb, int | float)
+            or not memory_budget_mb >= 0
+        ):
+            raise InvalidArgumentError(
+                "simulate: memory_budget_mb must be megabytes >= 0 (0: spill every large "
+                f"reply) or None (no limit), got {memory_budget_mb!r}"
+            )
         self.server = server
         self._offline = offline
         self.stats = SimulationStats()
@@ -301,6 +348,11 @@ class Simulation:
         self._foreseen: dict[int, _Foreseen] = {}  # by id(message)
         self._versions: dict[int, int] = {}  # deliveries made to each portable client
         self._task_ids = itertools.count()
+        # Messages to the server in flight in memory: their bytes together, each one's by id.
+        self._memory_budget = math.inf if memory_budget_mb is None else memory_budget_mb * 1e6
+        self._in_memory = 0
+        self._in_memory_sizes: dict[int, int] = {}
+        self._spill = SpillDirectory(spill_dir)
 
     # -- set-up -------------------------------------------------------------------------------
     def _setup_clients(
@@ -397,6 +449,7 @@ class Simulation:
             try:
                 self._loop(until)
             finally:
+                self._spill.close()  # messages still in use keep their (nameless) files
                 if self._executor is not None:
                     self._executor.close()
                     self._executor = None
@@ -431,6 +484,8 @@ class Simulation:
         action()
 
     def _deliver(self, message: Message) -> None:
+        if self._in_memory_sizes:
+            self._in_memory -= self._in_memory_sizes.pop(id(message), 0)
         foreseen = self._foreseen.pop(id(message), None) if self._foreseen else None
         if not self._deliver_checked(message, foreseen) and foreseen is not None:
             self._executor_or_fail().discard(foreseen.task_id)
@@ -600,6 +655,7 @@ class Simulation:
                 message, "expired", ErrorCode.MESSAGE_EXPIRED, "its TTL had passed when sent"
             )
             return
+        frame = None
         if self._check_serialization:
             frame = encode_message(message)
             size = len(frame)
@@ -611,7 +667,38 @@ class Simulation:
         else:
             size = encoded_size(message)
         self._count_bytes(metadata, size)
+        if metadata.dst_node_id == SERVER_NODE_ID and size >= SPILL_FROM_BYTES:
+            kept = self._keep(message, size, frame)
+            if kept is None:
+                return
+            message = kept
         self._push(depart + self._transfer_time(metadata, size), message)
+
+    def _keep(self, message: Message, size: int, frame: bytearray | None) -> Message | None:
+        """What travels to the server for ``message``: itself while the memory budget has
+        room, else an equal message read from a spill file. When spilling fails, a reply
+        becomes an error reply from the same node (its request fails, the round goes on) and
+        a request fails back to its sender; None then means nothing travels."""
+        if self._in_memory + size <= self._memory_budget:
+            self._in_memory += size
+            self._in_memory_sizes[id(message)] = size
+            self.stats.peak_in_memory_bytes = max(self.stats.peak_in_memory_bytes, self._in_memory)
+            return message
+        try:
+            spilled = self._spill.spill(message, frame)
+        except SpillError as exc:
+            logger.error("%s", exc)
+            reason = f"no room for the message: {exc}"
+            if message.metadata.reply_to_message_id:
+                self._record("no_room", message.metadata)
+                return Message.from_metadata(
+                    message.metadata, error=Error(ErrorCode.RESOURCE_EXHAUSTED, reason)
+                )
+            self._fail(message, "no_room", ErrorCode.RESOURCE_EXHAUSTED, reason)
+            return None
+        self.stats.messages_spilled += 1
+        self.stats.bytes_spilled += size
+        return spilled
 
     def _node_stopped(self, node_id: int) -> None:
         """A worker stopped: it receives nothing more, and a client has left the federation,
@@ -687,6 +774,8 @@ def simulate(
     record_trace: bool = True,
     until: float | None = None,
     offline: Literal["wait", "fail"] = "wait",
+    memory_budget_mb: float | None = DEFAULT_MEMORY_BUDGET_MB,
+    spill_dir: str | None = None,
 ) -> SimulationResult:
     """Run ``server`` and ``clients`` in simulated time until no message is in flight.
 
@@ -720,5 +809,7 @@ def simulate(
         check_serialization=check_serialization,
         record_trace=record_trace,
         offline=offline,
+        memory_budget_mb=memory_budget_mb,
+        spill_dir=spill_dir,
     )
     return simulation.run(until=until)

@@ -1,0 +1,149 @@
+"""Spill files: messages kept on disk instead of in memory, read back without a copy.
+
+A ``SpillDirectory`` writes a message's frame to a fresh file and maps the file back in,
+read-only; decoding that mapping gives a message whose arrays are views of the file (the codec
+copies nothing). The file is removed from the directory at once: the mapping keeps its bytes
+until the last array that views it is gone, and then the operating system frees the disk space
+by itself, also when the process is killed.
+
+Memory: pages of a spilled message count in the process's resident memory only while they are
+read, and the kernel may drop them again after that. Writing goes through the page cache, so
+spilling runs at the speed of the disk once the kernel's dirty-page limits are reached.
+
+>>> import numpy as np
+>>> from fedbus.message import ArrayRecord, Message, RecordDict
+>>> spill = SpillDirectory()
+>>> message = Message(RecordDict({"m": ArrayRecord({"w": np.arange(4.0)})}), 0, "train")
+>>> copy = spill.spill(message)
+>>> copy.content["m"]["w"].numpy().tolist(), spill.bytes_spilled > 0
+([0.0, 1.0, 2.0, 3.0], True)
+>>> spill.close()
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import mmap
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fedbus.errors import FedbusError
+from fedbus.message.codec import decode_message, encode_message
+from fedbus.message.message import Message
+
+__all__ = ["SpillDirectory", "SpillError"]
+
+
+class SpillError(FedbusError):
+    """A message could not be written to its spill directory (a full disk, no permission)."""
+
+
+class SpillDirectory:
+    """A private temporary directory of spill files, made when the first message is spilled.
+
+    Parameters
+    ----------
+    parent
+        Where the directory is made; None: the system's temporary directory (``TMPDIR``).
+    """
+
+    def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
+        self._parent = None if parent is None or str(parent) == "" else Path(parent)
+        self._path: Path | None = None
+        self._names = itertools.count()
+        self.messages_spilled = 0
+        self.bytes_spilled = 0
+
+    @property
+    def path(self) -> Path | None:
+        """The directory, once a message was spilled."""
+        return self._path
+
+    def spill(
+        self, message: Message, frame: bytes | bytearray | memoryview | None = None
+    ) -> Message:
+        """An equal message whose content lives in a spill file.
+
+        ``frame`` is the message's encoding when the caller has it already (it is written as it
+        is); otherwise the message is encoded straight into the file.
+
+        Raises
+        ------
+        SpillError
+            The file could not be written; the message is as it was, and nothing is left behind.
+        """
+        size = len(frame) if frame is not None else None
+        try:
+            mapped = self._write(message, frame)
+        except OSError as exc:
+            where = self._path or self._parent or Path(tempfile.gettempdir())
+            hint = (
+                "free space there, or choose another directory (simulation.spill_dir) or a "
+                "larger memory budget (simulation.memory_budget_mb)"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "check that the directory exists and is writable (simulation.spill_dir)"
+            )
+            what = f"a message of {size} bytes" if size is not None else "a message"
+            raise SpillError(
+                f"could not spill {what} ({message.metadata.message_type!r} from node "
+                f"{message.metadata.src_node_id}) to {where}: {exc.strerror or exc}; {hint}"
+            ) from exc
+        self.messages_spilled += 1
+        self.bytes_spilled += len(mapped)
+        return decode_message(mapped)
+
+    def _write(self, message: Message, frame: bytes | bytearray | memoryview | None) -> memoryview:
+        """Write the frame to a new file and map it back read-only; the file's name is gone."""
+        path = self._directory() / f"{next(self._names)}.frame"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.unlink(path)  # the open descriptor, then the mapping, keep the bytes alive
+            size = self._fill(fd, message, frame)
+            return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)).toreadonly()
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _fill(fd: int, message: Message, frame: bytes | bytearray | memoryview | None) -> int:
+        """Write the frame into ``fd``; returns its size."""
+        if frame is not None:
+            view, written = memoryview(frame).cast("B"), 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+            return len(view)
+        # Encode into a writable mapping of the file: one copy of each array, into the page
+        # cache. Unmapped at once, so the pages are no longer this process's resident memory.
+        mapping: list[mmap.mmap] = []
+
+        def allocate(size: int) -> mmap.mmap:  # a frame is never empty: it has a header
+            os.posix_fallocate(fd, 0, size)  # a full disk fails here, not as SIGBUS mid-copy
+            mapping.append(mmap.mmap(fd, size))
+            return mapping[0]
+
+        encoded = encode_message(message, allocate=allocate)
+        size = len(encoded)
+        del encoded
+        for each in mapping:
+            each.close()
+        return size
+
+    def _directory(self) -> Path:
+        if self._path is None:
+            parent = self._parent
+            if parent is not None:
+                parent.mkdir(parents=True, exist_ok=True)
+            self._path = Path(tempfile.mkdtemp(prefix="fedbus-spill-", dir=parent))
+        return self._path
+
+    def close(self) -> None:
+        """Remove the directory (spilled messages still in use keep their bytes)."""
+        if self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._path = None
+
+    def __repr__(self) -> str:
+        where = self._path or self._parent or "the temporary directory"
+        return f"SpillDirectory({where}: {self.messages_spilled} messages spilled)"
