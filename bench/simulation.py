@@ -45,7 +45,13 @@ RESULTS = HERE / "results.json"
 def measure_here(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one workload ``repeat`` times in this process: best wall time, peak memory, checksum."""
     workload = Workload(**spec["workload"])
-    run = run_bare if spec["runner"] == "bare" else lambda w: run_fedbus(w, workers=spec["workers"])
+    # "memory_budget_mb" absent: the simulation's default; null: no limit.
+    budget = {"memory_budget_mb": spec["memory_budget_mb"]} if "memory_budget_mb" in spec else {}
+    run = (
+        run_bare
+        if spec["runner"] == "bare"
+        else lambda w: run_fedbus(w, workers=spec["workers"], **budget)
+    )
     best, arrays = float("inf"), {}
     for _ in range(spec["repeat"]):
         start = time.perf_counter()
@@ -63,14 +69,16 @@ def measure_here(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(
-    workload: Workload, runner: str, *, workers: int = 1, repeat: int = 1
+    workload: Workload, runner: str, *, workers: int = 1, repeat: int = 1, **options: Any
 ) -> dict[str, Any]:
-    """``measure_here`` in a fresh Python process."""
+    """``measure_here`` in a fresh Python process; ``options`` go to ``run_fedbus``
+    (``memory_budget_mb``)."""
     spec = {
         "workload": dataclasses.asdict(workload),
         "runner": runner,
         "workers": workers,
         "repeat": repeat,
+        **options,
     }
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--measure", json.dumps(spec)],
@@ -79,7 +87,8 @@ def measure(
         text=True,
         env={**os.environ, **SAME_ENVIRONMENT},
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:

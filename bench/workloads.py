@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedbus.fl import Client, FedAvg, Server
-from fedbus.runtime.simulation import Simulation
+from fedbus.runtime.simulation import DEFAULT_MEMORY_BUDGET_MB, Simulation
 from fedbus.runtime.simulation.offload import CLIENT_CACHE
 from fedbus.runtime.simulation.processes import WORKER_ENVIRONMENT
 from fedbus.train import MLP, NumpyTrainer
@@ -118,7 +118,13 @@ class WorkloadClients:
         return Client(self.workload.trainer(node_id), node_id)
 
 
-def run_fedbus(workload: Workload, *, workers: int = 1, backend: str = "local") -> Arrays:
+def run_fedbus(
+    workload: Workload,
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    memory_budget_mb: float | None = DEFAULT_MEMORY_BUDGET_MB,
+) -> Arrays:
     """Run ``workload`` through fedbus's simulation; the final global model."""
     server = Server(
         FedAvg(),
@@ -137,6 +143,7 @@ def run_fedbus(workload: Workload, *, workers: int = 1, backend: str = "local") 
         record_trace=False,
         workers=workers,
         backend=backend,
+        memory_budget_mb=memory_budget_mb,
     )
     simulation.run()
     return server.arrays.to_numpy_dict()

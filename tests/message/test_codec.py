@@ -36,7 +36,7 @@ from fedbus.message import (
     encoded_size,
     use_clock,
 )
-from fedbus.message.codec import ALIGNMENT, MAGIC, VERSION
+from fedbus.message.codec import ALIGNMENT, MAGIC, VERSION, encode_message_parts
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 HEADER_SIZE = 72
@@ -418,6 +418,7 @@ messages = st.one_of(
 def test_any_message_round_trips_to_an_equal_message(message: Message) -> None:
     frame = encode_message(message)
     assert len(frame) == encoded_size(message)
+    assert b"".join(encode_message_parts(message)) == frame
     decoded = decode_message(frame)
     assert decoded == message
     if decoded.has_content():
@@ -727,3 +728,37 @@ def test_an_allocator_of_the_wrong_size_is_refused() -> None:
         encode_message(message, allocate=lambda size: bytearray(size + 1))
     with pytest.raises(InvalidArgumentError, match="read-only"):
         encode_message(message, allocate=lambda size: bytes(size))
+
+
+# --- parts: large arrays are sent from where they are ------------------------------------------
+
+
+def test_message_parts_leave_large_arrays_in_place_and_join_to_the_frame() -> None:
+    rng = np.random.default_rng(1)
+    large = rng.standard_normal(20_000)  # 160 KB: shared
+    small = rng.standard_normal(100).astype(np.float32)  # copied
+    last = rng.integers(0, 9, size=(300, 300)).astype(np.int8)  # 90 KB: shared, at the end
+    content = RecordDict(
+        {
+            "model": ArrayRecord({"large": large, "small": small}),
+            "metrics": MetricRecord({"loss": 0.5}),
+            "tail": ArrayRecord({"last": last}),
+        }
+    )
+    message = Message(content, 3, "train")
+    parts = encode_message_parts(message)
+    assert b"".join(parts) == encode_message(message)
+    assert all(part.readonly for part in parts)
+    shared = [part for part in parts if part.nbytes in (large.nbytes, last.nbytes)]
+    assert len(shared) == 2
+    assert np.shares_memory(np.frombuffer(shared[0], np.uint8), large)
+    assert np.shares_memory(np.frombuffer(shared[1], np.uint8), last)
+    # The rest is headers: a few hundred bytes beside the arrays' own.
+    assert sum(part.nbytes for part in parts) - large.nbytes - last.nbytes < 1024
+    assert decode_message(b"".join(parts)) == message
+
+
+def test_an_error_message_is_one_part() -> None:
+    message = Message(RecordDict(), 3, "train").create_error_reply(Error(2, "boom"))
+    (part,) = encode_message_parts(message)
+    assert bytes(part) == encode_message(message)

@@ -60,6 +60,7 @@ __all__ = [
     "DecodeLimits",
     "decode_message",
     "encode_message",
+    "encode_message_parts",
     "encoded_size",
 ]
 
@@ -70,6 +71,9 @@ VERSION: Final = 1
 #: Array data starts at a multiple of this many bytes from the frame start (a cache line).
 ALIGNMENT: Final = 64
 _ZEROS = bytes(ALIGNMENT)
+#: ``encode_message_parts`` leaves arrays this large in place; smaller ones are copied, as a
+#: part of their own would cost more than the copy.
+_SHARED_FROM = 64 * 1024
 _Buffer = TypeVar("_Buffer")
 
 _FLAG_ERROR = 0x0001
@@ -373,7 +377,11 @@ def _write_value(out: memoryview, pos: int, tag: int, value: Any) -> int:
     return _write_list(out, pos, tag & ~_LIST, value)
 
 
-def _write_record(out: memoryview, pos: int, key: str, record: Any) -> int:
+def _write_record(
+    out: memoryview, pos: int, key: str, record: Any, shared: list[tuple[int, memoryview]] | None
+) -> int:
+    """Write one record at ``pos``; with ``shared``, large arrays' bytes are not copied: their
+    (position, bytes) go to ``shared`` and the frame's bytes there are left as they are."""
     key_bytes = _utf8(key)
     kind = _kind_of(record)
     _RECORD.pack_into(out, pos, kind, len(key_bytes), len(record))
@@ -394,8 +402,11 @@ def _write_record(out: memoryview, pos: int, key: str, record: Any) -> int:
             pos = _aligned(dims_end)
             # Written, not assumed: a buffer from ``allocate`` may hold old bytes.
             out[dims_end:pos] = _ZEROS[: pos - dims_end]
-            # The one copy of the array: a memcpy from the Array's memory into the frame.
-            out[pos : pos + values.nbytes] = array.data
+            if shared is not None and values.nbytes >= _SHARED_FROM:
+                shared.append((pos, array.data))
+            else:
+                # The one copy of the array: a memcpy from the Array's memory into the frame.
+                out[pos : pos + values.nbytes] = array.data
             pos += values.nbytes
         return pos
     for name, value in _entries(record):
@@ -445,6 +456,43 @@ def encode_message(message: Message, *, allocate: Callable[[int], Any] = bytearr
     InvalidTypeError
         ``message`` is not a ``Message`` or a record holds a value of an unsupported type.
     """
+    return _encode(message, allocate, None)
+
+
+def encode_message_parts(message: Message) -> list[memoryview]:
+    """Encode ``message`` as buffers whose concatenation is ``encode_message(message)``.
+
+    Arrays of 64 KiB or more are not copied: their parts are read-only views of the arrays'
+    own memory, so a message costs a few pages of headers however large its model, and a
+    model sent to many nodes is never copied per recipient. The arrays must not change until
+    the parts are used (as with any sent message: fedbus never changes an array it sent).
+    The other parts view one buffer whose pages under the arrays are never touched.
+
+    >>> import numpy as np
+    >>> from fedbus.message import ArrayRecord, RecordDict
+    >>> message = Message(RecordDict({"m": ArrayRecord({"w": np.zeros(50_000)})}), 1, "train")
+    >>> parts = encode_message_parts(message)
+    >>> b"".join(parts) == encode_message(message), len(parts)  # the headers, then the array
+    (True, 2)
+    """
+    shared: list[tuple[int, memoryview]] = []
+    frame = memoryview(_encode(message, _untouched, shared)).cast("B")
+    parts, pos = [], 0
+    for start, data in shared:
+        parts += [frame[pos:start], data]
+        pos = start + len(data)
+    parts.append(frame[pos:])
+    return [part.toreadonly() for part in parts if len(part)]
+
+
+def _untouched(size: int) -> np.ndarray[Any, Any]:
+    """Memory mapped as it is written: pages under shared arrays never exist."""
+    return np.empty(size, dtype=np.uint8)
+
+
+def _encode(
+    message: Message, allocate: Callable[[int], Any], shared: list[tuple[int, memoryview]] | None
+) -> Any:
     if not isinstance(message, Message):
         raise InvalidTypeError(f"encode_message: expected a Message, got {type(message).__name__}")
     meta = message.metadata
@@ -476,7 +524,7 @@ def encode_message(message: Message, *, allocate: Callable[[int], Any] = bytearr
         _U32.pack_into(out, pos, len(content))
         pos += 4
         for key, record in _entries(content):
-            pos = _write_record(out, pos, key, record)
+            pos = _write_record(out, pos, key, record, shared)
     if pos != size:  # pragma: no cover - encoded_size and the writers share their sizes
         raise AssertionError(f"encode_message wrote {pos} bytes, encoded_size said {size}")
     return frame

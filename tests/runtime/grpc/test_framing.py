@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -103,3 +104,11 @@ def test_limits_are_checked() -> None:
     with pytest.raises(InvalidArgumentError, match="max_message_bytes"):
         TransportLimits(max_message_bytes=0)
     assert TransportLimits(chunk_size=4 * MIB).max_frame_bytes == 4 * MIB + HEADER_SIZE
+
+
+@pytest.mark.parametrize("cuts", [(1,), (MIB - 1, MIB + 1), (10, 11, 2 * MIB), (0, 5, 5)])
+def test_frames_of_parts_are_the_frames_of_their_join(cuts: tuple[int, ...]) -> None:
+    whole = bytes(range(256)) * ((2 * MIB + 300) // 256)
+    bounds = [0, *cuts, len(whole)]
+    parts = [memoryview(whole)[a:b] for a, b in itertools.pairwise(bounds)]
+    assert list(message_frames(parts, 9, MIB)) == list(message_frames(whole, 9, MIB))

@@ -13,9 +13,11 @@ a payload. Little-endian, like the codec::
     24      ...   payload: bytes [offset, offset + len) of the encoded message (DATA only)
 
 A message of N bytes (``fedbus.message.codec``'s frame) is cut into chunks of at most
-``chunk_size`` bytes, sent in order; a HEARTBEAT or GOODBYE carries no payload. The receiver
-allocates the whole message once, when its first chunk arrives, and copies each chunk into
-place: reassembly is linear in N, never quadratic.
+``chunk_size`` bytes, sent in order; a HEARTBEAT or GOODBYE carries no payload. The sender
+holds the frame as parts (``encode_message_parts``): its arrays are read where they are, so
+sending a model costs one copy per chunk as it is written, and nothing per recipient before.
+The receiver allocates the whole message once, when its first chunk arrives, and copies each
+chunk into place: reassembly is linear in N, never quadratic.
 
 Every field is checked before it is trusted: an unknown kind or flag, a chunk out of order, a
 payload larger than ``max_chunk_bytes`` or past the announced length, or a message longer than
@@ -25,15 +27,15 @@ payload larger than ``max_chunk_bytes`` or past the announced length, or a messa
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
 from fedbus.errors import DecodeError, InvalidArgumentError
 from fedbus.message import Message
-from fedbus.message.codec import encode_message
+from fedbus.message.codec import encode_message_parts
 
 __all__ = [
     "DATA",
@@ -43,8 +45,10 @@ __all__ = [
     "Reassembler",
     "TransportLimits",
     "announced_size",
+    "EncodedParts",
     "control_frame",
     "encode_for_stream",
+    "encoded_length",
     "message_frames",
 ]
 
@@ -59,6 +63,9 @@ _HEADER = struct.Struct("<BBHIQQ")
 HEADER_SIZE: Final = _HEADER.size
 
 _MIB = 1 << 20
+
+#: An encoded message as buffers whose concatenation is its frame.
+EncodedParts = Sequence[memoryview]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,35 +124,50 @@ def control_frame(kind: int) -> bytes:
     return _HEADER.pack(kind, 0, 0, 0, 0, 0)
 
 
-def encode_for_stream(message: Message) -> memoryview:
-    """Encode ``message`` into fresh, unzeroed memory (the encoder writes every byte).
+def encode_for_stream(message: Message) -> EncodedParts:
+    """Encode ``message`` for ``message_frames`` without copying its large arrays.
 
-    A zeroed ``bytearray`` of 100 MB costs as much to fill with zeros as to copy the model into
-    (0.11 s here); NumPy's ``empty`` maps pages as they are written, so that cost disappears.
+    The parts view the arrays themselves (see ``encode_message_parts``): a model broadcast to
+    a thousand nodes is never copied a thousand times, only chunk by chunk as each stream is
+    written. The rest of the frame lives in unzeroed memory (the encoder writes every byte it
+    keeps; NumPy's ``empty`` maps pages only as they are written).
     """
-    return encode_message(message, allocate=_unzeroed).data.cast("B")
+    return encode_message_parts(message)
 
 
-def _unzeroed(size: int) -> np.ndarray[Any, Any]:
-    return np.empty(size, dtype=np.uint8)
+def encoded_length(encoded: EncodedParts) -> int:
+    """Bytes of the frame the parts make up."""
+    return sum(part.nbytes for part in encoded)
 
 
 def message_frames(
-    encoded: bytes | bytearray | memoryview, sequence: int, chunk_size: int
+    encoded: EncodedParts | bytes | bytearray | memoryview, sequence: int, chunk_size: int
 ) -> Iterator[bytes]:
-    """Cut one encoded message into DATA frames of at most ``chunk_size`` payload bytes.
+    """Cut one encoded message (one buffer, or its parts in order) into DATA frames of at most
+    ``chunk_size`` payload bytes.
 
     Each frame is one ``bytes`` object (gRPC sends bytes), built with a single copy of its
-    chunk; the frames are made lazily, so a 4 GiB message never exists twice in memory.
+    chunk, which may span parts; frames are made lazily, so a message is never copied whole.
     """
-    total = len(encoded)
-    view = memoryview(encoded)
+    given = [encoded] if isinstance(encoded, bytes | bytearray | memoryview) else encoded
+    parts = [view for view in (memoryview(part).cast("B") for part in given) if view.nbytes]
+    total = sum(part.nbytes for part in parts)
     sequence &= 0xFFFFFFFF
-    offset = 0
+    offset = index = within = 0  # the message's next byte: parts[index][within]
     while True:
         end = min(offset + chunk_size, total)
         flags = _LAST if end == total else 0
-        yield b"".join((_HEADER.pack(DATA, flags, 0, sequence, total, offset), view[offset:end]))
+        pieces: list[bytes | memoryview] = [_HEADER.pack(DATA, flags, 0, sequence, total, offset)]
+        needed = end - offset
+        while needed:
+            part = parts[index]
+            taken = min(needed, part.nbytes - within)
+            pieces.append(part[within : within + taken])
+            needed -= taken
+            within += taken
+            if within == part.nbytes:
+                index, within = index + 1, 0
+        yield b"".join(pieces)
         if end == total:
             return
         offset = end

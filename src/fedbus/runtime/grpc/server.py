@@ -50,9 +50,11 @@ from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
 from fedbus.runtime.grpc.framing import (
     DATA,
     GOODBYE,
+    EncodedParts,
     TransportLimits,
     announced_size,
     encode_for_stream,
+    encoded_length,
 )
 from fedbus.runtime.grpc.host import Endpoint, WorkerHost
 from fedbus.runtime.grpc.identity import Challenges, KeyRegistry
@@ -480,7 +482,7 @@ class GrpcServer(Endpoint):
         elif metadata.dst_node_id == SERVER_NODE_ID:
             self._host.deliver(message)
         else:
-            self._forward(message, encoded)
+            self._forward(message, (encoded,))  # relayed as it came, never re-encoded
 
     def _count_refusal(self) -> None:
         with self._stats_lock:
@@ -498,7 +500,7 @@ class GrpcServer(Endpoint):
             return
         self._forward(message, encode_for_stream(message))
 
-    def _forward(self, message: Message, encoded: bytes | bytearray | memoryview) -> None:
+    def _forward(self, message: Message, encoded: EncodedParts) -> None:
         node_id = message.metadata.dst_node_id
         connection = self._clients.get(node_id)
         if connection is None or not connection.outbox.put(message, encoded):
@@ -507,7 +509,7 @@ class GrpcServer(Endpoint):
             return
         with self._stats_lock:
             self._stats.messages_out += 1
-            self._stats.bytes_out += len(encoded)
+            self._stats.bytes_out += encoded_length(encoded)
 
     # -- leaving --------------------------------------------------------------------------
     def _disconnect(self, connection: Connection, reason: str) -> None:

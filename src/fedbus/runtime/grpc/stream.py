@@ -21,6 +21,7 @@ from fedbus.message import ErrorCode, Message
 from fedbus.runtime.grpc.framing import (
     GOODBYE,
     HEARTBEAT,
+    EncodedParts,
     TransportLimits,
     control_frame,
     message_frames,
@@ -128,7 +129,7 @@ class Outbox:
                 self._io.call_soon(self._ready.set)
         return True
 
-    def put(self, message: Message, encoded: bytes | bytearray | memoryview) -> bool:
+    def put(self, message: Message, encoded: EncodedParts) -> bool:
         """Queue ``message``; False (nothing queued) once the outbox is closed."""
         return self._push((message, encoded))
 
@@ -176,7 +177,7 @@ class Outbox:
             if item is _SAY_GOODBYE:
                 yield _GOODBYE_FRAME
                 return
-            message, encoded = cast("tuple[Message, bytes | bytearray | memoryview]", item)
+            message, encoded = cast("tuple[Message, EncodedParts]", item)
             if self.closed:
                 self._fail(message, ErrorCode.NODE_UNAVAILABLE, "the connection closed")
                 continue
