@@ -164,7 +164,7 @@ def test_a_spill_directory_is_made_only_when_needed(tmp_path: Path) -> None:
 def test_a_spill_that_cannot_be_written_says_what_to_do(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("a file where a directory should be")
-    spill = SpillDirectory(blocked)
+    spill = SpillDirectory(blocked, ("simulation.spill_dir", "simulation.memory_budget_mb"))
     with pytest.raises(SpillError, match=r"could not spill .*'train'.*simulation\.spill_dir"):
         spill.spill(a_message(10))
     assert spill.messages_spilled == 0

@@ -34,7 +34,7 @@ from fedbus.errors import FedbusError
 from fedbus.message.codec import decode_message, encode_message
 from fedbus.message.message import Message
 
-__all__ = ["SpillDirectory", "SpillError"]
+__all__ = ["SpillDirectory", "SpillError", "SpillFile"]
 
 
 class SpillError(FedbusError):
@@ -48,10 +48,19 @@ class SpillDirectory:
     ----------
     parent
         Where the directory is made; None: the system's temporary directory (``TMPDIR``).
+    settings
+        The settings a user changes when spilling fails, named in the error: the directory's
+        and the memory budget's (say ``("simulation.spill_dir",
+        "simulation.memory_budget_mb")``).
     """
 
-    def __init__(self, parent: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        parent: str | os.PathLike[str] | None = None,
+        settings: tuple[str, str] = ("spill_dir", "the memory budget"),
+    ) -> None:
         self._parent = None if parent is None or str(parent) == "" else Path(parent)
+        self._settings = settings
         self._path: Path | None = None
         self._names = itertools.count()
         self.messages_spilled = 0
@@ -75,32 +84,59 @@ class SpillDirectory:
         SpillError
             The file could not be written; the message is as it was, and nothing is left behind.
         """
-        size = len(frame) if frame is not None else None
         try:
             mapped = self._write(message, frame)
         except OSError as exc:
-            where = self._path or self._parent or Path(tempfile.gettempdir())
-            hint = (
-                "free space there, or choose another directory (simulation.spill_dir) or a "
-                "larger memory budget (simulation.memory_budget_mb)"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else "check that the directory exists and is writable (simulation.spill_dir)"
-            )
-            what = f"a message of {size} bytes" if size is not None else "a message"
-            raise SpillError(
-                f"could not spill {what} ({message.metadata.message_type!r} from node "
-                f"{message.metadata.src_node_id}) to {where}: {exc.strerror or exc}; {hint}"
-            ) from exc
+            what = "a message" if frame is None else f"a message of {len(frame)} bytes"
+            whose = f"{message.metadata.message_type!r} from node {message.metadata.src_node_id}"
+            raise self._error(exc, what, whose) from exc
         self.messages_spilled += 1
         self.bytes_spilled += len(mapped)
         return decode_message(mapped)
 
-    def _write(self, message: Message, frame: bytes | bytearray | memoryview | None) -> memoryview:
-        """Write the frame to a new file and map it back read-only; the file's name is gone."""
+    def open(self, size: int) -> SpillFile:
+        """A new, nameless spill file with room for ``size`` bytes, to fill in order.
+
+        Raises
+        ------
+        SpillError
+            The directory cannot be made or the disk has no room for ``size`` bytes.
+        """
+        try:
+            fd = self._create()
+            try:
+                os.posix_fallocate(fd, 0, size)  # a full disk fails now, not midway
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            raise self._error(exc, f"{size} bytes", "a message in transit") from exc
+        return SpillFile(fd, size, self)
+
+    def _create(self) -> int:
+        """A new file in the directory, already without a name: its descriptor."""
         path = self._directory() / f"{next(self._names)}.frame"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(path)  # the descriptor, then the mapping, keep the bytes alive
+        return fd
+
+    def _error(self, exc: OSError, what: str, whose: str) -> SpillError:
+        where = self._path or self._parent or Path(tempfile.gettempdir())
+        directory, budget = self._settings
+        hint = (
+            f"free space there, or choose another directory ({directory}) or a larger "
+            f"memory budget ({budget})"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"check that the directory exists and is writable ({directory})"
+        )
+        return SpillError(
+            f"could not spill {what} ({whose}) to {where}: {exc.strerror or exc}; {hint}"
+        )
+
+    def _write(self, message: Message, frame: bytes | bytearray | memoryview | None) -> memoryview:
+        """Write the frame to a new file and map it back read-only; the file's name is gone."""
+        fd = self._create()
         try:
-            os.unlink(path)  # the open descriptor, then the mapping, keep the bytes alive
             size = self._fill(fd, message, frame)
             return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)).toreadonly()
         finally:
@@ -147,3 +183,57 @@ class SpillDirectory:
     def __repr__(self) -> str:
         where = self._path or self._parent or "the temporary directory"
         return f"SpillDirectory({where}: {self.messages_spilled} messages spilled)"
+
+
+class SpillFile:
+    """One message arriving into a nameless spill file: ``write`` its bytes in order, then
+    ``finish`` maps them read-only (or ``discard`` gives the room back at once).
+
+    Made by ``SpillDirectory.open``; the directory counts it when it is finished.
+    """
+
+    __slots__ = ("_directory", "_fd", "size", "written")
+
+    def __init__(self, fd: int, size: int, directory: SpillDirectory) -> None:
+        self._fd: int | None = fd
+        self._directory = directory
+        self.size = size
+        self.written = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; more than ``size`` bytes in all is a ValueError.
+
+        Raises
+        ------
+        SpillError
+            The disk refused the bytes; the file is discarded.
+        """
+        view = memoryview(data).cast("B")
+        if self._fd is None or self.written + len(view) > self.size:
+            raise ValueError(f"a spill file of {self.size} bytes: no room for {len(view)} more")
+        try:
+            done = 0
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            self.discard()
+            raise self._directory._error(exc, f"{self.size} bytes", "a message in transit") from exc
+        self.written += len(view)
+
+    def finish(self) -> memoryview:
+        """The whole file, mapped read-only; it lives as long as views of it do."""
+        if self._fd is None or self.written != self.size:
+            raise ValueError(f"a spill file of {self.size} bytes holds {self.written}")
+        try:
+            mapped = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
+        finally:
+            self.discard()
+        self._directory.messages_spilled += 1
+        self._directory.bytes_spilled += self.size
+        return memoryview(mapped).toreadonly()
+
+    def discard(self) -> None:
+        """Close the file: its room goes back to the disk once no mapping holds it."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -535,15 +535,26 @@ class DeploymentConfig(ConfigSection):
     )
     receive_budget_per_peer_mb: int = setting(
         2048,
-        "largest message one client may have in transit to the server, MiB (a larger one "
-        "is refused for that client only)",
+        "largest message from one client the server holds in memory while it arrives, MiB "
+        "(a larger one goes to a spill file)",
         bounds="1 <= x <= receive_budget_total_mb",
     )
     receive_budget_total_mb: int = setting(
         8192,
-        "all messages in transit to the server together, MiB; beyond it clients wait "
-        "before the server reads more from them",
+        "all messages arriving at the server together in memory, MiB; beyond it they go to "
+        "spill files, and when those are full too, clients wait",
         bounds="x >= 1",
+    )
+    spill_budget_mb: int = setting(
+        65536,
+        "all messages arriving at the server together in spill files, MiB (0 = never spill: "
+        "a message larger than receive_budget_per_peer_mb is refused)",
+        bounds="x >= 0",
+    )
+    spill_dir: str = setting(
+        "",
+        "directory for the server's spill files (made if missing; a private folder in it is "
+        "removed when the server stops); empty: the system's temporary directory",
     )
     handshake_timeout: float = setting(
         5.0,

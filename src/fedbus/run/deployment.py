@@ -244,7 +244,9 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         receive=ReceiveLimits(
             per_peer=deployment.receive_budget_per_peer_mb << 20,
             total=deployment.receive_budget_total_mb << 20,
+            spill=deployment.spill_budget_mb << 20,
         ),
+        spill_dir=deployment.spill_dir or None,
         handshake_timeout=deployment.handshake_timeout,
         audit_log=run_dir.path / AUDIT_FILE,
         check_with=[build_client(config, model, dataset.client(0), 1)],

@@ -6,13 +6,17 @@ The server's own account (``stats.bytes_buffered``) is what is checked: sizes, n
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
+from fedbus.message import spill as spill_module
 from fedbus.runtime.grpc import ReceiveLimits, serve
 from fedbus.runtime.grpc.budget import BudgetExceededError, ReceiveBudget
 from fedbus.runtime.grpc.framing import HEADER_SIZE, announced_size
@@ -31,7 +35,18 @@ def first_chunk(total: int, sequence: int = 1, payload: int = 1 << 20) -> bytes:
 
 @pytest.fixture
 def budgeted() -> Iterator[Live]:
-    federation = start(receive=ReceiveLimits(per_peer=64 * MIB, total=100 * MIB))
+    """A server that keeps everything in memory (no spill files)."""
+    federation = start(receive=ReceiveLimits(per_peer=64 * MIB, total=100 * MIB, spill=0))
+    federation.still_answers()
+    yield federation
+    shut(federation)
+
+
+@pytest.fixture
+def spilling(tmp_path: Path) -> Iterator[Live]:
+    """A server that holds 64 MiB per message and 100 MiB in all in memory, 200 MiB on disk."""
+    limits = ReceiveLimits(per_peer=64 * MIB, total=100 * MIB, spill=200 * MIB)
+    federation = start(receive=limits, spill_dir=str(tmp_path))
     federation.still_answers()
     yield federation
     shut(federation)
@@ -79,9 +94,74 @@ def test_a_peer_waits_for_room_in_the_total_budget(budgeted: Live) -> None:
     wait_until(lambda: server.stats.bytes_buffered == 0, STUCK)
 
 
+def test_a_message_over_the_memory_budget_goes_to_a_spill_file(
+    spilling: Live, tmp_path: Path
+) -> None:
+    server = spilling.server
+    large, second, third = (RawStream(spilling.port) for _ in range(3))
+    large.send(first_chunk(65 * MIB))  # more than one peer may hold in memory
+    wait_until(lambda: server.stats.bytes_spilling == 65 * MIB, STUCK)
+    assert server.stats.bytes_buffered == 0
+    # The spill folder holds no named file: the open file has no name left.
+    assert [list(folder.iterdir()) for folder in tmp_path.iterdir()] == [[]]
+    second.send(first_chunk(60 * MIB))  # fits in memory
+    wait_until(lambda: server.stats.bytes_buffered == 60 * MIB, STUCK)
+    third.send(first_chunk(50 * MIB))  # not in memory (110 > 100): on disk (115 <= 200)
+    wait_until(lambda: server.stats.bytes_spilling == 115 * MIB, STUCK)
+    for peer in (large, second, third):
+        peer.close()
+    wait_until(lambda: server.stats.bytes_spilling == server.stats.bytes_buffered == 0, STUCK)
+    spilling.still_answers()
+
+
+def test_a_peer_waits_when_memory_and_spill_files_are_full(spilling: Live) -> None:
+    server = spilling.server
+    peers = [RawStream(spilling.port) for _ in range(4)]
+    peers[0].send(first_chunk(64 * MIB))  # memory: 64 of 100
+    wait_until(lambda: server.stats.bytes_buffered == 64 * MIB, STUCK)
+    peers[1].send(first_chunk(150 * MIB))  # disk: 150 of 200
+    wait_until(lambda: server.stats.bytes_spilling == 150 * MIB, STUCK)
+    peers[2].send(first_chunk(60 * MIB))  # neither has room: waits
+    spilling.still_answers()
+    assert (server.stats.bytes_buffered, server.stats.bytes_spilling) == (64 * MIB, 150 * MIB)
+    assert not peers[2].ended.is_set()
+    peers[1].close()  # disk room again: the waiting message goes there
+    wait_until(lambda: server.stats.bytes_spilling == 60 * MIB, STUCK)
+    for peer in peers:
+        peer.close()
+    wait_until(lambda: server.stats.bytes_spilling == server.stats.bytes_buffered == 0, STUCK)
+
+
+def test_a_message_larger_than_memory_and_spill_budgets_is_refused(spilling: Live) -> None:
+    greedy = RawStream(spilling.port)
+    greedy.send(first_chunk(201 * MIB))
+    code, details = greedy.status()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "receive_budget_per_peer_mb" in details
+    assert "spill_budget_mb" in details
+    spilling.still_answers()
+
+
+def test_a_full_disk_refuses_that_peer_s_message_and_the_server_goes_on(
+    spilling: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spill_module.os, "posix_fallocate", disk_full)
+    unlucky = RawStream(spilling.port)
+    unlucky.send(first_chunk(65 * MIB))
+    code, details = unlucky.status()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "No space left on device" in details
+    assert "deployment.spill_dir" in details
+    wait_until(lambda: spilling.server.stats.bytes_spilling == 0, STUCK)
+    spilling.still_answers()
+
+
 def test_the_budget_account() -> None:
     async def account() -> int:
-        budget = ReceiveBudget(ReceiveLimits(per_peer=10, total=15))
+        budget = ReceiveBudget(ReceiveLimits(per_peer=10, total=15, spill=0))
         await budget.reserve(10)
         with pytest.raises(BudgetExceededError, match="receive_budget_per_peer_mb"):
             await budget.reserve(11)
@@ -89,10 +169,28 @@ def test_the_budget_account() -> None:
         await asyncio.sleep(0)
         assert not waiting.done()
         budget.release(10)
-        await waiting
+        assert await waiting  # in memory
         return budget.used
 
     assert asyncio.run(account()) == 8
+
+
+def test_the_budget_account_with_spill_files() -> None:
+    async def account() -> tuple[int, int]:
+        budget = ReceiveBudget(ReceiveLimits(per_peer=10, total=15, spill=30))
+        assert await budget.reserve(10)  # memory
+        assert not await budget.reserve(11)  # over per_peer: disk
+        assert not await budget.reserve(8)  # memory is short (18 > 15): disk
+        with pytest.raises(BudgetExceededError, match="spill_budget_mb"):
+            await budget.reserve(31)
+        waiting = asyncio.ensure_future(budget.reserve(12))  # neither has room
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        budget.release(11, in_memory=False)
+        assert not await waiting  # disk again
+        return budget.used, budget.spilled
+
+    assert asyncio.run(account()) == (10, 20)
 
 
 def test_limits_are_checked() -> None:
@@ -100,6 +198,8 @@ def test_limits_are_checked() -> None:
         ReceiveLimits(per_peer=10, total=5)
     with pytest.raises(Exception, match="bytes >= 1"):
         ReceiveLimits(per_peer=0)
+    with pytest.raises(Exception, match="spill must be bytes >= 0"):
+        ReceiveLimits(spill=-1)
 
 
 def test_announced_size_reads_only_first_chunks() -> None:

@@ -79,6 +79,7 @@ def serve(
     limits: TransportLimits | None = None,
     heartbeat: Heartbeat | None = None,
     receive: ReceiveLimits | None = None,
+    spill_dir: str | None = None,
     handshake_timeout: float = 5.0,
     audit_log: str | Path | None = None,
     check_with: Sequence[Worker] = (),
@@ -120,10 +121,13 @@ def serve(
     run_id
         Stamped on every message.
     limits, heartbeat
-        Sizes (default: 1 MiB chunks, 4 GiB messages) and liveness (5 s heartbeats, a client
+        Sizes (default: 1 MiB chunks, 64 GiB messages) and liveness (5 s heartbeats, a client
         silent for 15 s is unavailable).
     receive
-        The receive budget: bytes of messages in transit per client and in all.
+        The receive budget: bytes of messages in transit per client and in all in memory, and
+        in spill files beyond that (``ReceiveLimits``).
+    spill_dir
+        Where spill files go; None: the system's temporary directory.
     handshake_timeout
         Seconds a new connection has to finish its TLS and HTTP/2 handshake.
     audit_log
@@ -181,6 +185,7 @@ def serve(
         limits=limits or TransportLimits(),
         heartbeat=heartbeat or Heartbeat(),
         receive=receive or ReceiveLimits(),
+        spill_dir=spill_dir,
         handshake_timeout=handshake_timeout,
     )
     runtime = GrpcServer(

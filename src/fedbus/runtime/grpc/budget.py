@@ -1,19 +1,21 @@
-"""How many received bytes the server holds for messages still arriving, per peer and in all.
+"""How many received bytes the server holds for messages still arriving, in memory and on disk.
 
-A message is reassembled whole before it is decoded (``framing.Reassembler``), so a peer that
-announces a large message and sends part of it makes the server hold that part. The budget
-bounds it twice:
+A message is reassembled whole before it is decoded (``framing.Reassembler``), in memory or,
+beyond the memory budget, in a spill file (``fedbus.message.spill``) that the decoder then
+reads without a copy. The budget places each message when its first chunk arrives:
 
-- per peer: one message in reassembly may be at most ``per_peer`` bytes; a peer that
-  announces more is refused (``RESOURCE_EXHAUSTED``, naming the setting to raise);
-- in all: the messages in reassembly on every connection together hold at most ``total``
-  bytes. A peer whose message does not fit now waits before the server reads more of its
-  stream; gRPC's flow control then holds its sender back. Nothing is dropped, the peer is
-  only slowed down.
+- in memory, when it is at most ``per_peer`` bytes and the messages in reassembly on every
+  connection together stay within ``total`` bytes;
+- else in a spill file, when spill files may hold it: at most ``spill`` bytes of them in all
+  (0: never spill);
+- else, if it could fit once others are done, the peer waits before the server reads more of
+  its stream (gRPC's flow control holds its sender back; nothing is dropped);
+- and a message that can never fit is refused (``RESOURCE_EXHAUSTED``, naming the settings).
 
 A message's announced length is reserved when its first chunk arrives and released when it is
-complete (it then belongs to the decoder and the worker) or when its peer goes. ``used`` is the
-server's own account, for tests and the dashboard.
+complete (it then belongs to the decoder and the worker; a spilled one keeps its file until the
+worker lets go of it) or when its peer goes. ``used`` and ``spilled`` are the server's own
+account, for tests and the dashboard.
 """
 
 from __future__ import annotations
@@ -43,17 +45,22 @@ class ReceiveLimits:
     total
         All messages in reassembly on all connections together. Default 8 GiB; at least
         ``per_peer``.
+    spill
+        Bytes of messages in reassembly in spill files, all together; 0 never spills.
+        Default 64 GiB.
     """
 
     per_peer: int = 2048 * _MIB
     total: int = 8192 * _MIB
+    spill: int = 65536 * _MIB
 
     def __post_init__(self) -> None:
-        for name in ("per_peer", "total"):
+        for name in ("per_peer", "total", "spill"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            least = 0 if name == "spill" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise InvalidArgumentError(
-                    f"ReceiveLimits.{name} must be bytes >= 1, got {value!r}"
+                    f"ReceiveLimits.{name} must be bytes >= {least}, got {value!r}"
                 )
         if self.total < self.per_peer:
             raise InvalidArgumentError(
@@ -67,21 +74,37 @@ class ReceiveBudget:
     def __init__(self, limits: ReceiveLimits) -> None:
         self.limits = limits
         self.used = 0
+        self.spilled = 0
         self._freed = asyncio.Event()
 
-    async def reserve(self, size: int) -> None:
-        """Reserve ``size`` bytes, waiting for room; ``BudgetExceededError`` if it never fits."""
-        if size > self.limits.per_peer:
+    async def reserve(self, size: int) -> bool:
+        """Reserve ``size`` bytes, waiting for room: True in memory, False in a spill file.
+
+        Raises ``BudgetExceededError`` when the message can never fit.
+        """
+        limits = self.limits
+        fits_memory, fits_disk = size <= limits.per_peer, size <= limits.spill
+        if not (fits_memory or fits_disk):
+            spill = f", and spill files {limits.spill} bytes in all" if limits.spill else ""
             raise BudgetExceededError(
                 f"a message of {size} bytes is more than this server buffers for one peer "
-                f"({self.limits.per_peer} bytes: receive_budget_per_peer_mb)"
+                f"({limits.per_peer} bytes in memory: receive_budget_per_peer_mb{spill}: "
+                "spill_budget_mb)"
             )
-        while self.used + size > self.limits.total:
+        while True:
+            if fits_memory and self.used + size <= limits.total:
+                self.used += size
+                return True
+            if fits_disk and self.spilled + size <= limits.spill:
+                self.spilled += size
+                return False
             self._freed.clear()
             await self._freed.wait()  # every release wakes the waiters; each checks again
-        self.used += size
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, in_memory: bool = True) -> None:
         """Give back ``size`` reserved bytes and wake the peers waiting for room."""
-        self.used -= size
+        if in_memory:
+            self.used -= size
+        else:
+            self.spilled -= size
         self._freed.set()

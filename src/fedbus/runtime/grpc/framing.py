@@ -17,7 +17,9 @@ A message of N bytes (``fedbus.message.codec``'s frame) is cut into chunks of at
 holds the frame as parts (``encode_message_parts``): its arrays are read where they are, so
 sending a model costs one copy per chunk as it is written, and nothing per recipient before.
 The receiver allocates the whole message once, when its first chunk arrives, and copies each
-chunk into place: reassembly is linear in N, never quadratic.
+chunk into place: reassembly is linear in N, never quadratic. A message the receiver directs
+to a spill file (``Reassembler.into``) is written there chunk by chunk instead, and decoded
+from the mapped file: its size is bounded by the disk, not by memory.
 
 Every field is checked before it is trusted: an unknown kind or flag, a chunk out of order, a
 payload larger than ``max_chunk_bytes`` or past the announced length, or a message longer than
@@ -36,6 +38,7 @@ import numpy as np
 from fedbus.errors import DecodeError, InvalidArgumentError
 from fedbus.message import Message
 from fedbus.message.codec import encode_message_parts
+from fedbus.message.spill import SpillFile
 
 __all__ = [
     "DATA",
@@ -78,7 +81,8 @@ class TransportLimits:
         Payload bytes per transport frame, 1 to 4 MiB. Default 1 MiB: larger chunks bring
         nothing on loopback and cost more memory per connection.
     max_message_bytes
-        Largest encoded message accepted or sent. Default 4 GiB.
+        Largest encoded message accepted or sent. Default 64 GiB (a server holds what does
+        not fit its memory budget in spill files).
 
     Examples
     --------
@@ -87,7 +91,7 @@ class TransportLimits:
     """
 
     chunk_size: int = _MIB
-    max_message_bytes: int = 4 << 30
+    max_message_bytes: int = 64 << 30
 
     def __post_init__(self) -> None:
         if not isinstance(self.chunk_size, int) or not _MIB <= self.chunk_size <= 4 * _MIB:
@@ -178,20 +182,36 @@ class Reassembler:
 
     ``feed`` returns the frame's kind and, for the last chunk of a message, the whole encoded
     message as a read-only buffer (for ``decode_message``); it raises ``DecodeError`` for any
-    frame that breaks the layout.
+    frame that breaks the layout. ``into`` sends the next message to a spill file instead of
+    memory; ``abandon`` drops a message in progress (its peer went).
     """
 
-    __slots__ = ("_buffer", "_limits", "_offset", "_sequence", "_total")
+    __slots__ = ("_buffer", "_file", "_limits", "_next_file", "_offset", "_sequence", "_total")
 
     def __init__(self, limits: TransportLimits) -> None:
         self._limits = limits
         self._buffer: memoryview | None = None
+        self._file: SpillFile | None = None
+        self._next_file: SpillFile | None = None
         self._sequence = self._total = self._offset = 0
 
     @property
     def in_progress(self) -> bool:
         """True while a message has started and not ended."""
-        return self._buffer is not None
+        return self._buffer is not None or self._file is not None
+
+    def into(self, file: SpillFile) -> None:
+        """Reassemble the next message in ``file`` (opened for its announced size)."""
+        if self.in_progress:
+            raise InvalidArgumentError("Reassembler.into: a message is in progress")
+        self._next_file = file
+
+    def abandon(self) -> None:
+        """Drop the message in progress, if any, and a spill file waiting for the next one."""
+        for file in (self._file, self._next_file):
+            if file is not None:
+                file.discard()
+        self._buffer = self._file = self._next_file = None
 
     def feed(self, frame: bytes) -> tuple[int, memoryview | None]:
         """Take one transport frame; return (kind, the completed message or None)."""
@@ -205,7 +225,7 @@ class Reassembler:
                 f"transport frame: unknown kind {kind}, flags {flags:#x} or reserved {reserved}"
             )
         if kind != DATA:
-            if len(frame) != HEADER_SIZE or self._buffer is not None:
+            if len(frame) != HEADER_SIZE or self.in_progress:
                 raise DecodeError("transport frame: a control frame inside a message or with data")
             return kind, None
         payload = len(frame) - HEADER_SIZE
@@ -214,7 +234,7 @@ class Reassembler:
                 f"transport frame: {payload} payload bytes, more than the chunk size "
                 f"{self._limits.chunk_size}"
             )
-        if self._buffer is None:
+        if not self.in_progress:
             self._start(sequence, total, offset)
         elif (sequence, total, offset) != (self._sequence, self._total, self._offset):
             raise DecodeError(
@@ -232,22 +252,39 @@ class Reassembler:
                 f"transport frame: message {sequence} announces {total} bytes; this peer "
                 f"accepts 1 to {self._limits.max_message_bytes} (max_message_bytes)"
             )
+        self._sequence, self._total, self._offset = sequence, total, 0
+        file, self._next_file = self._next_file, None
+        if file is not None:
+            if file.size != total:
+                file.discard()
+                raise DecodeError(
+                    f"transport frame: message {sequence} announces {total} bytes, its spill "
+                    f"file was opened for {file.size}"
+                )
+            self._file = file
+            return
         # np.empty maps the pages lazily: a peer that announces 4 GiB and sends 1 KiB costs
         # 1 KiB of memory, not 4 GiB (a zero-filled bytearray would touch every page).
         self._buffer = np.empty(total, dtype=np.uint8).data.cast("B")
-        self._sequence, self._total, self._offset = sequence, total, 0
 
     def _append(self, frame: bytes, payload: int, last: bool) -> memoryview | None:
-        assert self._buffer is not None
         end = self._offset + payload
         if end > self._total or last != (end == self._total):
             raise DecodeError(
                 f"transport frame: message {self._sequence} chunk ends at byte {end} of "
                 f"{self._total} with the last-chunk flag {'set' if last else 'clear'}"
             )
-        self._buffer[self._offset : end] = memoryview(frame)[HEADER_SIZE:]
+        if self._file is not None:
+            self._file.write(memoryview(frame)[HEADER_SIZE:])  # SpillError: a full disk
+        else:
+            assert self._buffer is not None
+            self._buffer[self._offset : end] = memoryview(frame)[HEADER_SIZE:]
         self._offset = end
         if not last:
             return None
-        message, self._buffer = self._buffer.toreadonly(), None
-        return message
+        if self._file is not None:
+            file, self._file = self._file, None
+            return file.finish()
+        buffer, self._buffer = self._buffer, None
+        assert buffer is not None
+        return buffer.toreadonly()

@@ -97,8 +97,10 @@ class Connection:
     ) -> None:
         self.node_id, self.identity, self.peer, self.outbox = node_id, identity, peer, outbox
         self.reassembler = Reassembler(limits)
-        #: Bytes of the message in reassembly reserved in the server's receive budget.
+        #: Bytes of the message in reassembly reserved in the server's receive budget, and
+        #: whether in memory (else in a spill file).
         self.reserved = 0
+        self.reserved_in_memory = True
         self.last_seen = 0.0
         #: The gRPC status the stream ends with when the server closes it for a reason.
         self.status: tuple[grpc.StatusCode, str] | None = None

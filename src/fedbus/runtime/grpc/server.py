@@ -44,6 +44,7 @@ import grpc.aio
 from fedbus.errors import DecodeError, FedbusError, RunError
 from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message, mark_sent
 from fedbus.message.codec import encoded_size
+from fedbus.message.spill import SpillDirectory, SpillError
 from fedbus.runtime.grpc.audit import AuditLog
 from fedbus.runtime.grpc.budget import BudgetExceededError, ReceiveBudget, ReceiveLimits
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
@@ -107,7 +108,11 @@ class ServerSettings:
     limits, heartbeat
         Message and chunk sizes; liveness (see ``Heartbeat``).
     receive
-        The receive budget: bytes of messages in reassembly per peer and in all.
+        The receive budget: bytes of messages in reassembly per peer and in all in memory,
+        and in spill files beyond it.
+    spill_dir
+        Where spill files go (a private directory in it, removed when the server stops);
+        None: the system's temporary directory.
     handshake_timeout
         Seconds a new TCP connection has to complete its HTTP/2 and TLS handshake; a
         connection without any call for twice as long is closed too.
@@ -124,6 +129,7 @@ class ServerSettings:
     limits: TransportLimits = field(default_factory=TransportLimits)
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
     receive: ReceiveLimits = field(default_factory=ReceiveLimits)
+    spill_dir: str | None = None
     handshake_timeout: float = 5.0
     keys_check_interval: float = 1.0
 
@@ -140,8 +146,13 @@ class TransportStats:
     messages_refused: int = 0
     #: Connection attempts refused (credentials, node id, room, protocol).
     connections_refused: int = 0
-    #: Bytes of messages in reassembly, reserved in the receive budget now.
+    #: Bytes of messages in reassembly, reserved in the receive budget now: in memory.
     bytes_buffered: int = 0
+    #: ... and in spill files.
+    bytes_spilling: int = 0
+    #: Messages received into spill files since the server started, and their bytes.
+    messages_spilled: int = 0
+    bytes_spilled: int = 0
 
 
 class GrpcServer(Endpoint):
@@ -183,6 +194,9 @@ class GrpcServer(Endpoint):
         )  # fmt: skip
         self._audit = audit or AuditLog(None)
         self._budget = ReceiveBudget(settings.receive)
+        self._spill = SpillDirectory(
+            settings.spill_dir, ("deployment.spill_dir", "deployment.receive_budget_total_mb")
+        )
         self._waiting: list[int] = []
         self._started = False
         self._done = threading.Event()
@@ -274,6 +288,7 @@ class GrpcServer(Endpoint):
                 self._host.activity.done()  # the start that never happened
             self._host.activity.close()
         self._audit.close()
+        self._spill.close()  # messages still in use keep their (nameless) files
         self._done.set()
         logger.info("server stopped")
 
@@ -413,6 +428,8 @@ class GrpcServer(Endpoint):
                     size = announced_size(frame)
                     if size:
                         await self._reserve(connection, size)
+                        if not connection.reserved_in_memory:
+                            connection.reassembler.into(self._spill.open(size))
                 kind, encoded = connection.reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
                     self._release(connection)
@@ -420,13 +437,15 @@ class GrpcServer(Endpoint):
                 elif kind == GOODBYE:
                     connection.said_goodbye = True
                     reason = "the client left"
-        except (DecodeError, BudgetExceededError) as exc:
+        except (DecodeError, BudgetExceededError, SpillError) as exc:
             reason = f"bad input: {exc}"
+            if isinstance(exc, SpillError):
+                reason = f"no room for its message: {exc}"
             logger.warning("node %d (%s) sent %s", connection.node_id, connection.peer, reason)
             code = (
-                grpc.StatusCode.RESOURCE_EXHAUSTED
-                if isinstance(exc, BudgetExceededError)
-                else grpc.StatusCode.INVALID_ARGUMENT
+                grpc.StatusCode.INVALID_ARGUMENT
+                if isinstance(exc, DecodeError)
+                else grpc.StatusCode.RESOURCE_EXHAUSTED
             )
             connection.status = (code, str(exc))
         except (grpc.RpcError, asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -438,14 +457,14 @@ class GrpcServer(Endpoint):
         # Only sizes the frame layout accepts are reserved; the reassembler refuses the rest.
         if size > self._limits.max_message_bytes:
             return
-        await self._budget.reserve(size)
+        connection.reserved_in_memory = await self._budget.reserve(size)
         connection.reserved = size
         # Waiting for room is the server's choice, not the peer's silence.
         connection.last_seen = asyncio.get_running_loop().time()
 
     def _release(self, connection: Connection) -> None:
         if connection.reserved:
-            self._budget.release(connection.reserved)
+            self._budget.release(connection.reserved, connection.reserved_in_memory)
             connection.reserved = 0
 
     def _on_message(self, connection: Connection, encoded: memoryview) -> None:
@@ -523,7 +542,8 @@ class GrpcServer(Endpoint):
             self._audit.record("leave", node_id=node_id, reason=reason)
             self._host.post(lambda: self._departed(node_id))
         connection.closed_because = connection.closed_because or reason
-        self._release(connection)  # a partial message is freed with its peer
+        connection.reassembler.abandon()  # a partial message (or its file) goes with its peer
+        self._release(connection)
         connection.outbox.close(f"node {connection.node_id} disconnected")
         task = connection.task
         if task is not None and not task.done():
@@ -579,6 +599,9 @@ class GrpcServer(Endpoint):
         with self._stats_lock:
             stats = TransportStats(**{k: getattr(self._stats, k) for k in TransportStats.__slots__})
         stats.bytes_buffered = self._budget.used
+        stats.bytes_spilling = self._budget.spilled
+        stats.messages_spilled = self._spill.messages_spilled
+        stats.bytes_spilled = self._spill.bytes_spilled
         return stats
 
     @property

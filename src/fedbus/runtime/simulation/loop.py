@@ -352,7 +352,9 @@ class Simulation:
         self._memory_budget = math.inf if memory_budget_mb is None else memory_budget_mb * 1e6
         self._in_memory = 0
         self._in_memory_sizes: dict[int, int] = {}
-        self._spill = SpillDirectory(spill_dir)
+        self._spill = SpillDirectory(
+            spill_dir, ("simulation.spill_dir", "simulation.memory_budget_mb")
+        )
 
     # -- set-up -------------------------------------------------------------------------------
     def _setup_clients(
