@@ -20,16 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+from typing import TYPE_CHECKING, Any
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.run.outputs import read_metrics
+
+if TYPE_CHECKING:  # Matplotlib is imported when a plot is drawn: a client process never pays it
+    from matplotlib.axes import Axes
 
 __all__ = ["CURVES_FILE", "FIGURE_SIZE", "plot_runs", "write_curves"]
 
@@ -57,6 +54,8 @@ def _series(
 
 
 def _colours(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
     if count <= 10:
         return [colormaps[_QUALITATIVE](index) for index in range(count)]
     return [colormaps["viridis"](index / (count - 1)) for index in range(count)]
@@ -147,6 +146,10 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
     InvalidArgumentError
         No run directory was given, or one has no ``metrics.jsonl``.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
     if not run_dirs:
         raise InvalidArgumentError("plot_runs: expected at least one run directory, got none")
     runs = [(Path(run_dir), read_metrics(run_dir)) for run_dir in run_dirs]
