@@ -12,11 +12,19 @@ memory (``ru_maxrss``) is its own:
 All three must end with the same model, bit for bit (checked). Targets: peak memory under
 600 MB with the budget, at no more than 1.15x the time without it.
 
-Prints a table and adds the figures to ``bench/results.json`` under ``"large"``.
+**Deployment** (``deployment``): one ``fedbus`` server process and 4 client processes on
+127.0.0.1, one round of FedAvg on a model of ``--model-gib`` GiB (float32): the server sends
+the model to each client and each sends back the model plus one. Measured: the server's peak
+resident memory (``VmHWM``), the round's wall time (first request sent to aggregate done) and
+the bytes moved per second during it (4 models down and 4 up). Targets: server peak under
+3 GiB for a 1 GiB model, at least 1 GB/s per transfer.
+
+Prints tables and adds the figures to ``bench/results.json`` under ``"large"``.
 
 Usage::
 
-    python bench/large.py [--clients 1000] [--params 1000000] [--repeat 1]
+    python bench/large.py [--only simulation|deployment] [--clients 1000] [--params 1000000]
+                          [--model-gib 1] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -24,19 +32,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from measure import kib_field
 from simulation import measure
 from workloads import Workload
 
+from fedbus.fl import Client, FedAvg, Server
+from fedbus.runtime.grpc import ClientSettings, connect, serve
 from fedbus.runtime.simulation import DEFAULT_MEMORY_BUDGET_MB
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 TARGET_PEAK_MB = 600
 TARGET_SLOWDOWN = 1.15
+TARGET_SERVER_GIB = 3.0
+TARGET_GB_PER_S = 1.0
+DEPLOYED_CLIENTS = 4
+TOKEN = "bench-large-token"
 
 
 def simulation_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -71,6 +89,88 @@ def simulation_part(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# -- deployment ---------------------------------------------------------------------------------
+class PlusOne:
+    """A trainer that returns the model plus one: a full-size update, no arithmetic to speak of."""
+
+    def fit(
+        self, arrays: dict[str, np.ndarray[Any, Any]], config: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], int, dict[str, float]]:
+        return {name: value + 1 for name, value in arrays.items()}, 1, {}
+
+    def evaluate(
+        self, arrays: dict[str, np.ndarray[Any, Any]], config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, float]]:
+        return 0.0, 1, {}
+
+
+def serve_one_round(model_gib: float) -> dict[str, Any]:
+    """The server process: serve one round to ``DEPLOYED_CLIENTS`` clients, report figures."""
+    size = int(model_gib * (1 << 30)) // 4
+    server = Server(
+        FedAvg(), {"w": np.zeros(size, np.float32)}, num_rounds=1,
+        clients_per_round=DEPLOYED_CLIENTS, evaluate_every=0, seed=0,
+    )  # fmt: skip
+    handle = serve(
+        server, "127.0.0.1:0", token=TOKEN, insecure=True, min_clients=DEPLOYED_CLIENTS,
+        check_with=[Client(PlusOne())],
+    )  # fmt: skip
+    print(f"port {handle.port}", flush=True)
+    deadline = time.monotonic() + 600
+    while len(handle.connected) < DEPLOYED_CLIENTS and time.monotonic() < deadline:
+        time.sleep(0.002)  # a benchmark's clock: the round starts when the last client joins
+    started = time.time()
+    assert handle.wait(1800), "the round did not end within 30 minutes"
+    seconds = server.history[0].time - started if server.history else float("nan")
+    stats = handle.stats
+    return {
+        "server_peak_mb": kib_field(os.getpid(), "status", b"VmHWM") / 1024,
+        "round_s": seconds,
+        "bytes": stats.bytes_in + stats.bytes_out,
+        "final_mean": float(server.arrays.to_numpy_dict()["w"][:1000].mean()),
+    }
+
+
+def join_one_round(address: str) -> None:
+    """A client process: connect, train when asked, leave when the server says so."""
+    client = connect(
+        Client(PlusOne()), address, token=TOKEN, insecure=True,
+        settings=ClientSettings(connect_timeout=120),
+    )  # fmt: skip
+    client.wait(1800)
+
+
+def deployment_part(args: argparse.Namespace) -> dict[str, Any]:
+    here = str(Path(__file__).resolve())
+    server = subprocess.Popen(
+        [sys.executable, here, "--serve", str(args.model_gib)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None
+    port = server.stdout.readline().split()[-1]
+    clients = [
+        subprocess.Popen([sys.executable, here, "--join", f"127.0.0.1:{port}"])
+        for _ in range(DEPLOYED_CLIENTS)
+    ]
+    figures = json.loads(server.stdout.read().strip().splitlines()[-1])
+    server.wait()
+    for client in clients:
+        client.wait(120)
+    moved_gb = figures["bytes"] / 1e9
+    rate = moved_gb / figures["round_s"]
+    print(f"\ndeployment: {DEPLOYED_CLIENTS} clients, a {args.model_gib} GiB model, one round")
+    print(f"  round {figures['round_s']:.1f} s, {moved_gb:.1f} GB moved: {rate:.2f} GB/s")
+    print(f"  server peak {figures['server_peak_mb']:.0f} MB")
+    print(f"  model after the round: {figures['final_mean']} (expected 1.0)")
+    peak_gib = figures["server_peak_mb"] / 1024
+    print(_verdict(f"server peak < {TARGET_SERVER_GIB} GiB", peak_gib < TARGET_SERVER_GIB,
+                   f"{peak_gib:.2f} GiB"))  # fmt: skip
+    print(_verdict(f"transfers >= {TARGET_GB_PER_S} GB/s", rate >= TARGET_GB_PER_S,
+                   f"{rate:.2f} GB/s over the round (all transfers)"))  # fmt: skip
+    return {"clients": DEPLOYED_CLIENTS, "model_gib": args.model_gib, **figures,
+            "gb_per_s": rate}  # fmt: skip
+
+
 def _verdict(target: str, met: bool, measured: str) -> str:
     return f"  {'met   ' if met else 'MISSED'}  {target:<28} measured: {measured}"
 
@@ -80,16 +180,29 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000, help="clients, all sampled")
     parser.add_argument("--params", type=int, default=1_000_000, help="model parameters")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best counts")
+    parser.add_argument("--model-gib", type=float, default=1.0, help="deployment: model size")
+    parser.add_argument("--only", choices=("simulation", "deployment"))
+    parser.add_argument("--serve", type=float, help=argparse.SUPPRESS)  # the server process
+    parser.add_argument("--join", help=argparse.SUPPRESS)  # a client process
     args = parser.parse_args()
-    part = simulation_part(args)
+    if args.serve is not None:
+        print(json.dumps(serve_one_round(args.serve)), flush=True)
+        return
+    if args.join is not None:
+        join_one_round(args.join)
+        return
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["large"] = {
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
-        "simulation": part,
-    }
+    large = results.setdefault("large", {})
+    large["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
+    same = True
+    if args.only in (None, "simulation"):
+        large["simulation"] = simulation_part(args)
+        same = large["simulation"]["same_model"]
+    if args.only in (None, "deployment"):
+        large["deployment"] = deployment_part(args)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f'\nwritten: {RESULTS.relative_to(HERE.parent)} ("large")')
-    sys.exit(0 if part["same_model"] else 1)
+    sys.exit(0 if same else 1)
 
 
 if __name__ == "__main__":

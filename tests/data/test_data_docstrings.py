@@ -14,6 +14,7 @@ MODULES = [
     "fedbus.data.registry",
     "fedbus.data.partition",
     "fedbus.data.synthetic",
+    "fedbus.data.text",
 ]
 
 

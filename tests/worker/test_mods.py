@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fedbus import ConfigRecord, Message, RecordDict, Worker
-from fedbus.errors import InvalidTypeError, SendError
+from fedbus.errors import DecodeError, InvalidTypeError, SendError
 from fedbus.message import ErrorCode, mark_sent
 from fedbus.worker import SERVER_ROLE, handler
 from fedbus.worker.mods import CallNext, MessageContext, Mod
@@ -212,6 +212,106 @@ def test_a_request_is_awaited_under_the_id_of_what_was_sent() -> None:
     mark_sent(reply, run_id=1, message_id="r", src_node_id=1)
     server.deliver(reply)
     assert replies == [reply]  # replies go to on_reply, past the mods
+
+
+class Replies(Mod):
+    """Sees the replies to its worker's requests, marks them, and hears of forgotten ones."""
+
+    def __init__(self, name: str, log: list[str], fail_on: int | None = None) -> None:
+        self.name, self.log, self.fail_on = name, log, fail_on
+        self.forgotten: list[str] = []
+
+    def on_reply(self, message: Message, context: MessageContext) -> Message:
+        if message.has_error():
+            self.log.append(f"{self.name} error {message.error.code}")
+            return message
+        value = message.content["c"]["value"]  # type: ignore[index]
+        self.log.append(f"{self.name} {value}")
+        if value == self.fail_on:
+            raise DecodeError(f"cannot read {value}")
+        content = RecordDict({"c": ConfigRecord({"value": value + 1})})
+        return Message.from_metadata(message.metadata, content=content)
+
+    def on_forget(self, message_id: str) -> None:
+        self.forgotten.append(message_id)
+
+
+def asked(server: Worker, comm: Sent, node_id: int, value: int) -> Message:
+    """The reply node ``node_id`` gives, with ``value``, to the last request ``server`` sent."""
+    reply = comm.messages[-1].create_reply(RecordDict({"c": ConfigRecord({"value": value})}))
+    mark_sent(reply, run_id=1, message_id=f"r{value}", src_node_id=node_id)
+    return reply
+
+
+def test_replies_pass_on_reply_outermost_first_before_the_request_sees_them() -> None:
+    log: list[str] = []
+    server = Worker(0).use(Replies("outer", log), Replies("inner", log))
+    comm = Sent(0)
+    server.attach(comm, 0)  # type: ignore[arg-type]
+    replies: list[Message] = []
+    server.request(Message(RecordDict(), 1, "ask"), replies.append)
+    server.deliver(asked(server, comm, 1, 10))
+    assert log == ["outer 10", "inner 11"]
+    assert [reply.content["c"]["value"] for reply in replies] == [12]  # type: ignore[index]
+    assert server._incoming == ()
+    assert server._outgoing == ()
+
+
+def test_a_raising_on_reply_fails_that_request_only_and_later_mods_see_the_error() -> None:
+    log: list[str] = []
+    server = Worker(0).use(Replies("outer", log, fail_on=13), Replies("inner", log))
+    comm = Sent(0)
+    server.attach(comm, 0)  # type: ignore[arg-type]
+    replies: list[Message] = []
+    server.request(Message(RecordDict(), 1, "ask"), replies.append)
+    server.deliver(asked(server, comm, 1, 13))
+    server.request(Message(RecordDict(), 2, "ask"), replies.append)
+    server.deliver(asked(server, comm, 2, 20))
+    failed, fine = replies
+    assert failed.has_error()
+    assert failed.error.code == ErrorCode.DECODE_ERROR
+    assert "DecodeError: cannot read 13" in (failed.error.reason or "")
+    assert failed.sender == 1
+    assert failed.metadata.reply_to_message_id == "m0"
+    assert fine.content["c"]["value"] == 22  # type: ignore[index]
+    assert log == ["outer 13", f"inner error {ErrorCode.DECODE_ERROR}", "outer 20", "inner 21"]
+    assert len(comm.messages) == 2  # the two requests: a reply is never answered
+
+
+def test_an_on_reply_returning_no_message_fails_the_request() -> None:
+    class Broken(Mod):
+        def on_reply(self, message: Message, context: MessageContext) -> Message:
+            return "oops"  # type: ignore[return-value]
+
+    server = Worker(0).use(Broken())
+    comm = Sent(0)
+    server.attach(comm, 0)  # type: ignore[arg-type]
+    replies: list[Message] = []
+    server.request(Message(RecordDict(), 1, "ask"), replies.append)
+    server.deliver(asked(server, comm, 1, 1))
+    (reply,) = replies
+    assert reply.error.code == ErrorCode.HANDLER_EXCEPTION
+    assert "on_reply returned str" in (reply.error.reason or "")
+
+
+def test_on_reply_sees_departures_and_on_forget_hears_of_requests_given_up() -> None:
+    log: list[str] = []
+    mod = Replies("mod", log)
+    server = Worker(0).use(mod)
+    comm = Sent(0)
+    server.attach(comm, 0)  # type: ignore[arg-type]
+    replies: list[Message] = []
+    gone = server.request(Message(RecordDict(), 1, "ask"), replies.append)
+    given_up = server.request(Message(RecordDict(), 2, "ask"), replies.append)
+    server.nodes_departed([1])
+    assert log == [f"mod error {ErrorCode.NODE_UNAVAILABLE}"]
+    server.forget(given_up)
+    server.forget("never-sent")
+    assert mod.forgotten == [gone, given_up]  # a departure forgets the request too
+    late = asked(server, comm, 2, 5)
+    server.deliver(late)
+    assert server.late_replies == 1
+    assert log == [f"mod error {ErrorCode.NODE_UNAVAILABLE}"]  # a late reply reaches no mod
 
 
 def test_an_on_send_returning_no_message_is_refused() -> None:

@@ -2,7 +2,8 @@
 
 This layer is plain data handling: it knows nothing of messages or training. A
 ``FederatedDataset`` hands each client its ``ClientData`` on demand and keeps a central test set
-for evaluating the global model; ``build_dataset`` builds one by name.
+for evaluating the global model; ``build_dataset`` builds one by name. ``load_text`` cuts a
+UTF-8 file into blocks of token ids for causal language models (``fedbus.data.text``).
 
 Examples
 --------
@@ -24,6 +25,7 @@ from fedbus.data.federated import (
 )
 from fedbus.data.partition import dirichlet, iid, shards
 from fedbus.data.synthetic import SyntheticDataset
+from fedbus.data.text import load_text
 
 __all__ = [
     "DATASET_NAMES",
@@ -39,5 +41,6 @@ __all__ = [
     "load_csv",
     "load_digits",
     "load_npz",
+    "load_text",
     "shards",
 ]

@@ -38,6 +38,7 @@ from fedbus.worker import SERVER_NODE_ID, SERVER_ROLE, Worker, handler
 from fedbus.worker.mods import MessageContext
 
 __all__ = [
+    "CLIENT_STATE",
     "LOCAL_TERMS",
     "UPDATE_FILTERS",
     "Client",
@@ -57,6 +58,9 @@ SEED = "seed"
 #: ``MessageContext`` value: the ``LocalTerms`` the trainer gets for this request (set by a mod,
 #: e.g. FedProx's pull toward the received model).
 LOCAL_TERMS: Final = "local_terms"
+#: ``MessageContext`` value: the client's ``ClientStateStore``, for mods that keep state per client
+#: from one round to the next (compression's error feedback), so that it travels with the client.
+CLIENT_STATE: Final = "client_state"
 #: ``MessageContext`` value: the ``UpdateFilter`` list ``train_on`` applies to the trained
 #: arrays, in order, before they leave the client (differential privacy's clipping and noise).
 UPDATE_FILTERS: Final = "update_filters"
@@ -117,6 +121,10 @@ class Client(Worker):
         self.trainer = trainer
         self.join_on_start = join_on_start
         self.state = ClientStateStore() if state is None else state
+
+    def make_context(self) -> MessageContext:
+        """A ``MessageContext`` that hands the mods this client's state store (``CLIENT_STATE``)."""
+        return MessageContext(self.node_id, {CLIENT_STATE: self.state})
 
     def on_start(self) -> None:
         """Announce this client to the server when ``join_on_start`` is set."""

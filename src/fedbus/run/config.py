@@ -1,4 +1,4 @@
-"""Configuration: a TOML file of ten sections, every key declared once.
+"""Configuration: a TOML file of sections, every key declared once.
 
 Each section is a frozen dataclass; each key is a field declared with ``setting`` (type,
 default, meaning, accepted values). Validation, ``--set`` overrides, ``config_to_toml`` and the
@@ -31,10 +31,13 @@ from typing import Any, ClassVar
 import tomli_w
 
 from fedbus.data.registry import DATASETS
+from fedbus.data.text import TOKENIZERS as TEXT_TOKENIZERS
 from fedbus.errors import ConfigError
 from fedbus.fl.asynchronous import BROADCASTS, DISCOUNTS
 from fedbus.fl.asynchronous import TRIGGERS as ASYNC_TRIGGERS
 from fedbus.fl.attacks import ATTACK_KINDS
+from fedbus.fl.compression import DIRECTIONS as COMPRESSION_DIRECTIONS
+from fedbus.fl.compression import MethodNames
 from fedbus.fl.privacy import MODES as DP_MODES
 from fedbus.fl.record import RECORD_METRICS
 from fedbus.fl.registry import STRATEGIES
@@ -62,6 +65,8 @@ __all__ = [
     "TRIGGERS",
     "AggregationConfig",
     "AttackConfig",
+    "COMPRESSION_METHODS",
+    "CompressionConfig",
     "Config",
     "DataConfig",
     "FederationConfig",
@@ -83,11 +88,13 @@ __all__ = [
 # (fedbus.plugins), and their keys accept what the registries STRATEGIES, DATASETS and MODELS
 # know when a configuration is checked, installed plugins' names included.
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")
-FRAMEWORKS: tuple[str, ...] = ("numpy", "torch")
+FRAMEWORKS: tuple[str, ...] = ("numpy", "torch", "hf")
 PRIVACY_MODES: tuple[str, ...] = ("none", *DP_MODES)
 #: "all" is the synchronous Server; the others are AsyncServer's triggers.
 TRIGGERS: tuple[str, ...] = ("all", *ASYNC_TRIGGERS)
 ATTACKS: tuple[str, ...] = ("none", *ATTACK_KINDS)
+#: ``none`` and the registered compression methods, plugins' included.
+COMPRESSION_METHODS = MethodNames()
 # federation.client_mods and server_mods: the names are checked against fedbus.fl.mods.MODS when
 # the federation is built (fedbus.run.federation), with a message that lists the known ones.
 _MOD_NAMES = r"([^,\s]+(,[^,\s]+)*)?"
@@ -201,7 +208,7 @@ class DataConfig(ConfigSection):
     dataset: str = setting("digits", "dataset to learn", registry=DATASETS)
     path: str = setting(
         "",
-        "file of an npz or csv dataset (relative paths start at the current directory)",
+        "file of an npz, csv or text dataset (relative paths start at the current directory)",
         is_path=True,
         required_when=("dataset", _file_datasets),
     )
@@ -234,6 +241,15 @@ class DataConfig(ConfigSection):
         64, "samples each client holds (synthetic only)", bounds="x >= 2"
     )
     num_features: int = setting(60, "input features (synthetic only)", bounds="x >= 1")
+    block_size: int = setting(
+        64, "tokens in each training sequence (text only; docs/llm.md)", bounds="x >= 2"
+    )
+    tokenizer: str = setting(
+        "bytes",
+        "how a text becomes tokens (text only): bytes (its UTF-8 bytes: 256 ids, the same on "
+        "every client) or model (the tokenizer of model.hf_model)",
+        choices=TEXT_TOKENIZERS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +258,57 @@ class ModelConfig(ConfigSection):
 
     section: ClassVar[str] = "model"
     framework: str = setting(
-        "numpy", "what trains the model: NumPy, or PyTorch (fedbus[torch])", choices=FRAMEWORKS
+        "numpy",
+        "what trains the model: NumPy, PyTorch (fedbus[torch]), or a Hugging Face causal "
+        "language model, hf (fedbus[llm], docs/llm.md)",
+        choices=FRAMEWORKS,
     )
     name: str = setting(
-        "softmax", "model architecture (cnn: torch only, square images)", registry=MODELS
+        "softmax",
+        "model architecture (cnn: torch only, square images; hf: unused)",
+        registry=MODELS,
     )
     hidden: int = setting(64, "hidden units (mlp only)", bounds="x >= 1")
+    hf_model: str = setting(
+        "",
+        "hf: a causal language model, as a Hugging Face hub id or a local directory with its "
+        "config.json and *.safetensors weights (config.json alone: random weights from "
+        "federation.seed)",
+        required_when=("framework", ("hf",)),
+    )
+    hf_revision: str = setting(
+        "main",
+        "hf: the hub revision (branch, tag or commit) of hf_model; pin a commit so that every "
+        "client loads the same weights",
+        pattern=r"[^\s]+",
+        pattern_text="a branch, tag or commit, without spaces",
+    )
+    hf_device: str = setting(
+        "auto",
+        "hf: where the model trains: auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
+        "cuda, cuda:N or mps",
+        pattern=r"auto|cpu|mps|cuda(:\d+)?",
+        pattern_text="auto, cpu, mps, cuda or cuda:N",
+    )
+    lora: bool = setting(
+        True,
+        "hf: train LoRA adapters only, and send only them (false: full fine-tuning, every "
+        "parameter trains and travels)",
+    )
+    lora_r: int = setting(8, "hf: rank of each LoRA adapter", bounds="x >= 1")
+    lora_alpha: float = setting(
+        16.0, "hf: LoRA scale numerator: updates are scaled by lora_alpha / lora_r", bounds="x > 0"
+    )
+    lora_dropout: float = setting(
+        0.0, "hf: dropout on the input of each LoRA adapter", bounds="0 <= x < 1"
+    )
+    lora_target_modules: str = setting(
+        "",
+        "hf: comma-separated names of the modules that get adapters, e.g. q_proj,v_proj "
+        "(empty: peft's default for the architecture); checked against the model before the run",
+        pattern=_MOD_NAMES,
+        pattern_text="module names separated by commas, without spaces (or empty)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -431,6 +492,32 @@ class PrivacyConfig(ConfigSection):
 
 
 @dataclass(frozen=True, slots=True)
+class CompressionConfig(ConfigSection):
+    """[compression]: compression of the models nodes send (docs/compression.md)."""
+
+    section: ClassVar[str] = "compression"
+    method: str = setting(
+        "none",
+        "int8, int4: unbiased stochastic quantisation of each array of the update to 8 or 4 "
+        "bits; topk: only the largest values of each array of the update, the rest kept for "
+        "later (error feedback); zstd: lossless Zstandard",
+        registry=COMPRESSION_METHODS,
+    )
+    direction: str = setting(
+        "up",
+        "what is compressed: the clients' updates (up), the model the server sends (down), "
+        "or both (topk: up only)",
+        choices=COMPRESSION_DIRECTIONS,
+    )
+    topk_ratio: float = setting(
+        0.01, "share of each array's values topk sends", bounds="0 < x <= 1"
+    )
+    zstd_level: int = setting(
+        3, "Zstandard's level: higher is smaller and slower", bounds="1 <= x <= 22"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AttackConfig(ConfigSection):
     """[attack]: malicious clients, for robustness experiments (simulation)."""
 
@@ -580,6 +667,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
         StrategyConfig,
         AggregationConfig,
         PrivacyConfig,
+        CompressionConfig,
         AttackConfig,
         SimulationConfig,
         DeploymentConfig,
@@ -609,6 +697,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)

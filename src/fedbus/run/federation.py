@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from fedbus.fl import (
     TrainingSettings,
 )
 from fedbus.fl.attacks import AttackedTrainer, choose_attackers, flip_labels
+from fedbus.fl.compression import build_codec
 from fedbus.fl.mods import MODS, build_mods
 from fedbus.fl.privacy import DifferentialPrivacy
 from fedbus.fl.registry import STRATEGIES
@@ -52,6 +53,10 @@ from fedbus.train import NumpyModel, NumpyTrainer, Trainer
 from fedbus.train.registry import MODELS
 from fedbus.worker import CLIENT_ROLE, SERVER_ROLE
 
+if TYPE_CHECKING:
+    # imports torch, transformers and peft: only a run with model.framework = "hf" loads it
+    from fedbus.train.hf import CausalLM
+
 __all__ = [
     "Federation",
     "ModelKit",
@@ -60,6 +65,7 @@ __all__ = [
     "build_federation",
     "build_model_and_data",
     "build_server",
+    "check_compression",
     "check_mods",
     "early_stopping",
     "mod_names",
@@ -67,6 +73,8 @@ __all__ = [
 
 #: The mod that clips (and noises) on the clients in privacy's client_clip and local modes.
 CLIENT_PRIVACY_MOD = "privacy"
+#: The mod ``[compression]`` installs on the server and every client, outermost.
+COMPRESSION_MOD = "compression"
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -77,7 +85,10 @@ class ModelKit:
     It makes what the rest of a run needs, whichever framework trains: the initial arrays, a
     trainer for one client's data, and the central evaluation. Both frameworks name and shape
     the arrays of ``softmax`` and ``mlp`` alike. The model comes from the model registry
-    (``fedbus.train.registry``); torch is imported only for a torch model.
+    (``fedbus.train.registry``); torch is imported only for a torch model. With
+    ``model.framework = "hf"`` it is a causal language model instead (``language_model``, a
+    ``fedbus.train.hf.CausalLM``; docs/llm.md): the data are text blocks, ``num_features`` the
+    block size and ``num_classes`` the tokenizer's vocabulary.
     """
 
     def __init__(self, config: Config, num_features: int, num_classes: int) -> None:
@@ -90,6 +101,15 @@ class ModelKit:
             "batch_size": config.trainer.batch_size,
             "lr": config.trainer.lr,
         }
+        self.language_model: CausalLM | None = None
+        if self.framework == "hf":
+            self._language_model(config, num_features, num_classes)
+            return
+        if config.data.dataset == "text":
+            raise ConfigError(
+                'data.dataset = "text" trains a causal language model: set model.framework = '
+                '"hf" and model.hf_model (docs/llm.md)'
+            )
         source = MODELS.get(model.name)
         if self.framework == "numpy":
             if source.numpy is None:
@@ -111,12 +131,27 @@ class ModelKit:
         # a missing torch fails here, with the install hint, rather than in a client.
         self._server_module: Any = None if self.numpy_model is not None else self._torch_model()
 
+    def _language_model(self, config: Config, block_size: int, vocab_size: int) -> None:
+        """``model.framework = "hf"``: a causal language model, trained on text blocks."""
+        if config.data.dataset != "text":
+            raise ConfigError(
+                'model.framework = "hf" trains a causal language model on text: set '
+                'data.dataset = "text" and data.path (docs/llm.md)'
+            )
+        # fedbus[llm]: torch, transformers and peft are imported only for a language model.
+        from fedbus.train.hf import CausalLM
+
+        self.numpy_model, self._build_torch, self._server_module = None, None, None
+        self.language_model = CausalLM.from_settings(self._settings, block_size, vocab_size)
+
     def _torch_model(self) -> Any:
         assert self._build_torch is not None, "a torch ModelKit has a torch builder"
         return self._build_torch(self.num_features, self.num_classes, self._settings)
 
     def init(self, seed: int) -> Arrays:
         """The initial global model."""
+        if self.language_model is not None:
+            return self.language_model.initial_arrays(seed)
         if self.numpy_model is not None:
             return self.numpy_model.init(seed=seed)
         from fedbus.train.torch_models import init_state
@@ -129,6 +164,8 @@ class ModelKit:
         Each torch trainer gets a module of its own: clients may train on parallel threads.
         """
         splits = (data.x_train, data.y_train, data.x_test, data.y_test)
+        if self.language_model is not None:
+            return self.language_model.trainer(*splits, **self._trainer_options, seed=seed)
         if self.numpy_model is not None:
             return NumpyTrainer(self.numpy_model, *splits, **self._trainer_options, seed=seed)
         from fedbus.train.torch_trainer import TorchTrainer
@@ -137,6 +174,8 @@ class ModelKit:
 
     def evaluate_fn(self, x_test: np.ndarray[Any, Any], y_test: np.ndarray[Any, Any]) -> EvaluateFn:
         """Central evaluation of global arrays on ``(x_test, y_test)``: loss and accuracy."""
+        if self.language_model is not None:
+            return self.language_model.evaluate_fn(x_test, y_test)
         model = self.numpy_model
         if model is None:
             from fedbus.train.torch_trainer import TorchTrainer
@@ -239,6 +278,7 @@ def build_server(
     the mods ``federation.server_mods`` names.
     """
     federation, trainer = config.federation, config.trainer
+    check_compression(config)
     strategy = _private(config, build_strategy(config), seeded_noise)
     _check_schedule(config, strategy)
     every_round: list[Callback] = [
@@ -522,14 +562,18 @@ def build_client(
 def mod_names(config: Config, role: str) -> tuple[str, ...]:
     """The mods a node of ``role`` gets, outermost first, each once.
 
-    A client gets those its strategy needs (``Strategy.client_mods``: FedProx's ``"fedprox"``),
-    ``"privacy"`` when ``privacy.mode`` clips on the clients (client_clip, local), then those
-    ``federation.client_mods`` names; the server, those ``federation.server_mods`` names.
+    With ``compression.method`` set, both start with ``"compression"``: outermost, it restores
+    a compressed request before any other mod reads the model, and compresses what they made.
+    Then a client gets those its strategy needs (``Strategy.client_mods``: FedProx's
+    ``"fedprox"``), ``"privacy"`` when ``privacy.mode`` clips on the clients (client_clip,
+    local), then those ``federation.client_mods`` names; the server, those
+    ``federation.server_mods`` names.
     """
     federation = config.federation
+    first = [COMPRESSION_MOD] if config.compression.method != "none" else []
     if role == SERVER_ROLE:
-        return _split(federation.server_mods)
-    names = [*algorithm(config).strategy.client_mods]
+        return tuple(dict.fromkeys([*first, *_split(federation.server_mods)]))
+    names = [*first, *algorithm(config).strategy.client_mods]
     if config.privacy.mode not in ("none", "central"):
         names.append(CLIENT_PRIVACY_MOD)
     names += _split(federation.client_mods)
@@ -560,7 +604,9 @@ def _settings(config: Config) -> Settings:
 def check_mods(config: Config) -> None:
     """Raise ``ConfigError`` now, rather than when the first client is built, for a mod that
     ``federation.client_mods`` or ``server_mods`` names and that is not known or not allowed
-    on its nodes (the message lists the known mods)."""
+    on its nodes (the message lists the known mods), or for ``[compression]`` settings the
+    run cannot honour (``check_compression``)."""
+    check_compression(config)
     for role in (CLIENT_ROLE, SERVER_ROLE):
         for name in mod_names(config, role):
             try:
@@ -572,6 +618,38 @@ def check_mods(config: Config) -> None:
                     f"federation.{role}_mods: mod {name!r} runs on "
                     f"{' and '.join(sorted(registered.roles))} nodes only, not on the {role}"
                 )
+
+
+def check_compression(config: Config) -> None:
+    """Raise ``ConfigError`` for a ``[compression]`` the rest of the configuration excludes.
+
+    Secure aggregation masks each update as integers before it leaves the client, which no
+    method can compress; privacy's client_clip mode has the server refuse an update above the
+    clipping norm, which a lossy method's rounding (or top-k's residual) may push it over.
+    """
+    compression, privacy = config.compression, config.privacy
+    method = compression.method
+    if method == "none":
+        return
+    problems = []
+    if privacy.secure_aggregation:
+        problems.append(
+            f'compression.method = "{method}" cannot compress the masked updates of secure '
+            'aggregation: set compression.method = "none" or privacy.secure_aggregation = false'
+        )
+    if privacy.mode == "client_clip" and build_codec(method).lossy:
+        problems.append(
+            f'compression.method = "{method}" changes the clipped update, which the server of '
+            'privacy.mode = "client_clip" then refuses: use method "zstd" (lossless), or '
+            'privacy.mode = "central" or "local"'
+        )
+    if compression.direction != "up" and not build_codec(method).downstream:
+        problems.append(
+            f'compression.method = "{method}" compresses updates only: set '
+            'compression.direction = "up"'
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 class ConfiguredClients:

@@ -130,6 +130,10 @@ class KeySpec:
             return f"path to an existing file; required when {section}.{key} is {shown}"
         if self.pattern:
             return self.pattern_text
+        if self.required_when is not None:
+            key, values = self.required_when
+            shown = " or ".join(show(value) for value in _resolve(values))
+            return f"required when {section}.{key} is {shown}"
         if _ONE_SIDED.fullmatch(self.bounds):
             return self.bounds.removeprefix("x ")
         upper = self.upper_key
@@ -276,7 +280,8 @@ def _relation_problem(
         other, triggers = spec.required_when
         if values[key] == "" and values[other] in _resolve(triggers):
             because = f"required when {name}.{other} is {show(values[other])}"
-            return f'{qualified}: {because}; expected a path to an existing file, got ""'
+            wanted = "a path to an existing file" if spec.is_path else "a value"
+            return f'{qualified}: {because}; expected {wanted}, got ""'
     return None
 
 

@@ -13,8 +13,7 @@ callable that wraps the handling of each request::
 Mods run in the order they were installed, the first one outermost: it sees the request first
 and the reply last. A mod may answer by itself without calling ``call_next`` (the handler then
 never runs), and an exception raised by a mod or the handler becomes the usual
-``HANDLER_EXCEPTION`` error reply to that request alone. Only requests go through the chain:
-replies to a worker's ``request`` go to its ``on_reply`` as they came.
+``HANDLER_EXCEPTION`` error reply to that request alone. Only requests go through the chain.
 
 ``context`` is a ``MessageContext`` made for each request: what a mod puts in its ``values`` the
 handler reads from ``Worker.context`` (FedProx's mod hands the trainer its ``LocalTerms`` this
@@ -22,6 +21,15 @@ way). A mod with an ``on_send(message, context)`` method also sees what the work
 ``send`` or ``request`` (not the replies its handlers return, which the chain saw already): it
 returns the message to send in its place. Sends pass the mods as a reply does, the last
 installed first.
+
+The replies to what a worker sent with ``request`` come back the other way. A mod with an
+``on_reply(message, context)`` method sees each of them, content or error, before the request's
+``on_reply`` does, and returns the reply to hand on (compression rebuilds the model there); the
+first installed sees it first. An exception raised there turns that reply into an error reply
+(``DECODE_ERROR`` for a ``DecodeError``, ``HANDLER_EXCEPTION`` otherwise): the request fails for
+that node alone. A mod with an ``on_forget(message_id)`` method learns when the worker gives a
+request up (a deadline passed; a reply that still comes is late and reaches no mod), so that
+what it kept for the reply can go.
 
 A worker without mods pays nothing for them: no context is made and dispatch is unchanged.
 
@@ -92,8 +100,9 @@ class Mod:
     """Base of a mod that keeps settings, or sees sends too; a plain function is a mod as well.
 
     Override ``__call__`` to wrap the handling of requests, ``on_send`` to see what the worker
-    sends, or both. What a subclass leaves as it is costs nothing: a mod that only overrides
-    ``on_send`` is not in the request chain, and the other way round.
+    sends, ``on_reply`` to see the replies to its requests, ``on_forget`` to hear of requests
+    given up, or any of them. What a subclass leaves as it is costs nothing: a mod that only
+    overrides ``on_send`` is not in the request chain, and the other way round.
 
     Examples
     --------
@@ -119,6 +128,17 @@ class Mod:
         """
         return message
 
+    def on_reply(self, message: Message, context: MessageContext) -> Message:
+        """The reply to hand on in place of ``message`` (default: ``message`` itself).
+
+        ``message`` answers a request this worker sent with ``request``, from the node it went
+        to: a reply with content or an error reply. ``context`` is a fresh one.
+        """
+        return message
+
+    def on_forget(self, message_id: str) -> None:
+        """The worker gave up the request ``message_id``: its reply, if it comes, is late."""
+
 
 def incoming_part(mod: object) -> ModFunction | None:
     """The part of ``mod`` that wraps requests, or None when it only sees sends."""
@@ -133,6 +153,22 @@ def outgoing_part(mod: object) -> Callable[[Message, MessageContext], Message] |
         return mod.on_send if type(mod).on_send is not Mod.on_send else None
     on_send = getattr(mod, "on_send", None)
     return on_send if callable(on_send) else None
+
+
+def reply_part(mod: object) -> Callable[[Message, MessageContext], Message] | None:
+    """``mod.on_reply`` when the mod sees the replies to its worker's requests, else None."""
+    if isinstance(mod, Mod):
+        return mod.on_reply if type(mod).on_reply is not Mod.on_reply else None
+    on_reply = getattr(mod, "on_reply", None)
+    return on_reply if callable(on_reply) else None
+
+
+def forget_part(mod: object) -> Callable[[str], None] | None:
+    """``mod.on_forget`` when the mod hears of requests given up, else None."""
+    if isinstance(mod, Mod):
+        return mod.on_forget if type(mod).on_forget is not Mod.on_forget else None
+    on_forget = getattr(mod, "on_forget", None)
+    return on_forget if callable(on_forget) else None
 
 
 class _Next:

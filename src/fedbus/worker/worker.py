@@ -34,7 +34,8 @@ Dispatch tells requests from replies, once, for every handler:
   worker asked (a forgery, a replay, a duplicate): refused and counted.
 
 Mods (``fedbus.worker.mods``, installed with ``use``) wrap the handling of requests and see what
-the worker sends; a worker without mods dispatches exactly as described above.
+the worker sends and the replies to its requests; a worker without mods dispatches exactly as
+described above.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, NamedTuple, Self, TypeVar
 
-from fedbus.errors import InvalidArgumentError, InvalidTypeError, SendError
+from fedbus.errors import DecodeError, InvalidArgumentError, InvalidTypeError, SendError
 from fedbus.message import (
     DEFAULT_TTL,
     UNSET_NODE_ID,
@@ -60,8 +61,10 @@ from fedbus.worker.comm import CommManager, TimerHandle
 from fedbus.worker.mods import (
     MessageContext,
     ModFunction,
+    forget_part,
     incoming_part,
     outgoing_part,
+    reply_part,
     run_chain,
 )
 
@@ -230,6 +233,8 @@ class Worker:
     _mods: tuple[object, ...] = ()
     _incoming: tuple[ModFunction, ...] = ()
     _outgoing: tuple[Callable[[Message, MessageContext], Message], ...] = ()
+    _replies: tuple[Callable[[Message, MessageContext], Message], ...] = ()
+    _forgets: tuple[Callable[[str], None], ...] = ()
     _context: MessageContext | None = None
 
     def __init__(self, node_id: int | None = None) -> None:
@@ -347,19 +352,22 @@ class Worker:
 
         Each mod is a callable ``mod(message, context, call_next)`` that wraps the handling of
         every request, the first installed outermost, and may have an ``on_send(message,
-        context)`` method that sees what the worker sends. Returns the worker, so that
-        ``Client(trainer).use(FedProxMod())`` reads as one expression.
+        context)`` method that sees what the worker sends, an ``on_reply(message, context)``
+        method that sees the replies to its requests and an ``on_forget(message_id)`` method.
+        Returns the worker, so that ``Client(trainer).use(FedProxMod())`` reads as one
+        expression.
 
         Raises
         ------
         InvalidTypeError
-            A mod is neither callable nor has an ``on_send`` method.
+            A mod is neither callable nor has one of those methods.
         """
         for mod in mods:
-            if incoming_part(mod) is None and outgoing_part(mod) is None:
+            parts = (incoming_part, outgoing_part, reply_part, forget_part)
+            if all(part(mod) is None for part in parts):
                 raise InvalidTypeError(
                     f"use: a mod is a callable mod(message, context, call_next) or has an "
-                    f"on_send(message, context) method; got {type(mod).__name__}"
+                    f"on_send, on_reply or on_forget method; got {type(mod).__name__}"
                 )
         self._mods = (*self._mods, *mods)
         self._incoming = tuple(part for part in map(incoming_part, self._mods) if part)
@@ -367,12 +375,22 @@ class Worker:
         self._outgoing = tuple(
             part for part in map(outgoing_part, reversed(self._mods)) if part is not None
         )
+        # a reply comes back in, as a request does: the outermost first
+        self._replies = tuple(part for part in map(reply_part, self._mods) if part is not None)
+        self._forgets = tuple(part for part in map(forget_part, self._mods) if part is not None)
         return self
 
     @property
     def mods(self) -> tuple[object, ...]:
         """The installed mods, the outermost first."""
         return self._mods
+
+    def make_context(self) -> MessageContext:
+        """A fresh ``MessageContext`` for one request, send or reply that passes the mods.
+
+        Override it to hand the mods what they may read (``Client`` adds its state store).
+        """
+        return MessageContext(self.node_id)
 
     @property
     def context(self) -> MessageContext | None:
@@ -392,7 +410,7 @@ class Worker:
         """Send ``message`` through the outgoing mods and the runtime; return what was sent."""
         self._check_sender(message)
         if self._outgoing:
-            context = self._context or MessageContext(self.node_id)
+            context = self._context or self.make_context()
             for on_send in self._outgoing:
                 message = on_send(message, context)
                 if not isinstance(message, Message):
@@ -447,6 +465,11 @@ class Worker:
         forgotten[message_id] = entry.request.dst_node_id
         if len(forgotten) > MAX_FORGOTTEN:
             del forgotten[next(iter(forgotten))]
+        for on_forget in self._forgets:
+            try:
+                on_forget(message_id)
+            except Exception:
+                logger.exception("node %s: a mod's on_forget raised", self.node_id)
 
     def awaiting(self, node_id: int) -> int:
         """Requests of this worker in flight to ``node_id``."""
@@ -560,7 +583,7 @@ class Worker:
 
     def _run_mods(self, spec: HandlerSpec, message: Message) -> None:
         """Run a request through the mods to its handler; send what comes out as the reply."""
-        context = MessageContext(self.node_id)
+        context = self.make_context()
 
         def handle(request: Message, context: MessageContext) -> Message | None:
             outer, self._context = self._context, context
@@ -603,10 +626,37 @@ class Worker:
         self._run_handler(spec, message)
 
     def _answer(self, entry: _Awaited, reply: Message) -> None:
+        if self._replies:
+            reply = self._reply_through_mods(reply)
         try:
             entry.on_reply(reply)
         except Exception as exc:
             self._raised(reply, exc)
+
+    def _reply_through_mods(self, reply: Message) -> Message:
+        """``reply`` after the mods' ``on_reply``; an error reply in its place if one raises."""
+        context = self.make_context()
+        for on_reply in self._replies:
+            try:
+                handed = on_reply(reply, context)
+                if not isinstance(handed, Message):
+                    raise SendError(
+                        f"a mod's on_reply returned {type(handed).__name__}, expected a Message"
+                    )
+            except Exception as exc:
+                code = (
+                    ErrorCode.DECODE_ERROR
+                    if isinstance(exc, DecodeError)
+                    else ErrorCode.HANDLER_EXCEPTION
+                )
+                reason = f"node {self.node_id} refused the reply: {type(exc).__name__}: {exc}"
+                logger.warning("node %s: %r: %s", self.node_id, reply, reason)
+                logger.debug("mod traceback", exc_info=exc)
+                # the reply's own metadata: it still answers its request, from its node; the
+                # mods after this one see the error reply (what they kept for it can go)
+                handed = Message.from_metadata(reply.metadata, error=Error(code, reason))
+            reply = handed
+        return reply
 
     def _raised(self, message: Message, exc: Exception) -> None:
         """Code run for ``message`` raised: a ``HANDLER_EXCEPTION`` error reply (for a request)."""
