@@ -344,3 +344,28 @@ def test_docstring_examples_run() -> None:
     result = doctest.testmod(fedopt_module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_fedavg_folds_large_arrays_in_blocks_to_the_same_bits() -> None:
+    """Arrays larger than the fold block give, bit for bit, the plain float64 sum."""
+    rng = np.random.default_rng(5)
+    shapes = {"matrix": (1500, 1000), "vector": (3_000_001,), "scalar": ()}
+    clients = [
+        {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+        for _ in SIZES
+    ]
+    model = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+    averaged, _ = aggregate(FedAvg(), 1, model, clients)
+    for name in shapes:
+        total = sum(
+            c[name].astype(np.float64) * size for c, size in zip(clients, SIZES, strict=True)
+        )
+        expected = np.asarray(total / sum(SIZES)).astype(np.float32)
+        assert averaged[name].tobytes() == expected.tobytes()
+        assert averaged[name].shape == shapes[name]
+    aggregator = FedAvg().start_aggregation(1, ArrayRecord(model))
+    aggregator.add(1, reply(clients[0], 10))
+    first, _ = aggregator.result()
+    again, _ = aggregator.result()  # asked twice: the same model, not divided twice
+    assert first.to_numpy_dict()["vector"].tobytes() == again.to_numpy_dict()["vector"].tobytes()
+    assert np.array_equal(first.to_numpy_dict()["vector"], clients[0]["vector"])

@@ -17,6 +17,9 @@ from fedbus.fl.strategy.base import Strategy, WeightedMetrics
 from fedbus.fl.updates import check_layout
 from fedbus.message import ArrayRecord, RecordDict
 
+#: float64 values folded at a time: the scratch stays 8 MB however large the model.
+_FOLD_BLOCK = 1 << 20
+
 __all__ = ["FedAvg", "WeightedAverage"]
 
 
@@ -28,17 +31,19 @@ class WeightedAverage:
     but weigh nothing. With no weight at all the result is ``fallback``.
     """
 
-    __slots__ = ("_dtypes", "_fallback", "_metrics", "_scratch", "_sums", "_total")
+    __slots__ = ("_averaged", "_dtypes", "_fallback", "_metrics", "_scratch", "_sums", "_total")
 
     def __init__(self, fallback: ArrayRecord) -> None:
         self._fallback = fallback
         self._sums: dict[str, np.ndarray[Any, Any]] | None = None
-        # n_k * x_k is computed into these, not into fresh arrays: two allocations fewer per
-        # array per reply, and the same float64 arithmetic bit for bit
+        # n_k * x_k is computed into these, a block of rows at a time, not into fresh arrays:
+        # no allocation per reply, at most _FOLD_BLOCK float64 values whatever the model, and
+        # the same float64 arithmetic bit for bit (each element is folded alone)
         self._scratch: dict[str, np.ndarray[Any, Any]] = {}
         self._dtypes: dict[str, np.dtype[Any]] = {}
         self._total = 0
         self._metrics = WeightedMetrics()
+        self._averaged: dict[str, np.ndarray[Any, Any]] | None = None
 
     def add(self, node_id: int, content: RecordDict) -> None:
         """Fold one client's reply into the running sums."""
@@ -51,27 +56,48 @@ class WeightedAverage:
             return
         if self._sums is None:
             self._dtypes = {key: value.dtype for key, value in arrays.items()}
-            self._sums = {key: value.astype(np.float64) * weight for key, value in arrays.items()}
-        else:
-            scratch = self._scratch
+            self._sums = {}
             for key, value in arrays.items():
-                product = scratch.get(key)
-                if product is None:
-                    product = scratch[key] = np.empty(value.shape, np.float64)
-                np.multiply(value, weight, out=product, dtype=np.float64)
-                self._sums[key] += product
+                total = self._sums[key] = np.empty(value.shape, np.float64)
+                np.multiply(value, weight, out=total, dtype=np.float64)
+        else:
+            for key, value in arrays.items():
+                self._fold(key, self._sums[key], value, weight)
         self._total += weight
+
+    def _fold(
+        self, key: str, total: np.ndarray[Any, Any], value: np.ndarray[Any, Any], weight: int
+    ) -> None:
+        """``total += weight * value`` in float64, through a scratch block of rows."""
+        if value.ndim == 0 or value.size <= _FOLD_BLOCK:
+            rows = max(len(value), 1) if value.ndim else 1
+        else:
+            rows = max(1, _FOLD_BLOCK // (value.size // len(value)))
+        product = self._scratch.get(key)
+        shape = (rows, *value.shape[1:]) if value.ndim else ()
+        if product is None or product.shape != shape:
+            product = self._scratch[key] = np.empty(shape, np.float64)
+        if value.ndim == 0:
+            np.multiply(value, weight, out=product, dtype=np.float64)
+            total += product
+            return
+        for start in range(0, len(value), rows):
+            stop = min(start + rows, len(value))
+            block = product[: stop - start]
+            np.multiply(value[start:stop], weight, out=block, dtype=np.float64)
+            total[start:stop] += block
 
     def result(self) -> tuple[ArrayRecord, dict[str, float]]:
         """The weighted average and the weighted train metrics."""
         if self._sums is None:
             return self._fallback, self._metrics.result()
-        # np.asarray: a 0-d sum divided gives a NumPy scalar, not an array
-        averaged = {
-            key: np.asarray(total / self._total).astype(self._dtypes[key])
-            for key, total in self._sums.items()
-        }
-        return ArrayRecord(averaged), self._metrics.result()
+        if self._averaged is None:  # the sums are divided in place (no float64 copy), once
+            self._averaged = {
+                key: np.divide(total, self._total, out=total).astype(self._dtypes[key])
+                for key, total in self._sums.items()
+            }
+            self._scratch.clear()
+        return ArrayRecord(self._averaged), self._metrics.result()
 
 
 class FedAvg(Strategy):
