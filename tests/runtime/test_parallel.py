@@ -36,9 +36,12 @@ def run_configured(overrides: list[str], workers: int) -> tuple[Federation, Simu
     return federation, federation.simulation.run()
 
 
-def fingerprint(federation: Federation, result: SimulationResult) -> dict[str, Any]:
-    """Everything a run produced that could differ: model, history, clock, counters, trace."""
-    stats = dataclasses.replace(result.stats, offloaded=0)  # where handlers ran may differ
+def fingerprint(
+    federation: Federation, result: SimulationResult, where: tuple[str, ...] = ("offloaded",)
+) -> dict[str, Any]:
+    """Everything a run produced that could differ: model, history, clock, counters, trace;
+    less the counters named in ``where``, which say where work ran (they may differ)."""
+    stats = dataclasses.replace(result.stats, **dict.fromkeys(where, 0))
     return {
         "arrays": {k: v.tobytes() for k, v in federation.server.arrays.to_numpy_dict().items()},
         "history": [dataclasses.asdict(record) for record in federation.server.history],

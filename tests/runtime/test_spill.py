@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
@@ -21,6 +20,8 @@ from fedbus.run import load_config
 from fedbus.run.federation import Federation, build_federation
 from fedbus.runtime.simulation import Simulation, SimulationResult
 from fedbus.runtime.simulation.loop import SPILL_FROM_BYTES
+
+from .test_parallel import fingerprint as run_fingerprint
 
 # An MLP of 64 * 256 + 256 * 10 weights: each reply is well over SPILL_FROM_BYTES.
 BASE = [
@@ -42,17 +43,7 @@ def run_configured(overrides: list[str]) -> tuple[Federation, SimulationResult]:
 
 def fingerprint(federation: Federation, result: SimulationResult) -> dict[str, Any]:
     """Everything a run produced but where its replies waited."""
-    stats = dataclasses.replace(result.stats, **dict.fromkeys(SPILL_COUNTERS, 0))
-    return {
-        "arrays": {k: v.tobytes() for k, v in federation.server.arrays.to_numpy_dict().items()},
-        "history": [dataclasses.asdict(record) for record in federation.server.history],
-        "time": result.time,
-        "stats": dataclasses.asdict(stats),
-        "trace": [
-            (entry.time, entry.event, entry.metadata.message_id, entry.metadata.message_type)
-            for entry in result.trace
-        ],
-    }
+    return run_fingerprint(federation, result, where=SPILL_COUNTERS)
 
 
 STRATEGIES = {

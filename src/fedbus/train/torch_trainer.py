@@ -43,7 +43,7 @@ except ImportError as exc:  # pragma: no cover - torch is installed by `make ins
         "TorchTrainer needs PyTorch: pip install 'torch==2.13.0' then pip install 'fedbus[torch]'"
     ) from exc
 
-__all__ = ["LossFunction", "OptimizerFactory", "TorchTrainer", "sgd"]
+__all__ = ["LossFunction", "OptimizerFactory", "TorchTrainer", "sgd", "shuffle_generator"]
 
 #: ``loss(outputs, labels)``: the mean loss over a minibatch, a scalar tensor.
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -287,11 +287,7 @@ class TorchTrainer:
             yield inputs.to(self.device), labels.to(self.device)
 
     def _shuffle_generator(self, config: dict[str, Any]) -> torch.Generator:
-        if config.get("seed") is None:
-            return self._generator
-        call_seed = options.seed("config 'seed'", config["seed"])
-        mixed = np.random.SeedSequence([self.seed, call_seed]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(mixed))
+        return shuffle_generator(self.seed, self._generator, config)
 
     def __repr__(self) -> str:
         return (
@@ -512,3 +508,14 @@ def _length(data: _TensorData | Iterable[Any]) -> int | None:
         return len(dataset)
     except TypeError:
         return None
+
+
+def shuffle_generator(seed: int, own: torch.Generator, config: dict[str, Any]) -> torch.Generator:
+    """The generator that orders one call's batches: the trainer's ``own`` stream, or, when
+    the request carries a ``seed``, a fresh one from it and the trainer's ``seed`` (so that
+    any copy of a client shuffles a request alike)."""
+    if config.get("seed") is None:
+        return own
+    call_seed = options.seed("config 'seed'", config["seed"])
+    mixed = np.random.SeedSequence([seed, call_seed]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))

@@ -35,7 +35,7 @@ from fedbus.errors import InvalidArgumentError
 from fedbus.train import options
 from fedbus.train.base import Arrays, LocalTerms
 from fedbus.train.hf.models import seeded, trainable_arrays
-from fedbus.train.torch_trainer import _copy_into, _device, _PreparedTerms
+from fedbus.train.torch_trainer import _copy_into, _device, _PreparedTerms, shuffle_generator
 
 __all__ = ["CausalLMTrainer", "adamw"]
 
@@ -243,11 +243,7 @@ class CausalLMTrainer:
         return tuple(part.to(self.device) for part in as_ids)  # type: ignore[return-value]
 
     def _shuffle_generator(self, config: dict[str, Any]) -> torch.Generator:
-        if config.get("seed") is None:
-            return self._generator
-        call_seed = options.seed("config 'seed'", config["seed"])
-        mixed = np.random.SeedSequence([self.seed, call_seed]).generate_state(1, np.uint64)[0]
-        return torch.Generator().manual_seed(int(mixed))
+        return shuffle_generator(self.seed, self._generator, config)
 
     def __repr__(self) -> str:
         return (
