@@ -59,6 +59,7 @@ __all__ = [
     "VERSION",
     "DecodeLimits",
     "decode_message",
+    "decode_metadata",
     "encode_message",
     "encode_message_parts",
     "encoded_size",
@@ -975,6 +976,42 @@ def _decode(buffer: Any, limits: DecodeLimits) -> Message:
         if problem is not None:
             raise _fail(f"invalid metadata: {problem}", 16)
     return Message.from_metadata(metadata, content=content, error=error)
+
+
+def decode_metadata(prefix: Any, *, limits: DecodeLimits | None = None) -> Metadata:
+    """The ``Metadata`` of a frame, read from its first bytes only (the header and the
+    metadata strings; the rest of the frame need not be there).
+
+    A receiver that will not take a message whole (no room for it) still learns whom to tell.
+
+    Raises
+    ------
+    DecodeError
+        The prefix is too short, or the header or a metadata field is invalid.
+
+    >>> from fedbus.message import Message, RecordDict
+    >>> frame = encode_message(Message(RecordDict(), 4, "evaluate"))
+    >>> decode_metadata(frame[:200]).message_type
+    'evaluate'
+    """
+    limits = limits or _DEFAULT_LIMITS
+    frame = _as_frame(prefix)
+    end = len(frame)
+    if end < _HEADER.size:
+        raise _fail(f"the header needs {_HEADER.size} bytes, the prefix has {end}", 0)
+    magic, version, flags, _, run_id, src, dst, created_at, ttl, *lengths = _HEADER.unpack_from(
+        frame
+    )
+    if magic != MAGIC or version != VERSION or flags > _FLAG_ERROR:
+        _check_header(frame, -1)
+    strings = _read_strings(frame, tuple(lengths), end, limits)
+    metadata = Metadata(
+        run_id, strings[0], src, dst, strings[1], strings[2], created_at, ttl, strings[3]
+    )
+    problem = _metadata_problem(metadata)
+    if problem is not None:
+        raise _fail(f"invalid metadata: {problem}", 16)
+    return metadata
 
 
 def decode_message(buffer: Any, *, limits: DecodeLimits | None = None) -> Message:

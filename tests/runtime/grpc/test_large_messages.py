@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fedbus.runtime.grpc import ReceiveLimits, serve
+from fedbus.message import ArrayRecord, ConfigRecord, ErrorCode, Message, RecordDict
+from fedbus.runtime.grpc import ReceiveLimits, connect, serve
 from fedbus.runtime.grpc.server import TransportStats
+from fedbus.worker import Worker
 
 from .large_peer import TOKEN, Hasher, Sender
 
 ROOT = Path(__file__).parents[3]
 MIB = 1 << 20
 GIB = 1 << 30
+STUCK = 60.0  # seconds: only a federation that is truly stuck waits this long
 
 
 def send_from_another_process(
@@ -56,3 +62,101 @@ def test_a_message_over_the_memory_budget_arrives_intact_from_its_file(tmp_path:
     output, stats = send_from_another_process(3 / 1024, receive, tmp_path)  # 3 MiB
     assert "same True" in output
     assert stats.messages_spilled == 1
+
+
+# -- a message there is no room for: refused for its sender alone, the stream goes on ----------
+class TwoTries(Sender):
+    """Sends a blob too large for the server, then, when refused, one that fits."""
+
+    def __init__(self, large: int, small: int) -> None:
+        super().__init__(large)
+        self.small = small
+        self.answers: list[Message] = []
+
+    def on_answer(self, reply: Message) -> None:
+        self.answers.append(reply)
+        if len(self.answers) == 1:
+            self.size = self.small
+            self.on_start()
+        else:
+            super().on_answer(reply)
+
+
+class Asker(Worker):
+    """A server that asks node 1 for a blob of ``size`` bytes and keeps the answer."""
+
+    start_sends = ("give",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__(0)
+        self.size = size
+        self.answer: Message | None = None
+        self.done = threading.Event()
+
+    def on_start(self) -> None:
+        content = RecordDict({"size": ConfigRecord({"bytes": self.size})})
+        self.request(Message(content, 1, "give"), self.on_answer)
+
+    def on_answer(self, reply: Message) -> None:
+        self.answer = reply
+        self.done.set()
+        self.stop()
+
+
+class Giver(Worker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_handlers("give", self.on_give)
+
+    def on_give(self, message: Message) -> Message:
+        size = int(message.content["size"]["bytes"])
+        blob = ArrayRecord({"bytes": np.ones(size, np.uint8)})
+        return message.create_reply(RecordDict({"blob": blob}))
+
+
+NO_SPILL = ReceiveLimits(per_peer=1 * MIB, total=1 * MIB, spill=0)
+
+
+def test_a_request_with_no_room_gets_an_error_reply_and_the_stream_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sender = TwoTries(3 * MIB, MIB // 2)
+    server = serve(Hasher(), "127.0.0.1:0", token=TOKEN, insecure=True, receive=NO_SPILL,
+                   check_with=[Sender(8)])  # fmt: skip
+    client = connect(sender, f"127.0.0.1:{server.port}", token=TOKEN, insecure=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="fedbus"):
+            assert sender.done.wait(STUCK)
+        refused, accepted = sender.answers
+        assert refused.has_error()
+        assert refused.error.code == ErrorCode.RESOURCE_EXHAUSTED
+        assert "no room for a message of" in str(refused.error.reason)
+        assert "receive_budget_per_peer_mb" in str(refused.error.reason)
+        assert accepted.has_content()
+        assert accepted.content["answer"]["digest"] == sender.expected
+        assert server.stats.messages_refused == 1
+        assert server.stats.bytes_buffered == 0
+        assert "disconnected" not in caplog.text  # one stream from start to end
+    finally:
+        server.stop()
+        assert server.wait(30)
+        assert client.wait(30)
+
+
+def test_a_reply_with_no_room_fails_its_request_at_once() -> None:
+    asker = Asker(3 * MIB)
+    server = serve(asker, "127.0.0.1:0", token=TOKEN, insecure=True, receive=NO_SPILL,
+                   check_with=[Giver()])  # fmt: skip
+    client = connect(Giver(), f"127.0.0.1:{server.port}", token=TOKEN, insecure=True)
+    try:
+        assert asker.done.wait(STUCK)
+        answer = asker.answer
+        assert answer is not None
+        assert answer.has_error()
+        assert answer.error.code == ErrorCode.RESOURCE_EXHAUSTED
+        assert answer.metadata.src_node_id == 1  # the node the request went to
+        assert server.stats.bytes_buffered == 0
+    finally:
+        server.stop()
+        assert server.wait(30)
+        assert client.wait(30)

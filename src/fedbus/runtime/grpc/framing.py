@@ -183,22 +183,33 @@ class Reassembler:
     ``feed`` returns the frame's kind and, for the last chunk of a message, the whole encoded
     message as a read-only buffer (for ``decode_message``); it raises ``DecodeError`` for any
     frame that breaks the layout. ``into`` sends the next message to a spill file instead of
-    memory; ``abandon`` drops a message in progress (its peer went).
+    memory, ``skip`` has it read and dropped (it was refused), ``abandon`` drops a message in
+    progress (its peer went).
     """
 
-    __slots__ = ("_buffer", "_file", "_limits", "_next_file", "_offset", "_sequence", "_total")
+    __slots__ = (
+        "_buffer", "_file", "_limits", "_next_file", "_offset", "_sequence", "_skip", "_skipping",
+        "_total",
+    )  # fmt: skip
 
     def __init__(self, limits: TransportLimits) -> None:
         self._limits = limits
         self._buffer: memoryview | None = None
         self._file: SpillFile | None = None
         self._next_file: SpillFile | None = None
+        self._skip = self._skipping = False
         self._sequence = self._total = self._offset = 0
 
     @property
     def in_progress(self) -> bool:
         """True while a message has started and not ended."""
-        return self._buffer is not None or self._file is not None
+        return self._buffer is not None or self._file is not None or self._skipping
+
+    def skip(self) -> None:
+        """Read the next message's chunks in order, checked, and keep none of them."""
+        if self.in_progress:
+            raise InvalidArgumentError("Reassembler.skip: a message is in progress")
+        self._skip = True
 
     def into(self, file: SpillFile) -> None:
         """Reassemble the next message in ``file`` (opened for its announced size)."""
@@ -212,6 +223,7 @@ class Reassembler:
             if file is not None:
                 file.discard()
         self._buffer = self._file = self._next_file = None
+        self._skip = self._skipping = False
 
     def feed(self, frame: bytes) -> tuple[int, memoryview | None]:
         """Take one transport frame; return (kind, the completed message or None)."""
@@ -253,6 +265,9 @@ class Reassembler:
                 f"accepts 1 to {self._limits.max_message_bytes} (max_message_bytes)"
             )
         self._sequence, self._total, self._offset = sequence, total, 0
+        if self._skip:
+            self._skip, self._skipping = False, True
+            return
         file, self._next_file = self._next_file, None
         if file is not None:
             if file.size != total:
@@ -274,6 +289,11 @@ class Reassembler:
                 f"transport frame: message {self._sequence} chunk ends at byte {end} of "
                 f"{self._total} with the last-chunk flag {'set' if last else 'clear'}"
             )
+        if self._skipping:
+            if last:
+                self._skipping = False
+            self._offset = end
+            return None
         if self._file is not None:
             self._file.write(memoryview(frame)[HEADER_SIZE:])  # SpillError: a full disk
         else:

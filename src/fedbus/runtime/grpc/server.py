@@ -42,8 +42,16 @@ import grpc
 import grpc.aio
 
 from fedbus.errors import DecodeError, FedbusError, RunError
-from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message, mark_sent
-from fedbus.message.codec import encoded_size
+from fedbus.message import (
+    DecodeLimits,
+    Error,
+    ErrorCode,
+    Message,
+    RecordDict,
+    decode_message,
+    mark_sent,
+)
+from fedbus.message.codec import decode_metadata, encoded_size
 from fedbus.message.spill import SpillDirectory, SpillError
 from fedbus.runtime.grpc.audit import AuditLog
 from fedbus.runtime.grpc.budget import BudgetExceededError, ReceiveBudget, ReceiveLimits
@@ -51,6 +59,7 @@ from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
 from fedbus.runtime.grpc.framing import (
     DATA,
     GOODBYE,
+    HEADER_SIZE,
     EncodedParts,
     TransportLimits,
     announced_size,
@@ -427,9 +436,7 @@ class GrpcServer(Endpoint):
                 if not connection.reassembler.in_progress:
                     size = announced_size(frame)
                     if size:
-                        await self._reserve(connection, size)
-                        if not connection.reserved_in_memory:
-                            connection.reassembler.into(self._spill.open(size))
+                        await self._begin(connection, frame, size)
                 kind, encoded = connection.reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
                     self._release(connection)
@@ -461,6 +468,43 @@ class GrpcServer(Endpoint):
         connection.reserved = size
         # Waiting for room is the server's choice, not the peer's silence.
         connection.last_seen = asyncio.get_running_loop().time()
+
+    async def _begin(self, connection: Connection, frame: bytes, size: int) -> None:
+        """Make room for the message ``frame`` starts: in memory or in a spill file. A message
+        there is no room for is refused for its sender alone and its chunks are read and
+        dropped; the stream goes on."""
+        try:
+            await self._reserve(connection, size)
+            if not connection.reserved_in_memory:
+                connection.reassembler.into(self._spill.open(size))
+        except (BudgetExceededError, SpillError) as exc:
+            self._release(connection)
+            self._refuse(connection, frame, size, exc)
+            connection.reassembler.skip()
+
+    def _refuse(
+        self, connection: Connection, frame: bytes, size: int, exc: BudgetExceededError | SpillError
+    ) -> None:
+        """Answer a message the server has no room for, from its first chunk's metadata: a
+        reply to the server fails its request at once (an error reply in its place); anything
+        else gets a RESOURCE_EXHAUSTED error reply. Raises ``exc`` when the chunk says nothing
+        trustworthy about whom to answer (the stream then ends)."""
+        try:
+            metadata = decode_metadata(memoryview(frame)[HEADER_SIZE:], limits=self._decode_limits)
+        except DecodeError:
+            raise exc from None
+        if metadata.src_node_id != connection.node_id or metadata.run_id != self.settings.run_id:
+            raise exc
+        reason = f"refused: no room for a message of {size} bytes: {exc}"
+        logger.warning("node %d: %r: %s", connection.node_id, metadata.message_type, reason)
+        self._count_refusal()
+        to_server = metadata.dst_node_id == SERVER_NODE_ID
+        if to_server and metadata.reply_to_message_id:
+            error = Error(ErrorCode.RESOURCE_EXHAUSTED, reason)
+            self._host.deliver(Message.from_metadata(metadata, error=error))
+        else:
+            stub = Message.from_metadata(metadata, content=RecordDict())
+            self._host.fail(stub, ErrorCode.RESOURCE_EXHAUSTED, reason)
 
     def _release(self, connection: Connection) -> None:
         if connection.reserved:
