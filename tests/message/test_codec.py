@@ -34,9 +34,10 @@ from fedbus.message import (
     decode_message,
     encode_message,
     encoded_size,
+    mark_sent,
     use_clock,
 )
-from fedbus.message.codec import ALIGNMENT, MAGIC, VERSION, encode_message_parts
+from fedbus.message.codec import ALIGNMENT, MAGIC, VERSION, decode_metadata, encode_message_parts
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 HEADER_SIZE = 72
@@ -762,3 +763,16 @@ def test_an_error_message_is_one_part() -> None:
     message = Message(RecordDict(), 3, "train").create_error_reply(Error(2, "boom"))
     (part,) = encode_message_parts(message)
     assert bytes(part) == encode_message(message)
+
+
+def test_metadata_reads_from_the_first_bytes_of_a_frame() -> None:
+    message = Message(RecordDict({"m": ArrayRecord({"w": np.zeros(100_000)})}), 4, "train")
+    mark_sent(message, run_id=3, message_id="abc", src_node_id=7)
+    frame = encode_message(message)
+    assert decode_metadata(frame[:300]) == message.metadata
+    with pytest.raises(DecodeError, match="the header needs"):
+        decode_metadata(frame[:20])
+    with pytest.raises(DecodeError, match="needs"):
+        decode_metadata(frame[:75])  # the header, not the strings
+    with pytest.raises(DecodeError, match="not a fedbus frame"):
+        decode_metadata(b"XXXX" + bytes(frame[4:300]))
