@@ -6,7 +6,6 @@ client connects, sends ``GIB`` GiB, and prints the server's digest next to its o
 
 from __future__ import annotations
 
-import mmap
 import sys
 import threading
 import zlib
@@ -21,28 +20,31 @@ TOKEN = "large-message-token"
 _PIECE = 64 << 20
 
 
-def pattern(size: int) -> np.ndarray:
-    """``size`` bytes (a multiple of 8) where every 8-byte word is different: a chunk that
-    arrived twice, or in the wrong place, changes the checksum.
+def blob(size: int) -> dict[str, np.ndarray]:
+    """Arrays of ``size`` bytes in all, each one different, that hold 64 MiB of memory only.
 
-    The memory is mapped with its pages made at once (``MAP_POPULATE``): gigabytes touched
-    page by page cost several times more on a virtual machine, which is no part of the test.
+    Every array is a window of ``_PIECE`` bytes (the last one shorter) onto one run of 8-byte
+    words that are all different, the k-th window starting k words later: a chunk that
+    arrived twice, or in the wrong place, changes the checksum. A message of gigabytes then
+    costs its sender no more memory than one window (a fresh gigabyte costs seconds on a
+    virtual machine, which is no part of what the test checks).
     """
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    words = np.frombuffer(mmap.mmap(-1, size // 8 * 8, flags=flags), np.uint64)
-    step = _PIECE // 8
-    for start in range(0, len(words), step):  # in pieces: no second array of the whole size
-        stop = min(start + step, len(words))
-        words[start:stop] = np.arange(start, stop, dtype=np.uint64)
-    return words.view(np.uint8)
+    windows = -(-size // _PIECE)
+    words = np.arange(_PIECE // 8 + windows, dtype=np.uint64)
+    arrays = {}
+    for k in range(windows):
+        length = min(_PIECE, size - k * _PIECE) // 8
+        arrays[f"part-{k:05d}"] = words[k : k + length].view(np.uint8)
+    return arrays
 
 
-def digest(values: np.ndarray) -> str:
-    """CRC-32 of the bytes, with their length: enough to see corruption, 2.5 GB/s here."""
-    crc, view = 0, values.data.cast("B")
-    for start in range(0, len(view), _PIECE):
-        crc = zlib.crc32(view[start : start + _PIECE], crc)
-    return f"{len(view)}:{crc:08x}"
+def digest(arrays: dict[str, np.ndarray]) -> str:
+    """CRC-32 of the arrays' bytes in name order, with their length: enough to see corruption."""
+    crc, total = 0, 0
+    for name in sorted(arrays):
+        crc = zlib.crc32(arrays[name].data.cast("B"), crc)
+        total += arrays[name].nbytes
+    return f"{total}:{crc:08x}"
 
 
 class Hasher(Worker):
@@ -53,14 +55,15 @@ class Hasher(Worker):
         self.register_handlers("blob", self.on_blob)
 
     def on_blob(self, message: Message) -> Message:
-        values = message.content["blob"]["bytes"].numpy()
-        answer = {"digest": digest(values), "nbytes": int(values.nbytes)}
-        answer["copied"] = bool(values.flags.owndata)  # False: a view of the received bytes
+        arrays = message.content["blob"].to_numpy_dict()
+        answer = {"digest": digest(arrays), "arrays": len(arrays)}
+        # False: views of the received bytes (a spill file's, when spilled)
+        answer["copied"] = any(values.flags.owndata for values in arrays.values())
         return message.create_reply(RecordDict({"answer": ConfigRecord(answer)}))
 
 
 class Sender(Worker):
-    """The client: sends ``size`` bytes of ``pattern`` to the server on start."""
+    """The client: sends a ``blob`` of ``size`` bytes to the server on start."""
 
     start_sends = ("blob",)
 
@@ -72,9 +75,9 @@ class Sender(Worker):
         self.done = threading.Event()
 
     def on_start(self) -> None:
-        values = pattern(self.size)
-        self.expected = digest(values)
-        content = RecordDict({"blob": ArrayRecord({"bytes": values})})
+        arrays = blob(self.size)
+        self.expected = digest(arrays)
+        content = RecordDict({"blob": ArrayRecord(arrays)})
         self.request(Message(content, 0, "blob"), self.on_answer)
 
     def on_answer(self, reply: Message) -> None:
