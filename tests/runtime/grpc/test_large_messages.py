@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -12,11 +14,12 @@ import numpy as np
 import pytest
 
 from fedbus.message import ArrayRecord, ConfigRecord, ErrorCode, Message, RecordDict
-from fedbus.runtime.grpc import ReceiveLimits, connect, serve
+from fedbus.message import spill as spill_module
+from fedbus.runtime.grpc import ClientSettings, ReceiveLimits, connect, serve
 from fedbus.runtime.grpc.server import TransportStats
 from fedbus.worker import Worker
 
-from .large_peer import TOKEN, Hasher, Sender
+from .large_peer import TOKEN, Hasher, Sender, blob, digest
 
 ROOT = Path(__file__).parents[3]
 MIB = 1 << 20
@@ -136,7 +139,9 @@ def test_a_request_with_no_room_gets_an_error_reply_and_the_stream_goes_on(
         assert accepted.content["answer"]["digest"] == sender.expected
         assert server.stats.messages_refused == 1
         assert server.stats.bytes_buffered == 0
-        assert "disconnected" not in caplog.text  # one stream from start to end
+        # one stream from start to end: never closed for bad input, never reopened
+        assert "bad input" not in caplog.text
+        assert "reconnected" not in caplog.text
     finally:
         server.stop()
         assert server.wait(30)
@@ -160,3 +165,77 @@ def test_a_reply_with_no_room_fails_its_request_at_once() -> None:
         server.stop()
         assert server.wait(30)
         assert client.wait(30)
+
+
+# -- the client side: a large message from the server arrives in a spill file -------------------
+class Pusher(Worker):
+    """A server that sends node 1 a blob of ``size`` bytes and keeps the answer."""
+
+    start_sends = ("blob",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__(0)
+        self.arrays = blob(size)
+        self.answer: Message | None = None
+        self.done = threading.Event()
+
+    def on_start(self) -> None:
+        content = RecordDict({"blob": ArrayRecord(self.arrays)})
+        self.request(Message(content, 1, "blob"), self.on_answer)
+
+    def on_answer(self, reply: Message) -> None:
+        self.answer = reply
+        self.done.set()
+        self.stop()
+
+
+class ClientHasher(Hasher):
+    """``Hasher``'s answer, from a client node."""
+
+    def __init__(self) -> None:
+        Worker.__init__(self)
+        self.register_handlers("blob", self.on_blob)
+
+
+def push(pusher: Pusher, spill_dir: Path) -> int:
+    """Run ``pusher`` against one ``ClientHasher`` that spills above 1 MiB; its spill count."""
+    server = serve(pusher, "127.0.0.1:0", token=TOKEN, insecure=True,
+                   check_with=[ClientHasher()])  # fmt: skip
+    settings = ClientSettings(spill_above=MIB, spill_dir=str(spill_dir))
+    client = connect(ClientHasher(), f"127.0.0.1:{server.port}", token=TOKEN, insecure=True,
+                     settings=settings)  # fmt: skip
+    try:
+        assert pusher.done.wait(STUCK)
+    finally:
+        server.stop()
+        assert server.wait(30)
+        assert client.wait(30)
+    return client.messages_spilled
+
+
+def test_a_client_takes_a_message_larger_than_its_memory_limit_in_a_spill_file(
+    tmp_path: Path,
+) -> None:
+    pusher = Pusher(3 * MIB)
+    assert push(pusher, tmp_path) == 1
+    assert pusher.answer is not None
+    assert pusher.answer.has_content()
+    answer = pusher.answer.content["answer"]
+    assert answer["digest"] == digest(pusher.arrays)
+    assert answer["copied"] is False  # the client hashed views of its spill file
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_client_without_room_refuses_that_message_and_its_request_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spill_module.os, "posix_fallocate", disk_full)
+    pusher = Pusher(3 * MIB)
+    assert push(pusher, tmp_path) == 0
+    assert pusher.answer is not None
+    assert pusher.answer.has_error()
+    assert pusher.answer.error.code == ErrorCode.RESOURCE_EXHAUSTED
+    assert "No space left on device" in str(pusher.answer.error.reason)

@@ -19,6 +19,7 @@ Every message goes to the server, which routes it: a client never talks to anoth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import secrets
@@ -30,14 +31,17 @@ import grpc
 import grpc.aio
 
 from fedbus.errors import DecodeError, InvalidArgumentError, RunError
-from fedbus.message import DecodeLimits, ErrorCode, Message, decode_message
-from fedbus.message.codec import encoded_size
+from fedbus.message import DecodeLimits, ErrorCode, Message, RecordDict, decode_message
+from fedbus.message.codec import decode_metadata, encoded_size
+from fedbus.message.spill import SpillDirectory, SpillError
 from fedbus.runtime.grpc.dispatcher import Activity, Dispatcher
 from fedbus.runtime.grpc.framing import (
     DATA,
     GOODBYE,
+    HEADER_SIZE,
     Reassembler,
     TransportLimits,
+    announced_size,
     encode_for_stream,
 )
 from fedbus.runtime.grpc.host import Endpoint, WorkerHost
@@ -117,6 +121,10 @@ class ClientSettings:
         The node's name and key, for a server with a key registry; None joins with the token.
     limits, heartbeat
         Message and chunk sizes; liveness (see ``Heartbeat``).
+    spill_above, spill_dir
+        A message from the server larger than ``spill_above`` bytes (default 2 GiB) arrives
+        in a spill file in ``spill_dir`` (None: the system's temporary directory) instead of
+        memory, and is decoded from it without a copy.
     """
 
     node_id: int | None = None
@@ -127,6 +135,8 @@ class ClientSettings:
     identity: NodeIdentity | None = None
     limits: TransportLimits = field(default_factory=TransportLimits)
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    spill_above: int = 2 << 30
+    spill_dir: str | None = None
 
 
 class _CallFailedError(Exception):
@@ -169,6 +179,9 @@ class GrpcClient(Endpoint):
         self._token = token
         self._limits = settings.limits
         self._decode_limits = DecodeLimits(max_message_bytes=settings.limits.max_message_bytes)
+        self._spill = SpillDirectory(
+            settings.spill_dir, ("ClientSettings.spill_dir", "ClientSettings.spill_above")
+        )
         self._host = WorkerHost(
             worker, self._route, self._on_worker_stop, activity, dispatcher=dispatcher
         )
@@ -400,6 +413,8 @@ class GrpcClient(Endpoint):
                 if frame is grpc.aio.EOF:
                     break
                 self._last_received = loop.time()
+                if not reassembler.in_progress:
+                    self._place(reassembler, frame)
                 kind, encoded = reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
                     self._on_message(encoded)
@@ -434,6 +449,28 @@ class GrpcClient(Endpoint):
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
             pass  # the call ended: the reader reports why
 
+    def _place(self, reassembler: Reassembler, frame: bytes) -> None:
+        """A message larger than ``spill_above`` arrives in a spill file; one that no file can
+        hold is read and dropped, and its sender told (its request fails, not the stream)."""
+        size = announced_size(frame)
+        if size <= self.settings.spill_above or size > self._limits.max_message_bytes:
+            return  # in memory; or the reassembler refuses it
+        try:
+            reassembler.into(self._spill.open(size))
+        except SpillError as exc:
+            reassembler.skip()
+            logger.error("node %s: no room for a message of %d bytes: %s", self.node_id, size, exc)
+            with contextlib.suppress(DecodeError):  # no metadata: nobody to tell
+                first = memoryview(frame)[HEADER_SIZE:]
+                metadata = decode_metadata(first, limits=self._decode_limits)
+                stub = Message.from_metadata(metadata, content=RecordDict())
+                self._host.fail(stub, ErrorCode.RESOURCE_EXHAUSTED, f"refused: {exc}")
+
+    @property
+    def messages_spilled(self) -> int:
+        """Messages from the server that arrived in spill files so far."""
+        return self._spill.messages_spilled
+
     async def _finish(self) -> None:
         with self._lock:
             session = self._session
@@ -442,6 +479,7 @@ class GrpcClient(Endpoint):
         self._host.worker_stopped = True
         await self._close_channel()
         await asyncio.get_running_loop().run_in_executor(None, self._host.stop_dispatcher)
+        self._spill.close()  # messages still in use keep their (nameless) files
         self._done.set()
         if self.error is not None:
             logger.error("node %s: %s", self.node_id, self.error)
