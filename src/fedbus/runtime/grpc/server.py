@@ -498,12 +498,14 @@ class GrpcServer(Endpoint):
         reason = f"refused: no room for a message of {size} bytes: {exc}"
         logger.warning("node %d: %r: %s", connection.node_id, metadata.message_type, reason)
         self._count_refusal()
-        to_server = metadata.dst_node_id == SERVER_NODE_ID
-        if to_server and metadata.reply_to_message_id:
+        stub = Message.from_metadata(metadata, content=RecordDict())
+        refusal = self._host.rules.check_route(stub)  # what it may not send is refused as such
+        if refusal is not None:
+            self._host.fail(stub, refusal.code, f"refused: {refusal.reason}")
+        elif metadata.dst_node_id == SERVER_NODE_ID and metadata.reply_to_message_id:
             error = Error(ErrorCode.RESOURCE_EXHAUSTED, reason)
             self._host.deliver(Message.from_metadata(metadata, error=error))
         else:
-            stub = Message.from_metadata(metadata, content=RecordDict())
             self._host.fail(stub, ErrorCode.RESOURCE_EXHAUSTED, reason)
 
     def _release(self, connection: Connection) -> None:
