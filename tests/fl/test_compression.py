@@ -578,6 +578,24 @@ def test_compression_works_on_every_runtime(federation: RunFederation) -> None:
     assert server.arrays == plain_server.arrays
 
 
+def test_lossy_compression_gives_the_simulated_model_on_every_runtime(
+    federation: RunFederation,
+) -> None:
+    def int8_both_ways(node_id: int) -> list[object]:
+        return [CompressionMod("int8", direction="both", seed=node_id)]
+
+    simulated, simulated_clients = small_federation(int8_both_ways)
+    simulate(simulated, simulated_clients)
+    server, clients = small_federation(int8_both_ways)
+    federation(server, clients)
+    assert server.finished, server.failure
+    assert all(record.clients_failed == 0 for record in server.history)
+    # the same quantised updates (seeded rounding); summed in arrival order: float64 rounding
+    expected = simulated.arrays.to_numpy_dict()
+    for name, values in server.arrays.to_numpy_dict().items():
+        np.testing.assert_allclose(values, expected[name], rtol=0, atol=1e-6)
+
+
 # -- configured runs ------------------------------------------------------------------------------
 DIGITS = [
     "data.dataset=digits",
