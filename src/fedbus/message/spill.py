@@ -117,7 +117,11 @@ class SpillDirectory:
         """A new file in the directory, already without a name: its descriptor."""
         path = self._directory() / f"{next(self._names)}.frame"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        os.unlink(path)  # the descriptor, then the mapping, keep the bytes alive
+        try:
+            os.unlink(path)  # the descriptor, then the mapping, keep the bytes alive
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def _error(self, exc: OSError, what: str, whose: str) -> SpillError:
