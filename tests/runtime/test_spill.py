@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from fedbus.errors import ConfigError, InvalidArgumentError
-from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict
+from fedbus.fl.strategy import WeightedAverage
+from fedbus.message import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from fedbus.message import spill as spill_module
 from fedbus.message.codec import encode_message
-from fedbus.message.spill import SpillDirectory, SpillError
+from fedbus.message.spill import SpillDirectory, SpillError, drop_resident
 from fedbus.run import load_config
 from fedbus.run.federation import Federation, build_federation
 from fedbus.runtime.simulation import Simulation, SimulationResult
@@ -174,3 +175,46 @@ def test_a_message_that_failed_to_spill_is_not_counted_and_leaves_no_file(
     assert (spill.messages_spilled, spill.bytes_spilled) == (0, 0)
     assert spill.path is not None
     assert list(spill.path.iterdir()) == []
+
+
+def resident_file_kib() -> int:
+    """This process's resident pages of mapped files (``RssFile``), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("this system does not report RssFile")
+
+
+def test_pages_of_a_spilled_message_are_let_go_and_read_back(tmp_path: Path) -> None:
+    spill = SpillDirectory(tmp_path)
+    copy = spill.spill(a_message(16 << 20))  # 64 MiB of float32
+    weights = copy.content["model"]["w"].numpy()
+    total = float(weights.sum(dtype=np.float64))  # reads every page
+    before = resident_file_kib()
+    drop_resident(weights)
+    assert before - resident_file_kib() > 60 * 1024
+    assert float(weights.sum(dtype=np.float64)) == total  # the same bytes, from the file
+    spill.close()
+
+
+def test_letting_go_leaves_any_other_memory_alone() -> None:
+    values = np.arange(1 << 20, dtype=np.float64)  # anonymous memory: dropping would zero it
+    drop_resident(values)
+    drop_resident(values[1:])  # not page-aligned
+    assert float(values.sum()) == float((1 << 20) * ((1 << 20) - 1) // 2)
+
+
+def test_folding_a_spilled_reply_keeps_one_block_of_it_resident(tmp_path: Path) -> None:
+    spill = SpillDirectory(tmp_path)
+    weights = np.random.default_rng(1).standard_normal(32 << 20).astype(np.float32)  # 128 MiB
+    content = RecordDict(
+        {"arrays": ArrayRecord({"w": weights}), "metrics": MetricRecord({"num_examples": 2})}
+    )
+    aggregate = WeightedAverage(ArrayRecord({"w": weights}))
+    aggregate.add(1, content)  # from memory
+    before = resident_file_kib()
+    aggregate.add(2, spill.spill(Message(content, 0, "train")).content)  # from a spill file
+    assert resident_file_kib() - before < 32 * 1024  # a 128 MiB reply, at most 8 MB of it
+    averaged = aggregate.result()[0]["w"].numpy()
+    assert averaged.tobytes() == weights.tobytes()
+    spill.close()

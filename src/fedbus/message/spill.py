@@ -6,9 +6,11 @@ copies nothing). The file is removed from the directory at once: the mapping kee
 until the last array that views it is gone, and then the operating system frees the disk space
 by itself, also when the process is killed.
 
-Memory: pages of a spilled message count in the process's resident memory only while they are
-read, and the kernel may drop them again after that. Writing goes through the page cache, so
-spilling runs at the speed of the disk once the kernel's dirty-page limits are reached.
+Memory: pages of a spilled message count in the process's resident memory once they are read,
+until the message is gone or its reader lets them go with ``drop_resident`` (an aggregation
+that reads a reply once, block by block, keeps one block resident, not the reply). Writing goes
+through the page cache, so spilling runs at the speed of the disk once the kernel's dirty-page
+limits are reached.
 
 >>> import numpy as np
 >>> from fedbus.message import ArrayRecord, Message, RecordDict
@@ -22,19 +24,25 @@ spilling runs at the speed of the disk once the kernel's dirty-page limits are r
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import mmap
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from fedbus.errors import FedbusError
 from fedbus.message.codec import decode_message, encode_message
 from fedbus.message.message import Message
 
-__all__ = ["SpillDirectory", "SpillError", "SpillFile"]
+__all__ = ["SpillDirectory", "SpillError", "SpillFile", "drop_resident"]
 
 
 class SpillError(FedbusError):
@@ -141,8 +149,7 @@ class SpillDirectory:
         """Write the frame to a new file and map it back read-only; the file's name is gone."""
         fd = self._create()
         try:
-            size = self._fill(fd, message, frame)
-            return memoryview(mmap.mmap(fd, size, prot=mmap.PROT_READ)).toreadonly()
+            return _map(fd, self._fill(fd, message, frame))
         finally:
             os.close(fd)
 
@@ -229,15 +236,70 @@ class SpillFile:
         if self._fd is None or self.written != self.size:
             raise ValueError(f"a spill file of {self.size} bytes holds {self.written}")
         try:
-            mapped = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
+            mapped = _map(self._fd, self.size)
         finally:
             self.discard()
         self._directory.messages_spilled += 1
         self._directory.bytes_spilled += self.size
-        return memoryview(mapped).toreadonly()
+        return mapped
 
     def discard(self) -> None:
         """Close the file: its room goes back to the disk once no mapping holds it."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+# -- resident pages ---------------------------------------------------------------------------
+# The live read-only mappings of spill files, by start address (sorted, for bisect), so that
+# ``drop_resident`` can tell a view of a spill file from any other memory: letting pages go is
+# harmless for a file mapping (they are read back from the file) and would destroy anything else.
+_PAGE = mmap.PAGESIZE
+_lock = threading.Lock()
+_starts: list[int] = []
+_mappings: dict[int, tuple[int, weakref.ref[mmap.mmap]]] = {}
+
+
+def _map(fd: int, size: int) -> memoryview:
+    """Map ``size`` bytes of ``fd`` read-only, registered for ``drop_resident``."""
+    mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    start = int(np.frombuffer(mapping, np.uint8).ctypes.data)
+
+    def forget(_: object) -> None:
+        with _lock:
+            if _mappings.pop(start, None) is not None:
+                del _starts[bisect.bisect_left(_starts, start)]
+
+    with _lock:
+        bisect.insort(_starts, start)
+        _mappings[start] = (size, weakref.ref(mapping, forget))
+    return memoryview(mapping).toreadonly()
+
+
+def drop_resident(view: np.ndarray[Any, Any]) -> None:
+    """Let the kernel take the whole pages under ``view`` out of this process's resident memory,
+    if ``view`` lies in a spilled message; any other array is left as it is.
+
+    The bytes stay what they are: a page touched again is read back from the page cache or the
+    disk. For a reader that goes through a spilled message once, in order (an aggregation
+    folding a reply block by block), so that its resident memory stays one block.
+
+    >>> drop_resident(np.zeros(4))  # not a spill file's: nothing happens
+    """
+    if not _starts or not view.flags.c_contiguous or view.nbytes < _PAGE:
+        return
+    begin = int(view.ctypes.data)
+    with _lock:
+        index = bisect.bisect_right(_starts, begin) - 1
+        if index < 0:
+            return
+        start = _starts[index]
+        size, reference = _mappings.get(start, (0, None))
+    mapping = reference() if reference is not None else None
+    end = begin + view.nbytes
+    if mapping is None or end > start + size:
+        return
+    first = -(-(begin - start) // _PAGE) * _PAGE  # only pages wholly inside the view
+    last = (end - start) // _PAGE * _PAGE
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)

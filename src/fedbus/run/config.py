@@ -621,15 +621,16 @@ class DeploymentConfig(ConfigSection):
         10_000, "client nodes connected at once; more are told the server is full", bounds="x >= 1"
     )
     receive_budget_per_peer_mb: int = setting(
-        2048,
+        512,
         "largest message from one client the server holds in memory while it arrives, MiB "
         "(a larger one goes to a spill file)",
         bounds="1 <= x <= receive_budget_total_mb",
     )
     receive_budget_total_mb: int = setting(
-        8192,
-        "all messages arriving at the server together in memory, MiB; beyond it they go to "
-        "spill files, and when those are full too, clients wait",
+        2048,
+        "all messages from clients the server holds in memory, arriving or not yet let go of "
+        "by its worker, MiB; beyond it they go to spill files, and when those are full too, "
+        "clients wait",
         bounds="x >= 1",
     )
     spill_budget_mb: int = setting(

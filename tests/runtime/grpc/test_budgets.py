@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import socket
 import struct
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
+from fedbus import ArrayRecord, Message, RecordDict
 from fedbus.message import spill as spill_module
 from fedbus.runtime.grpc import ReceiveLimits, serve
 from fedbus.runtime.grpc.budget import BudgetExceededError, ReceiveBudget
@@ -159,6 +162,38 @@ def test_a_full_disk_refuses_that_peer_s_message_and_the_server_goes_on(
     spilling.still_answers()
 
 
+def ping_with(live: Live, mib: int) -> None:
+    """Send the hub a ping carrying ``mib`` MiB (which the hub keeps) and wait for its reply."""
+    content = RecordDict({"m": ArrayRecord({"w": np.ones(mib * MIB, np.uint8)})})
+    live.client.submit(lambda: live.pinger.send(Message(content, 0, "ping")))
+    assert live.pinger.replies.get(timeout=STUCK).has_content()
+
+
+def test_messages_the_worker_keeps_count_until_it_lets_go_of_them(spilling: Live) -> None:
+    server, hub = spilling.server, spilling.hub
+    ping_with(spilling, 60)  # in memory (60 of 100), and the hub keeps it
+    assert 60 * MIB < server.stats.bytes_held < 61 * MIB
+    assert server.stats.bytes_buffered == 0
+    ping_with(spilling, 60)  # 120 > 100 in memory: to a spill file, at once
+    assert server.stats.messages_spilled == 1
+    assert 60 * MIB < server.stats.bytes_held < 61 * MIB
+    hub.pings.clear()  # the worker lets go: the memory is free again
+    gc.collect()
+    wait_until(lambda: server.stats.bytes_held == 0, STUCK)
+    ping_with(spilling, 60)
+    assert server.stats.messages_spilled == 1  # in memory again
+
+
+def test_messages_the_worker_keeps_never_make_a_peer_wait(budgeted: Live) -> None:
+    server = budgeted.server
+    ping_with(budgeted, 60)
+    ping_with(budgeted, 60)  # no spill files and 120 > 100 held: in memory all the same
+    assert 120 * MIB < server.stats.bytes_held < 121 * MIB
+    budgeted.hub.pings.clear()
+    gc.collect()
+    wait_until(lambda: server.stats.bytes_held == 0, STUCK)
+
+
 def test_the_budget_account() -> None:
     async def account() -> int:
         budget = ReceiveBudget(ReceiveLimits(per_peer=10, total=15, spill=0))
@@ -170,9 +205,13 @@ def test_the_budget_account() -> None:
         assert not waiting.done()
         budget.release(10)
         assert await waiting  # in memory
-        return budget.used
+        budget.hold(8)  # complete: the worker has it
+        assert (budget.used, budget.held) == (0, 8)
+        assert await budget.reserve(10)  # held bytes never make a peer wait (no spill files)
+        budget.let_go(8)
+        return budget.used + budget.held
 
-    assert asyncio.run(account()) == 8
+    assert asyncio.run(account()) == 10
 
 
 def test_the_budget_account_with_spill_files() -> None:
@@ -188,9 +227,13 @@ def test_the_budget_account_with_spill_files() -> None:
         assert not waiting.done()
         budget.release(11, in_memory=False)
         assert not await waiting  # disk again
+        budget.hold(10)
+        assert not await budget.reserve(6)  # 10 held + 6 > 15 in memory: disk, where it fits
+        budget.let_go(10)
+        assert await budget.reserve(6)  # memory again
         return budget.used, budget.spilled
 
-    assert asyncio.run(account()) == (10, 20)
+    assert asyncio.run(account()) == (6, 26)
 
 
 def test_limits_are_checked() -> None:

@@ -181,6 +181,9 @@ class Dispatcher:
                 if item is not None:
                     action, counted = cast("tuple[Action, bool]", item)
                     self._call(action, counted)
+                    # what the action holds (a message and its arrays) is freed now, not when
+                    # the next item comes: the receive budget counts it until then
+                    del action, item
                 self._fire_due_timers()
         finally:
             self._close()

@@ -20,7 +20,9 @@ its role does not declare towards the receiver's role gets a ``PERMISSION_DENIED
 and is never delivered or relayed.
 
 Bounded work per peer: a message in reassembly is reserved in the receive budget (per peer
-and in all, ``ReceiveBudget``) and released when complete or when its peer goes; a connection
+and in all, ``ReceiveBudget``) and released when its peer goes, or when it is complete: then a
+message in memory stays counted until the worker lets go of it (so what clients sent takes at
+most the budget's memory, and the rest waits in spill files); a connection
 that has not finished its HTTP/2 (or TLS) handshake within ``handshake_timeout`` is closed.
 
 Departure: when a client's stream ends (it left, its connection broke, or its heartbeat
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +160,8 @@ class TransportStats:
     connections_refused: int = 0
     #: Bytes of messages in reassembly, reserved in the receive budget now: in memory.
     bytes_buffered: int = 0
+    #: Bytes of received messages in memory that the worker has not let go of yet.
+    bytes_held: int = 0
     #: ... and in spill files.
     bytes_spilling: int = 0
     #: Messages received into spill files since the server started, and their bytes.
@@ -439,7 +444,7 @@ class GrpcServer(Endpoint):
                         await self._begin(connection, frame, size)
                 kind, encoded = connection.reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
-                    self._release(connection)
+                    self._complete(connection, encoded)
                     self._on_message(connection, encoded)
                 elif kind == GOODBYE:
                     connection.said_goodbye = True
@@ -507,6 +512,21 @@ class GrpcServer(Endpoint):
             self._host.deliver(Message.from_metadata(metadata, error=error))
         else:
             self._host.fail(stub, ErrorCode.RESOURCE_EXHAUSTED, reason)
+
+    def _complete(self, connection: Connection, encoded: memoryview) -> None:
+        """A message is whole: in memory, it stays counted until its buffer is freed."""
+        size = connection.reserved
+        if not size or not connection.reserved_in_memory:
+            self._release(connection)
+            return
+        connection.reserved = 0
+        self._budget.hold(size)
+        weakref.finalize(encoded.obj, self._let_go, size).atexit = False
+
+    def _let_go(self, size: int) -> None:
+        """On whichever thread dropped the last view of a held message's buffer."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to account for
+            self._io.call_soon(self._budget.let_go, size)
 
     def _release(self, connection: Connection) -> None:
         if connection.reserved:
@@ -645,6 +665,7 @@ class GrpcServer(Endpoint):
         with self._stats_lock:
             stats = TransportStats(**{k: getattr(self._stats, k) for k in TransportStats.__slots__})
         stats.bytes_buffered = self._budget.used
+        stats.bytes_held = self._budget.held
         stats.bytes_spilling = self._budget.spilled
         stats.messages_spilled = self._spill.messages_spilled
         stats.bytes_spilled = self._spill.bytes_spilled
