@@ -174,6 +174,10 @@ def test_messages_the_worker_keeps_count_until_it_lets_go_of_them(spilling: Live
     ping_with(spilling, 60)  # in memory (60 of 100), and the hub keeps it
     assert 60 * MIB < server.stats.bytes_held < 61 * MIB
     assert server.stats.bytes_buffered == 0
+    # a message of many chunks counts in the transfer figures; the small reply does not
+    assert 60 * MIB < server.stats.large_bytes_in < 61 * MIB
+    assert server.stats.large_seconds_in > 0
+    assert (server.stats.large_bytes_out, server.stats.large_seconds_out) == (0, 0.0)
     ping_with(spilling, 60)  # 120 > 100 in memory: to a spill file, at once
     assert server.stats.messages_spilled == 1
     assert 60 * MIB < server.stats.bytes_held < 61 * MIB

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import struct
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedbus.errors import DecodeError, InvalidArgumentError
+from fedbus.message import ArrayRecord, Message, RecordDict
 from fedbus.runtime.grpc.framing import (
     DATA,
     GOODBYE,
@@ -18,8 +20,12 @@ from fedbus.runtime.grpc.framing import (
     Reassembler,
     TransportLimits,
     control_frame,
+    encode_for_stream,
+    encoded_length,
     message_frames,
 )
+from fedbus.runtime.grpc.ioloop import IoLoop
+from fedbus.runtime.grpc.stream import Heartbeat, Outbox
 
 MIB = 1 << 20
 LIMITS = TransportLimits(chunk_size=MIB, max_message_bytes=64 * MIB)
@@ -112,3 +118,25 @@ def test_frames_of_parts_are_the_frames_of_their_join(cuts: tuple[int, ...]) -> 
     bounds = [0, *cuts, len(whole)]
     parts = [memoryview(whole)[a:b] for a, b in itertools.pairwise(bounds)]
     assert list(message_frames(parts, 9, MIB)) == list(message_frames(whole, 9, MIB))
+
+
+def test_the_outbox_reports_each_message_of_many_chunks_once_written() -> None:
+    io, sent = IoLoop.shared(), []
+    outbox = Outbox(
+        io, lambda *failed: None, TransportLimits(), Heartbeat(),
+        sent=lambda size, seconds: sent.append((size, seconds)),
+    )  # fmt: skip
+    large = Message(RecordDict({"m": ArrayRecord({"w": np.ones(3 << 20, np.uint8)})}), 0, "x")
+    small = Message(RecordDict(), 0, "x")
+    encoded = [encode_for_stream(message) for message in (large, small)]
+    for message, parts in zip((large, small), encoded, strict=True):
+        outbox.put(message, parts)
+    outbox.say_goodbye()
+
+    async def write_all() -> int:
+        return len([frame async for frame in outbox.frames()])
+
+    assert io.run(write_all(), timeout=60) == 4 + 1 + 1  # 4 chunks, 1, then GOODBYE
+    [(size, seconds)] = sent  # the small message is not a transfer worth timing
+    assert size == encoded_length(encoded[0])
+    assert seconds >= 0

@@ -101,6 +101,8 @@ class Connection:
         #: whether in memory (else in a spill file).
         self.reserved = 0
         self.reserved_in_memory = True
+        #: When the message in reassembly began to arrive (loop time), once it had room.
+        self.receiving_since = 0.0
         self.last_seen = 0.0
         #: The gRPC status the stream ends with when the server closes it for a reason.
         self.status: tuple[grpc.StatusCode, str] | None = None

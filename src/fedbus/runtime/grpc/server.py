@@ -167,6 +167,13 @@ class TransportStats:
     #: Messages received into spill files since the server started, and their bytes.
     messages_spilled: int = 0
     bytes_spilled: int = 0
+    #: Messages of more than one chunk received and sent: their bytes, and the seconds each
+    #: took from its first chunk to its last, summed. Bytes over seconds is the rate of one
+    #: transfer (transfers at the same time share the machine; a round's rate is lower).
+    large_bytes_in: int = 0
+    large_seconds_in: float = 0.0
+    large_bytes_out: int = 0
+    large_seconds_out: float = 0.0
 
 
 class GrpcServer(Endpoint):
@@ -331,7 +338,9 @@ class GrpcServer(Endpoint):
     def _admit(self, context: grpc.aio.ServicerContext, peer: str) -> Admission:
         metadata = dict(context.invocation_metadata() or ())
         identity = self._clients.identify(metadata, _certificate_name(context))
-        outbox = Outbox(self._io, self._host.fail, self._limits, self.settings.heartbeat)
+        outbox = Outbox(
+            self._io, self._host.fail, self._limits, self.settings.heartbeat, self._count_sent
+        )
         return self._clients.admit(
             identity,
             metadata,
@@ -442,8 +451,11 @@ class GrpcServer(Endpoint):
                     size = announced_size(frame)
                     if size:
                         await self._begin(connection, frame, size)
+                        connection.receiving_since = loop.time()
                 kind, encoded = connection.reassembler.feed(frame)
                 if kind == DATA and encoded is not None:
+                    if len(encoded) > self._limits.chunk_size:
+                        self._count_received(len(encoded), loop.time() - connection.receiving_since)
                     self._complete(connection, encoded)
                     self._on_message(connection, encoded)
                 elif kind == GOODBYE:
@@ -568,6 +580,16 @@ class GrpcServer(Endpoint):
             self._host.deliver(message)
         else:
             self._forward(message, (encoded,))  # relayed as it came, never re-encoded
+
+    def _count_received(self, size: int, seconds: float) -> None:
+        with self._stats_lock:
+            self._stats.large_bytes_in += size
+            self._stats.large_seconds_in += seconds
+
+    def _count_sent(self, size: int, seconds: float) -> None:
+        with self._stats_lock:
+            self._stats.large_bytes_out += size
+            self._stats.large_seconds_out += seconds
 
     def _count_refusal(self) -> None:
         with self._stats_lock:

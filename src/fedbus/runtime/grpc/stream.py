@@ -24,6 +24,7 @@ from fedbus.runtime.grpc.framing import (
     EncodedParts,
     TransportLimits,
     control_frame,
+    encoded_length,
     message_frames,
 )
 from fedbus.runtime.grpc.ioloop import IoLoop
@@ -44,6 +45,8 @@ _CLOSE = object()
 _SAY_GOODBYE = object()
 
 Fail = Callable[[Message, ErrorCode, str], None]
+#: Told the bytes and the seconds of each message of more than one chunk once it is written.
+Sent = Callable[[int, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +103,22 @@ class Outbox:
         Called with each message that will never be written (the stream closed first).
     limits, heartbeat
         Chunk size; heartbeat interval.
+    sent
+        Called with the bytes of each message of more than one chunk, and the seconds from
+        handing its first chunk to gRPC to the last being written, for the transfer figures.
     """
 
     def __init__(
-        self, io: IoLoop, fail: Fail, limits: TransportLimits, heartbeat: Heartbeat
+        self,
+        io: IoLoop,
+        fail: Fail,
+        limits: TransportLimits,
+        heartbeat: Heartbeat,
+        sent: Sent | None = None,
     ) -> None:
         self._io = io
         self._fail = fail
+        self._sent = sent
         self._chunk_size = limits.chunk_size
         self._interval = heartbeat.interval
         self._items: deque[object] = deque()
@@ -182,5 +194,8 @@ class Outbox:
                 self._fail(message, ErrorCode.NODE_UNAVAILABLE, "the connection closed")
                 continue
             sequence += 1
+            started, size = loop.time(), encoded_length(encoded)
             for frame in message_frames(encoded, sequence, self._chunk_size):
                 yield frame
+            if self._sent is not None and size > self._chunk_size:
+                self._sent(size, loop.time() - started)
