@@ -2,68 +2,78 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The stamp is rebuilt when the project's dependencies change, so an existing .venv is reused.
-STAMP  := $(VENV)/.fedbus-installed
+# The stamps are rebuilt when the project's dependencies change, so an existing .venv is reused.
+# `make run` needs fedbus alone (NumPy, matplotlib, scikit-learn's digits): seconds to install.
+# Everything else (the test tools, PyTorch, Ray, the LLM extra) comes with the first target that
+# needs it.
+BASE   := $(VENV)/.fedbus-base
+FULL   := $(VENV)/.fedbus-full
 
-.PHONY: install run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora docs clean
+.PHONY: install install-all run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora docs clean
 
-$(STAMP): pyproject.toml Makefile
+$(BASE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(BASE)
+
+$(FULL): $(BASE)
 	# torch first and pinned: a looser request would resolve a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,torch,ray,llm]'
-	touch $(STAMP)
+	touch $(FULL)
 
-install: $(STAMP)
+install: $(BASE)
+
+install-all: $(FULL)
 
 run: install
 	$(BIN)/fedbus run $(ARGS)
 
-lint: install
+lint: install-all
 	$(BIN)/ruff format --check src tests bench examples docs
 	$(BIN)/ruff check src tests bench examples docs
 
-typecheck: install
+typecheck: install-all
 	$(BIN)/mypy
 
-unit: install
+unit: install-all
 	$(BIN)/pytest
 
 test: lint typecheck unit
 
-bench: install
+bench: install-all
 	$(BIN)/python bench/simulation.py
 	$(BIN)/python bench/torch_cnn.py
 
 # Installs Flower into bench/.venv-peers (once) and runs the same workloads through it.
-bench-peers: install
+bench-peers: install-all
 	$(BIN)/python bench/peers.py
 
-docs: install
+docs: install-all
 	$(BIN)/python docs/update_config_reference.py
 
-bench-secagg: install
+bench-secagg: install-all
 	$(BIN)/python bench/secagg.py
 
-bench-codec: install
+bench-codec: install-all
 	$(BIN)/python bench/codec.py
 
-bench-compression: install
+bench-compression: install-all
 	$(BIN)/python bench/compression.py
 
-bench-large: install
+bench-large: install-all
 	$(BIN)/python bench/large.py
 
-bench-transport: install
+bench-transport: install-all
 	$(BIN)/python bench/transport.py
 
 # One server, 1,000 / 5,000 / 10,000 client nodes from 4 processes: admission, idle cost, rounds.
-bench-fleet: install
+bench-fleet: install-all
 	$(BIN)/python bench/fleet.py
 
 # Federated LoRA against full fine-tuning: bytes per round (tiny model and GPT-2 small's shape).
-bench-lora: install
+bench-lora: install-all
 	$(BIN)/python bench/lora.py
 
 clean:
