@@ -17,8 +17,10 @@ from fedbus.errors import FedbusError, InvalidArgumentError
 from fedbus.message import ConfigRecord
 from fedbus.run import load_config
 from fedbus.run.federation import Federation, build_federation
-from fedbus.runtime.simulation import Simulation, SimulationResult, cores
+from fedbus.runtime.simulation import Simulation, SimulationResult, cores, loop
 from fedbus.runtime.simulation.loop import AUTO_MIN_SECONDS, AUTO_SAMPLE
+from fedbus.runtime.simulation.loop import _Trial as Trial
+from fedbus.runtime.simulation.processes import ProcessPool
 
 BASE = [
     "federation.num_clients=30",
@@ -212,12 +214,52 @@ def test_a_handler_that_sets_a_timer_is_run_in_the_loop() -> None:
     assert len(one[0]) == 18
 
 
+@pytest.fixture
+def ready_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes started in the background take over at the first delivery after their
+    start (the loop waits for them), however long they take to start on this machine."""
+
+    def ready(pool: ProcessPool) -> bool:
+        pool.wait_ready()
+        return True
+
+    monkeypatch.setattr(ProcessPool, "ready", ready)
+
+
+BUSY = 1.5 * AUTO_MIN_SECONDS  # a handler heavy enough for worker processes
+
+
 @pytest.mark.skipif(cores() < 2, reason="needs two cores")
+@pytest.mark.usefixtures("ready_when_asked")
 def test_worker_processes_take_over_when_client_work_is_heavy() -> None:
-    busy = 1.5 * AUTO_MIN_SECONDS
-    one, _ = run_ticks(Answerers(busy=busy), workers=1, num_clients=12)
-    auto, stats = run_ticks(Answerers(busy=busy), workers=0, num_clients=12)
-    assert 0 < stats.offloaded <= 36 - AUTO_SAMPLE  # the first answers were timed here
+    one, _ = run_ticks(Answerers(busy=BUSY), workers=1, num_clients=12)
+    auto, stats = run_ticks(Answerers(busy=BUSY), workers=0, num_clients=12)
+    assert stats.offloaded == 36 - AUTO_SAMPLE  # the first answers were timed here
+    assert auto == one
+
+
+@pytest.mark.skipif(cores() < 2, reason="needs two cores")
+@pytest.mark.usefixtures("ready_when_asked")
+def test_client_work_that_keeps_several_cores_busy_stays_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loop, "AUTO_MAX_CORES_BUSY", 0.0)  # any handler looks multi-core
+    one, _ = run_ticks(Answerers(busy=BUSY), workers=1, num_clients=12)
+    auto, stats = run_ticks(Answerers(busy=BUSY), workers=0, num_clients=12)
+    assert stats.offloaded == 0
+    assert auto == one
+
+
+@pytest.mark.skipif(cores() < 2, reason="needs two cores")
+@pytest.mark.usefixtures("ready_when_asked")
+def test_worker_processes_slower_than_this_one_hand_the_work_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loop, "AUTO_TRIAL", 3)
+    monkeypatch.setattr(loop, "_Trial", lambda here: Trial(here=0.0))  # nothing is faster
+    one, _ = run_ticks(Answerers(busy=BUSY), workers=1, num_clients=12)
+    auto, stats = run_ticks(Answerers(busy=BUSY), workers=0, num_clients=12)
+    assert stats.offloaded == 3 + 1  # the trial's answers and the first, which is not timed
     assert auto == one
 
 

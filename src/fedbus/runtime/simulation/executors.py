@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.runtime.simulation.offload import ClientFactory, Outcome, Task
@@ -30,6 +30,7 @@ __all__ = [
     "ClientExecutor",
     "ExecutorFactory",
     "ExecutorSettings",
+    "StartsAhead",
     "build_executor",
     "check_backend",
     "register_executor",
@@ -66,10 +67,26 @@ class ExecutorSettings:
         Processes to start on this machine (the ``"local"`` backend).
     address
         The cluster to join; None: one on this machine.
+    warm_up
+        A client the executor's processes may build as soon as they start, before any task
+        (so that importing its libraries and building it is not on the run's path); None: none.
+        Given, the executor starts in the background, at low priority (``StartsAhead``).
     """
 
     workers: int
     address: str | None = None
+    warm_up: int | None = None
+
+
+@runtime_checkable
+class StartsAhead(Protocol):
+    """An executor that can start in the background while the loop goes on answering here."""
+
+    def start(self) -> None:
+        """Start, without waiting for what starts to be ready."""
+
+    def ready(self) -> bool:
+        """True once submitted work would be taken up at once; never waits."""
 
 
 #: Builds a backend's executor from the simulation's client factory and its settings.
@@ -111,7 +128,7 @@ def build_executor(
 
 
 def _process_pool(factory: ClientFactory, settings: ExecutorSettings) -> ProcessPool:
-    return ProcessPool(settings.workers, factory)
+    return ProcessPool(settings.workers, factory, warm_up=settings.warm_up)
 
 
 register_executor(LOCAL, _process_pool)

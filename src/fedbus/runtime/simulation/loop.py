@@ -59,6 +59,7 @@ from fedbus.runtime.simulation.executors import (
     LOCAL,
     ClientExecutor,
     ExecutorSettings,
+    StartsAhead,
     build_executor,
     check_backend,
 )
@@ -99,6 +100,13 @@ ClientFactory = Callable[[int], Worker]
 #: back costs more than it saves).
 AUTO_SAMPLE = 20
 AUTO_MIN_SECONDS = 0.005
+#: ... as long as the handlers keep about one core busy: CPU seconds per second of wall time
+#: below this. Handlers that use several cores already (PyTorch's threads, a threaded BLAS)
+#: would only fight over them with worker processes, and lose the time those take to start.
+AUTO_MAX_CORES_BUSY = 1.3
+#: Answers from worker processes timed, once they run, against the pace measured here before:
+#: slower, and client work comes back to this process for the rest of the run.
+AUTO_TRIAL = 40
 
 #: Replies in flight to the server kept in memory, MB; beyond, they wait in spill files.
 DEFAULT_MEMORY_BUDGET_MB = 256.0
@@ -174,6 +182,15 @@ class SimulationResult:
 
 
 @dataclass(slots=True)
+class _Trial:
+    """Worker processes on trial: their pace (wall seconds per answer) against this process's."""
+
+    here: float
+    started: float | None = None
+    answers: int = 0
+
+
+@dataclass(slots=True)
 class _Foreseen:
     """A delivery sent ahead as a task: valid if it happens at ``time`` and ``version``."""
 
@@ -245,9 +262,12 @@ class Simulation:
         Processes answering portable clients' messages: 1 (the default) runs every handler in
         this process; N > 1 starts N worker processes; 0 decides by itself: one process per
         core (``cores()``) once the first ``AUTO_SAMPLE`` client handlers took
-        ``AUTO_MIN_SECONDS`` or more on average, else this process (lighter work is faster
-        here than the trip to another process). Worker processes need a client factory that
-        can be sent to another process (a module-level function or an instance of a
+        ``AUTO_MIN_SECONDS`` or more on average while keeping about one core busy
+        (``AUTO_MAX_CORES_BUSY``), else this process (lighter work is faster here than the
+        trip to another process, and work that uses several cores already gains nothing); and
+        if the worker processes then answer slower than this process did (over
+        ``AUTO_TRIAL`` answers), client work comes back here. Worker processes need a client
+        factory that can be sent to another process (a module-level function or an instance of a
         module-level class), and import the main module: a script must start the simulation
         under ``if __name__ == "__main__":``.
     backend
@@ -338,6 +358,10 @@ class Simulation:
         self._timing: list[float] | None = (
             [] if workers == 0 and backend == LOCAL and cores() > 1 else None
         )
+        self._cpu_timing: list[float] = []  # CPU seconds of the same handlers
+        self._sample_started = 0.0
+        self._starting: StartsAhead | None = None  # the executor starting in the background
+        self._trial: _Trial | None = None
         if self._offload and self._factory is None:
             raise InvalidArgumentError(
                 f"simulate: workers={workers} with backend {backend!r} builds clients elsewhere, "
@@ -519,6 +543,8 @@ class Simulation:
             self._started_ids.add(node_id)
             self._run_on(worker.on_start)
         self._record("delivered", metadata)
+        if self._starting is not None:
+            self._take_over(self._starting)
         if not worker.portable or node_id == SERVER_NODE_ID or not self._offload:
             if self._timing is None or not worker.portable or node_id == SERVER_NODE_ID:
                 self._run_on(lambda: worker.deliver(message))
@@ -540,25 +566,98 @@ class Simulation:
             worker.load_state(outcome.state)
             self._replay(node_id, outcome.actions)
             self.stats.offloaded += 1
+            if self._trial is not None:
+                self._judge_workers(self._trial)
         return True
 
     # -- client work outside the loop ---------------------------------------------------------
     def _timed_run(self, worker: Worker, message: Message) -> None:
         """Run a portable client's handler here and time it, to decide where the next run."""
         assert self._timing is not None
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
+        if not self._timing:
+            self._sample_started = started
         self._run_on(lambda: worker.deliver(message))
         self._timing.append(time.perf_counter() - started)
+        self._cpu_timing.append(time.process_time() - cpu)
         if len(self._timing) >= AUTO_SAMPLE:
-            mean = sum(self._timing) / len(self._timing)
+            wall, busy = sum(self._timing), sum(self._cpu_timing)
+            mean, cores_busy = wall / len(self._timing), busy / wall if wall else 0.0
             self._timing = None  # decided once: a run does not flip back and forth
-            if mean >= AUTO_MIN_SECONDS and self._factory is not None:
-                self._workers_count, self._offload = cores(), True
+            if (
+                mean >= AUTO_MIN_SECONDS
+                and cores_busy < AUTO_MAX_CORES_BUSY
+                and self._factory is not None
+            ):
+                self._workers_count = cores()
+                pace = (time.perf_counter() - self._sample_started) / AUTO_SAMPLE
+                self._trial = _Trial(here=pace)
+                self._start_workers(message.metadata.dst_node_id)
                 logger.info(
-                    "client handlers take %.1f ms: %d worker processes take over",
+                    "client handlers take %.1f ms on one core: %d worker processes start, and "
+                    "take over once ready",
                     mean * 1e3,
                     self._workers_count,
                 )
+            elif mean >= AUTO_MIN_SECONDS:
+                logger.info(
+                    "client handlers take %.1f ms and keep %.1f cores busy: they stay in this "
+                    "process (simulation.workers sets the number of processes)",
+                    mean * 1e3,
+                    cores_busy,
+                )
+
+    def _start_workers(self, warm_up: int) -> None:
+        """Start the executor; client work goes there once it is ready (``_take_over``), and
+        goes on here until then, so that starting costs the run nothing but a share of the
+        machine."""
+        assert self._factory is not None
+        settings = ExecutorSettings(self._workers_count, self._ray_address, warm_up)
+        executor = self._executor = build_executor(self._backend, self._factory, settings)
+        if isinstance(executor, StartsAhead):
+            executor.start()
+            self._starting = executor
+        else:
+            self._offload = True
+
+    def _take_over(self, starting: StartsAhead) -> None:
+        """Hand client work to the executor if it is ready now."""
+        if starting.ready():
+            self._starting, self._offload = None, True
+
+    def _judge_workers(self, trial: _Trial) -> None:
+        """Count one answer of the worker processes; after ``AUTO_TRIAL`` of them, keep them
+        only if they answer faster than this process did (the first answer, which waited for
+        the processes to start, does not count)."""
+        now = time.perf_counter()
+        if trial.started is None:
+            trial.started = now
+            return
+        trial.answers += 1
+        if trial.answers < AUTO_TRIAL:
+            return
+        self._trial = None
+        pace = (now - trial.started) / trial.answers
+        if pace <= trial.here:
+            logger.info(
+                "worker processes answer in %.1f ms per client, this process did in %.1f ms",
+                pace * 1e3,
+                trial.here * 1e3,
+            )
+            return
+        # Back here for good: tasks sent ahead are dropped (their clients' state is here).
+        assert self._executor is not None
+        for foreseen in self._foreseen.values():
+            self._executor.discard(foreseen.task_id)
+        self._foreseen.clear()
+        self._executor.close()
+        self._executor, self._offload = None, False
+        logger.info(
+            "worker processes answered in %.1f ms per client, this process in %.1f ms: client "
+            "work comes back here (simulation.workers sets the number of processes)",
+            pace * 1e3,
+            trial.here * 1e3,
+        )
 
     def _executor_or_fail(self) -> ClientExecutor:
         if self._executor is None:

@@ -23,6 +23,7 @@ import mmap
 import multiprocessing
 import os
 import queue
+import select
 import socket
 import struct
 import tempfile
@@ -145,18 +146,20 @@ def _read_blob(channel: socket.socket) -> bytearray:
 
 
 class _Worker:
-    __slots__ = ("channel", "process")
+    __slots__ = ("channel", "process", "ready")
 
     def __init__(self, channel: socket.socket, process: Any) -> None:
         self.channel, self.process = channel, process
+        self.ready = False  # it said so: factory loaded, warm-up client built
 
 
 class ProcessPool:
     """``workers`` processes answering tasks for one simulation (see the module docstring)."""
 
-    def __init__(self, workers: int, factory: ClientFactory) -> None:
+    def __init__(self, workers: int, factory: ClientFactory, warm_up: int | None = None) -> None:
         self.size = workers
         self._factory = factory
+        self._warm_up = warm_up
         self._workers: list[_Worker] = []
         self._next = 0
         self._where: dict[int, tuple[int, _Block]] = {}  # task -> (worker, its arrays)
@@ -178,10 +181,18 @@ class ProcessPool:
                 # The factory reaches the child through multiprocessing's own pickling: one
                 # object, from this process to its own child, never from a file or a network.
                 process = context.Process(
-                    target=_serve, args=(theirs, self._factory), daemon=True, name="fedbus-worker"
+                    target=_serve,
+                    args=(theirs, self._factory, self._warm_up),
+                    daemon=True,
+                    name="fedbus-worker",
                 )
                 process.start()
                 theirs.close()
+                if self._warm_up is not None and process.pid is not None:
+                    # Starting in the background: at the lowest priority, so that importing
+                    # and building take no CPU from the run, which goes on meanwhile.
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, process.pid, 19)
                 self._workers.append(_Worker(ours, process))
         finally:
             for name, value in saved.items():
@@ -189,6 +200,26 @@ class ProcessPool:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+    def ready(self) -> bool:
+        """True once every worker has started (see ``start``) and said it is ready; never waits."""
+        if not self._workers:
+            return False
+        waiting = [index for index, worker in enumerate(self._workers) if not worker.ready]
+        if waiting:
+            channels = [self._workers[index].channel for index in waiting]
+            readable, _, _ = select.select(channels, [], [], 0)
+            for index in waiting:
+                if self._workers[index].channel in readable:
+                    self._read(index)  # its first blob: "ready"
+        return all(worker.ready for worker in self._workers)
+
+    def wait_ready(self) -> None:
+        """Start the workers if needed and wait until each has said it is ready."""
+        self.start()
+        for index, worker in enumerate(self._workers):
+            if not worker.ready:
+                self._read(index)
 
     def submit(self, tasks: Sequence[Task]) -> None:
         """Send ``tasks`` to the workers, in turn; their arrays go to shared memory once."""
@@ -226,6 +257,8 @@ class ProcessPool:
             with contextlib.suppress(OSError):
                 worker.channel.close()
         for worker in self._workers:
+            if not worker.ready:  # still starting: nothing of the run's is in it
+                worker.process.terminate()
             worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.terminate()
@@ -236,6 +269,18 @@ class ProcessPool:
         self._where.clear()
 
     def _next_outcome(self, index: int) -> Outcome:
+        blob = self._read(index)
+        if not blob:  # it was "ready": the outcome comes next
+            blob = self._read(index)
+        outcome = decode_outcome(blob)
+        _, block = self._where.pop(outcome.task_id)
+        block.pending -= 1
+        if block.pending == 0:
+            block.remove()
+        return outcome
+
+    def _read(self, index: int) -> bytearray:
+        """The next blob from worker ``index``; an empty one, its first, says it is ready."""
         worker = self._workers[index]
         try:
             blob = _read_blob(worker.channel)
@@ -247,12 +292,9 @@ class ProcessPool:
                 '`if __name__ == "__main__":`. Otherwise run with workers=1 '
                 "(simulation.workers = 1) to see the error in this process"
             ) from exc
-        outcome = decode_outcome(blob)
-        _, block = self._where.pop(outcome.task_id)
-        block.pending -= 1
-        if block.pending == 0:
-            block.remove()
-        return outcome
+        if not blob:
+            worker.ready = True
+        return blob
 
 
 def _block_header(block: _Block) -> bytes:
@@ -283,9 +325,19 @@ class _MappedBlocks:
         return self._arrays
 
 
-def _serve(channel: socket.socket, factory: ClientFactory) -> None:
-    """A worker process: answer tasks until the pool closes the connection."""
+def _serve(channel: socket.socket, factory: ClientFactory, warm_up: int | None = None) -> None:
+    """A worker process: say it is ready (an empty blob, once ``warm_up`` is built), then
+    answer tasks until the pool closes the connection."""
     host = ClientHost(factory)
+    if warm_up is not None:
+        try:
+            host.client(warm_up)  # its libraries imported and its data loaded now, not later
+        except Exception:  # the task that needs it reports the error, in its outcome
+            logger.debug("building client %d ahead failed", warm_up, exc_info=True)
+    try:
+        _write_blob(channel, [])
+    except OSError:
+        return
     blocks = _MappedBlocks()
     inbox: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
 
