@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.fedbus-base
 FULL   := $(VENV)/.fedbus-full
 
-.PHONY: install install-all run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora docs clean
+.PHONY: install install-all run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora docs docs-results clean
 
 $(BASE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-peers: install-all
 
 docs: install-all
 	$(BIN)/python docs/update_config_reference.py
+
+# Reruns every example config (a few minutes) and rewrites the results table of docs/algorithms.md.
+docs-results: install-all
+	$(BIN)/python docs/update_results.py
 
 bench-secagg: install-all
 	$(BIN)/python bench/secagg.py

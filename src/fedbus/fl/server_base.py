@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from fedbus.errors import InvalidArgumentError
+from fedbus.errors import FedbusError, InvalidArgumentError
 from fedbus.fl.callbacks import Callback, CentralEvaluation, EvaluateFn, RoundEndFunction
 from fedbus.fl.protocol import FINISH, JOIN, read_arrays
 from fedbus.fl.record import RoundRecord
@@ -338,6 +338,25 @@ class ServerBase(Worker):
         self.stopped_early = reason
         self.stop_run(None)
         return True
+
+    def _raised(self, message: Message, exc: Exception) -> None:
+        """The server's own code (its strategy, a callback, a handler) raised while handling
+        ``message``. A ``FedbusError`` is about the message (bad input from its sender) and is
+        answered as any worker answers it; anything else is a bug that no later round can
+        mend: the run stops, with the traceback in the log and ``failure`` naming it."""
+        if isinstance(exc, FedbusError) or self.failure is not None or self.finished:
+            super()._raised(message, exc)
+            return
+        logger.error(
+            "the server raised while handling %r: a bug in the strategy, a callback or the "
+            "server's code",
+            message,
+            exc_info=exc,
+        )
+        self.stop_run(
+            f"{type(exc).__name__} while handling {message.metadata.message_type!r} from node "
+            f"{message.sender}: {exc} (the traceback is in the log)"
+        )
 
     def stop_run(self, failure: str | None) -> None:
         """Tell every client that took part to finish, run the callbacks' ``on_run_end``,
