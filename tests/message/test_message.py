@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import linecache
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 
@@ -389,11 +391,25 @@ def test_reply_exactly_at_expiry_gets_ttl_zero(clock: FakeClock) -> None:
     assert ask.create_reply(RecordDict()).metadata.ttl == 0.0
 
 
-def test_explicit_reply_ttl_overrides_the_remaining_time(clock: FakeClock) -> None:
+def test_explicit_reply_ttl_within_the_time_left_is_kept_without_a_warning(
+    clock: FakeClock,
+) -> None:
+    ask = Message(RecordDict(), 1, "train", ttl=50.0)
+    clock.time = 130.0  # 20 s left
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ask.create_reply(RecordDict(), ttl=5.0).metadata.ttl == 5.0
+        assert Message(RecordDict(), reply_to=ask, ttl=20).metadata.ttl == 20.0  # exactly
+
+
+def test_error_reply_keeps_an_explicit_ttl_past_its_request(clock: FakeClock) -> None:
+    """An error reply may report that its request expired: its ttl is not capped."""
     ask = Message(RecordDict(), 1, "train", ttl=50.0)
     clock.time = 200.0
-    assert ask.create_reply(RecordDict(), ttl=5.0).metadata.ttl == 5.0
-    assert ask.create_error_reply(Error(0), ttl=DEFAULT_TTL).metadata.ttl == 43200.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ask.create_error_reply(Error(0), ttl=DEFAULT_TTL).metadata.ttl == 43200.0
+        assert Message(Error(3), reply_to=ask, ttl=60.0).metadata.ttl == 60.0
 
 
 def test_reply_to_a_reply_gets_what_the_reply_has_left(clock: FakeClock) -> None:
@@ -412,6 +428,80 @@ def test_reply_from_the_constructor_equals_create_reply(clock: FakeClock) -> Non
     failure = Error(5, "bad bytes")
     assert Message(failure, reply_to=ask) == ask.create_error_reply(failure)
     assert Message(error=failure, reply_to=ask) == ask.create_error_reply(failure)
+
+
+# --- A reply's explicit TTL is capped to what its request has left -------------------------------
+
+
+def test_explicit_reply_ttl_is_capped_to_the_time_the_request_has_left(clock: FakeClock) -> None:
+    ask = Message(RecordDict(), 1, "train", ttl=50.0)  # created at 100, expires at 150
+    clock.time = 130.0  # 20 s left: 50 - (130 - 100)
+    with pytest.warns(UserWarning, match="capped") as caught:
+        reply = Message(RecordDict(), reply_to=ask, ttl=30)
+    assert reply.metadata.ttl == 20.0
+    assert reply.metadata.expires_at == ask.metadata.expires_at == 150.0
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "Message: reply ttl=30.0 capped to 20.0 s: a reply must not outlive the message it "
+        "answers, which has 20.0 s left (ttl 50.0 s, created 30.0 s before the reply). "
+        "Leave ttl unset to get the time left without a warning"
+    )
+
+
+def test_capped_reply_ttl_equals_the_ttl_of_a_reply_without_one(clock: FakeClock) -> None:
+    ask = sent(Message(RecordDict(), 1, "train", ttl=7.25))
+    clock.time = 103.5
+    with pytest.warns(UserWarning, match="capped"):
+        capped = ask.create_reply(RecordDict(), ttl=DEFAULT_TTL)
+    assert capped.metadata == ask.create_reply(RecordDict()).metadata
+    assert capped.metadata.ttl == 7.25 - (103.5 - 100.0)
+
+
+def test_ttl_capped_warning_points_at_the_callers_line(clock: FakeClock) -> None:
+    ask = Message(RecordDict(), 1, "train", ttl=50.0)
+    clock.time = 130.0
+    with pytest.warns(UserWarning, match="capped") as through_create_reply:
+        ask.create_reply(RecordDict(), ttl=30.0)  # one frame deeper than Message(...)
+    with pytest.warns(UserWarning, match="capped") as through_constructor:
+        Message(RecordDict(), reply_to=ask, ttl=30.0)
+    for caught, call in [
+        (through_create_reply, "ask.create_reply(RecordDict(), ttl=30.0)"),
+        (through_constructor, "Message(RecordDict(), reply_to=ask, ttl=30.0)"),
+    ]:
+        assert caught[0].filename == __file__
+        assert linecache.getline(caught[0].filename, caught[0].lineno).strip().startswith(call)
+
+
+def test_explicit_reply_ttl_to_an_expired_request_is_capped_to_the_negative_time_left(
+    clock: FakeClock,
+) -> None:
+    ask = Message(RecordDict(), 1, "train", ttl=50.0)
+    clock.time = 200.0
+    with pytest.warns(UserWarning, match="capped") as caught:
+        reply = ask.create_reply(RecordDict(), ttl=5.0)
+    assert reply.metadata.ttl == -50.0  # built, and refused when sent, like a reply without ttl
+    assert str(caught[0].message) == (
+        "Message: reply ttl=5.0 capped to -50.0 s: a reply must not outlive the message it "
+        "answers, which expired 50.0 s ago (ttl 50.0 s, created 100.0 s before the reply): the "
+        "reply will be refused when sent. Leave ttl unset to get the time left without a warning"
+    )
+
+
+def test_capped_reply_to_a_reply_gets_what_that_reply_has_left(clock: FakeClock) -> None:
+    ask = Message(RecordDict(), 1, "train", ttl=100.0)
+    clock.time = 110.0
+    reply = ask.create_reply(RecordDict())  # ttl 90, created at 110: expires at 200
+    clock.time = 150.0
+    with pytest.warns(UserWarning, match="which has 50.0 s left"):
+        assert reply.create_reply(RecordDict(), ttl=80.0).metadata.ttl == 50.0
+
+
+def test_explicit_reply_ttl_is_still_checked_before_it_is_capped(clock: FakeClock) -> None:
+    ask = Message(RecordDict(), 1, "train", ttl=50.0)
+    with pytest.raises(InvalidArgumentError, match="ttl must be a finite number of seconds > 0"):
+        ask.create_reply(RecordDict(), ttl=math.inf)
+    with pytest.raises(InvalidTypeError, match="ttl must be a number of seconds"):
+        Message(RecordDict(), reply_to=ask, ttl="30")  # type: ignore[call-overload]
 
 
 # --- created_at, message_id and mark_sent --------------------------------------------------------

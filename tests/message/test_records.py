@@ -280,13 +280,11 @@ def test_array_record_shares_memory_with_numpy_input_both_ways() -> None:
     assert record["0"].numpy()[0, 0] == 42.0
 
 
-def test_array_record_count_bytes() -> None:
+def test_array_record_count_bytes_counts_array_data_and_keys() -> None:
     record = ArrayRecord([np.zeros((2, 3), np.float32), np.zeros(4, np.int64), np.zeros(0)])
-    assert record.count_bytes() == 24 + 32 + 0
-    content = RecordDict(
-        {"a": record, "b": ArrayRecord([np.zeros(5, np.uint8)]), "m": MetricRecord({"x": 1.0})}
-    )
-    assert content.count_bytes() == 56 + 5
+    assert record.count_bytes() == (24 + 1) + (32 + 1) + (0 + 1)
+    assert ArrayRecord({"weight": np.zeros(3, np.float16)}).count_bytes() == 6 + 6
+    assert ArrayRecord().count_bytes() == 0
 
 
 def test_array_record_takes_array_values_as_they_are() -> None:
@@ -347,7 +345,7 @@ def test_bfloat16_state_dict_round_trips_through_torch() -> None:
     tensor = torch.tensor([1.5, -2.0, 0.0078125], dtype=torch.bfloat16)
     record = ArrayRecord({"w": tensor})
     assert record["w"].dtype == "bfloat16"
-    assert record.count_bytes() == 6
+    assert record.count_bytes() == 6 + 1
     back = record.to_torch_state_dict()["w"]
     assert back.dtype == torch.bfloat16
     assert torch.equal(back, tensor)
@@ -502,7 +500,7 @@ def test_records_compare_by_kind_and_value() -> None:
     assert MetricRecord({"a": 1}) != MetricRecord({"a": 2})
     assert MetricRecord({"a": 1}) != ConfigRecord({"a": 1})
     assert ConfigRecord({"a": 1, "b": 2}) == ConfigRecord({"b": 2, "a": 1})
-    assert MetricRecord({"a": 1}) != {"a": 1}
+    assert MetricRecord({"a": 1}) == {"a": 1}
 
 
 def test_array_records_compare_by_bytes_not_by_identity() -> None:

@@ -71,12 +71,14 @@ def _dtype_name(values: np.ndarray[Any, Any]) -> str:
 _NAME_OF_TORCH_DTYPE = {f"torch.{name}": name for name in DTYPE_NAMES}
 
 
-def _torch_module() -> Any:
+def _torch_module(needed_by: str = "this") -> Any:
+    """Import torch, or say how to install it; ``needed_by`` names what needs it."""
     try:
         import torch
-    except ImportError as exc:  # pragma: no cover - torch is installed by `make test`
+    except ImportError as exc:
         raise MissingDependencyError(
-            "this needs PyTorch: pip install 'torch==2.13.0' then pip install 'fedbus[torch]'"
+            f"{needed_by} needs PyTorch: pip install 'fedbus[torch]' "
+            "(first pip install 'torch==2.13.0' for the CPU build)"
         ) from exc
     return torch
 

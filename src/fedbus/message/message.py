@@ -12,14 +12,21 @@ builds the same message as the first form.
 ``created_at`` is stamped from the runtime's clock (``fedbus.message.clock``) when the message
 is built and never changes: the message expires at ``created_at + ttl``. The runtime fills
 ``run_id``, ``message_id`` and ``src_node_id`` when the message is sent.
+
+A reply never outlives the message it answers: without a ttl it gets what that message has
+left, and an explicit ttl longer than that is capped to it, with a ``UserWarning``. Error
+replies are the exception: they keep the ttl they are given (see ``Message``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
+import warnings
 from dataclasses import dataclass
 from enum import IntEnum
+from types import FrameType
 from typing import Final, overload
 
 from fedbus.errors import InvalidArgumentError, InvalidTypeError, MessageFieldError
@@ -204,6 +211,34 @@ def _check_ttl(ttl: object, form: str) -> float:
     return float(ttl)
 
 
+def _warn_ttl_capped(ttl: float, remaining: float, original: Metadata, created_at: float) -> None:
+    origin = f"ttl {original.ttl} s, created {created_at - original.created_at} s before the reply"
+    if remaining > 0:
+        state = f"which has {remaining} s left ({origin})"
+    else:
+        state = (
+            f"which expired {abs(remaining)} s ago ({origin}): the reply will be refused when sent"
+        )
+    warnings.warn(
+        f"Message: reply ttl={ttl} capped to {remaining} s: a reply must not outlive the "
+        f"message it answers, {state}. Leave ttl unset to get the time left without a warning",
+        UserWarning,
+        stacklevel=_first_caller_outside_this_module(),
+    )
+
+
+def _first_caller_outside_this_module() -> int:
+    """The ``stacklevel`` that points a warning at the user's line, not at Message's code.
+
+    The same warning comes through ``Message(...)`` and ``create_reply`` (one frame deeper).
+    """
+    frame: FrameType | None = sys._getframe(1)  # the caller of warnings.warn: stacklevel 1
+    level = 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _check_content(content: object, form: str) -> RecordDict:
     if not isinstance(content, RecordDict):
         raise InvalidTypeError(
@@ -226,7 +261,10 @@ class Message:
         ``[A-Za-z0-9_.-]``.
     ttl
         Seconds to live. Default: 43,200 for a new message; for a reply, what the message it
-        answers has left: ``reply_to.ttl - (reply.created_at - reply_to.created_at)``.
+        answers has left: ``reply_to.ttl - (reply.created_at - reply_to.created_at)``. A
+        reply's explicit ttl longer than that is capped to it, with a ``UserWarning``: a reply
+        must not outlive its request. An error reply keeps the ttl it is given, so that it can
+        report, for instance, that its request expired.
     group_id
         Groups messages, e.g. by FL round (new messages only; replies inherit it).
     reply_to
@@ -246,6 +284,15 @@ class Message:
     >>> reply = ask.create_reply(RecordDict())
     >>> reply.metadata.dst_node_id == ask.metadata.src_node_id, reply.metadata.message_type
     (True, 'train')
+
+    Without a ttl, a reply lives as long as the message it answers has left:
+
+    >>> from fedbus.message.clock import use_clock
+    >>> with use_clock(lambda: 100.0):
+    ...     ask = Message(RecordDict(), 3, "train", ttl=50.0)
+    >>> with use_clock(lambda: 130.0):  # 20 s of the 50 are left
+    ...     ask.create_reply(RecordDict()).metadata.ttl
+    20.0
     """
 
     __slots__ = ("_content", "_error", "_metadata")
@@ -409,6 +456,17 @@ class Message:
             )
         original = reply_to._metadata
         created_at = float(now())
+        # What the request has left. May be <= 0 when it has expired: built, but refused when sent.
+        remaining = original.ttl - (created_at - original.created_at)
+        if ttl is None:
+            reply_ttl = remaining
+        else:
+            reply_ttl = _check_ttl(ttl, form)
+            # Error replies are exempt: one may report that its request expired, which is only
+            # known once the request is dead (the runtime sends those with DEFAULT_TTL).
+            if error is None and reply_ttl > remaining:
+                _warn_ttl_capped(reply_ttl, remaining, original, created_at)
+                reply_ttl = remaining
         self._content, self._error = content, error
         self._metadata = Metadata(
             run_id=original.run_id,
@@ -418,10 +476,7 @@ class Message:
             reply_to_message_id=original.message_id,
             group_id=original.group_id,
             created_at=created_at,
-            # May be <= 0 when the original has expired: built, but refused when sent.
-            ttl=_check_ttl(ttl, form)
-            if ttl is not None
-            else original.ttl - (created_at - original.created_at),
+            ttl=reply_ttl,
             message_type=original.message_type,
         )
 
@@ -503,14 +558,17 @@ class Message:
                 ttl = msg.metadata.ttl - (reply.metadata.created_at - msg.metadata.created_at)
 
             which is <= 0 when this message has already expired: such a reply is built, and
-            the runtime refuses to send it.
+            the runtime refuses to send it. A ttl longer than what this message has left is
+            capped to it, with a ``UserWarning``: the reply expires when this message does.
         """
         return Message(content, reply_to=self, ttl=ttl)
 
     def create_error_reply(self, error: Error, ttl: float | None = None) -> Message:
         """Create a reply to this message that reports ``error`` instead of content.
 
-        Metadata and ``ttl`` follow the same rules as ``create_reply``.
+        Metadata follow the same rules as ``create_reply``, and so does ``ttl`` when it is
+        None. A ``ttl`` that is given is kept as it is, even past this message's expiry: an
+        error reply may have to report that this message expired (``MESSAGE_EXPIRED``).
         """
         return Message(error, reply_to=self, ttl=ttl)
 

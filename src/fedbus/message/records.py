@@ -13,6 +13,11 @@ they have on the wire. A list value is either a ``list`` or a read-only ``Packed
 ``decode_message`` makes of lists of 64 items or more); test for one with
 ``isinstance(value, list | PackedList)``.
 
+A record equals another record of the same kind with equal items, and also a plain ``dict``
+with equal items: ``MetricRecord({"loss": 0.5}) == {"loss": 0.5}``. An ``ArrayRecord`` compares
+its arrays by dtype, shape and bytes, in order (see ``ArrayRecord``). Records are not hashable.
+``count_bytes()`` on any record is the size of its keys and values (see each record type).
+
 Examples
 --------
 >>> import numpy as np
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self, TypeAlias, TypeVar, overlo
 import numpy as np
 
 from fedbus.errors import InvalidArgumentError, InvalidTypeError
-from fedbus.message.array import Array, is_torch_tensor
+from fedbus.message.array import Array, _torch_module, is_torch_tensor
 from fedbus.message.packed import PackedList
 
 if TYPE_CHECKING:
@@ -167,10 +172,21 @@ class _Record(MutableMapping[str, _V], Generic[_V]):
         return record
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, _Record)
-        return self._data == other._data
+        """Equal to a record of the same kind, or a ``dict``, holding equal items (any order).
+
+        Values compare as they are stored: a tuple given to the constructor is held as a list
+        (so equals the list, not the tuple), a NumPy scalar as the Python value it holds. A
+        NumPy array or torch tensor in the dict equals no value (an ``ArrayRecord`` compares
+        its arrays itself).
+        """
+        if type(other) is type(self):
+            assert isinstance(other, _Record)
+            return self._data == other._data
+        if isinstance(other, dict):
+            return self._data.keys() == other.keys() and all(
+                _same_value(value, other[key]) for key, value in self._data.items()
+            )
+        return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable container: not hashable
 
@@ -194,6 +210,43 @@ class _Record(MutableMapping[str, _V], Generic[_V]):
         if len(entries) > _REPR_ITEMS:
             entries[_REPR_ITEMS:] = [f"... {len(entries) - _REPR_ITEMS} more"]
         return f"{type(self).__name__}({{{', '.join(entries)}}})"
+
+
+def _same_value(mine: object, theirs: object) -> bool:
+    """Whether a record's value equals a plain dict's value, always as a bool."""
+    theirs = _normalise_scalar(theirs)  # a NumPy scalar compares as the value a record holds
+    if isinstance(theirs, np.ndarray) or is_torch_tensor(theirs):
+        return False  # its == is elementwise: never a record's value
+    return bool(mine == theirs)
+
+
+def _utf8_length(text: str) -> int:
+    if text.isascii():
+        return len(text)  # no encoding needed: the common case for keys
+    # surrogatepass: a lone surrogate counts its 3 bytes instead of raising
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _value_bytes(value: Any) -> int:
+    """Bytes of a MetricRecord or ConfigRecord value's data, as it travels on the wire."""
+    if isinstance(value, PackedList):
+        if value.item_type is str or value.item_type is bytes:
+            # ``data`` holds a 4-byte length before each item: not the items' own bytes.
+            return value.data.nbytes - 4 * len(value)
+        return value.data.nbytes  # 8 bytes per int or float, 1 per bool
+    if isinstance(value, list):
+        return sum(_value_bytes(item) for item in value)
+    if type(value) is bool:
+        return 1
+    if type(value) is str:
+        return _utf8_length(value)
+    if type(value) is bytes:
+        return len(value)
+    return 8  # int and float travel as 64 bits
+
+
+def _scalar_record_bytes(data: dict[str, Any]) -> int:
+    return sum(_utf8_length(key) + _value_bytes(value) for key, value in data.items())
 
 
 def _scalar_kind(value: object, allowed: tuple[type, ...]) -> type | None:
@@ -276,12 +329,25 @@ class MetricRecord(_Record[MetricValue]):
 
     >>> MetricRecord({"loss": 0.25, "num_examples": 64})
     MetricRecord({'loss': 0.25, 'num_examples': 64})
+    >>> MetricRecord({"loss": 0.25}) == {"loss": 0.25}
+    True
     """
 
     __slots__ = ()
 
     def _convert(self, key: str, value: Any) -> MetricValue:
         return _check_value("MetricRecord", key, value, (int, float))  # type: ignore[no-any-return]
+
+    def count_bytes(self) -> int:
+        """The bytes of this record's keys and values: what its data takes, not its framing.
+
+        A key counts its UTF-8 length; an int or a float 8 bytes (they travel as 64-bit
+        numbers), and a list 8 bytes per item.
+
+        >>> MetricRecord({"loss": 0.5, "steps": [1, 2, 3]}).count_bytes()  # 4+8 + 5+24
+        41
+        """
+        return _scalar_record_bytes(self._data)
 
 
 class ConfigRecord(_Record[ConfigValue]):
@@ -296,6 +362,8 @@ class ConfigRecord(_Record[ConfigValue]):
 
     >>> ConfigRecord({"lr": 0.1, "local_epochs": 2, "optimizer": "sgd"})["optimizer"]
     'sgd'
+    >>> ConfigRecord({"optimizer": "sgd"}) == {"optimizer": "sgd"}
+    True
     """
 
     __slots__ = ()
@@ -305,21 +373,46 @@ class ConfigRecord(_Record[ConfigValue]):
             "ConfigRecord", key, value, (bool, int, float, str, bytes)
         )
 
+    def count_bytes(self) -> int:
+        """The bytes of this record's keys and values: what its data takes, not its framing.
+
+        A key counts its UTF-8 length; an int or a float 8 bytes (they travel as 64-bit
+        numbers), a bool 1, a str its UTF-8 length, bytes their length, and a list the sum of
+        its items.
+
+        >>> ConfigRecord({"lr": 0.1, "opt": "sgd", "tags": ["a", "bc"]}).count_bytes()
+        23
+        """
+        return _scalar_record_bytes(self._data)
+
 
 class ArrayRecord(_Record[Array]):
     """Ordered named arrays, held without copying where the input allows it.
 
     Build it from a list (or any iterable) of arrays (keys ``"0"``, ``"1"``, ...), from a dict
     of arrays, from (name, array) pairs such as ``state_dict.items()``, or from a torch
-    ``state_dict``; values may be NumPy arrays, torch tensors or ``Array``. Equality compares
-    names, order and bytes: two records are equal when ``to_numpy_ndarrays()`` would agree.
+    ``state_dict``; values may be NumPy arrays, torch tensors or ``Array``.
+    ``from_numpy_ndarrays`` and ``from_torch_state_dict`` say which of these is meant, and
+    ``to_numpy_ndarrays`` and ``to_torch_state_dict`` give the arrays back.
+
+    Equality compares names, order and bytes: two records are equal when they hold the same
+    names in the same order, and arrays of the same dtype, shape and bytes under each name
+    (so a NaN equals the same NaN, and ``-0.0`` differs from ``0.0``). A ``dict`` of NumPy
+    arrays, torch tensors or ``Array`` compares the same way, as the record built from it
+    would: ``ArrayRecord(d) == d`` holds for every dict ``d`` the constructor accepts, and a
+    dict with the same arrays in another order is not equal. A value that no ``Array`` can
+    hold (a list, a complex array) equals nothing in the record.
 
     >>> import numpy as np
     >>> record = ArrayRecord({"w": np.zeros((2, 2), dtype=np.float32)})
     >>> record
     ArrayRecord({'w': Array(float32, (2, 2))})
-    >>> record.count_bytes()
-    16
+    >>> record == {"w": np.zeros((2, 2), dtype=np.float32)}
+    True
+    >>> record == {"w": np.zeros((2, 2), dtype=np.float64)}  # another dtype
+    False
+    >>> record.count_bytes()  # 16 bytes of float32 data and the 1-byte key
+    17
     """
 
     __slots__ = ()
@@ -351,6 +444,75 @@ class ArrayRecord(_Record[Array]):
         else:
             super().__init__((str(index), value) for index, value in enumerate(items))
 
+    @classmethod
+    def from_numpy_ndarrays(cls, ndarrays: Iterable[np.ndarray[Any, Any]]) -> Self:
+        """A record of ``ndarrays`` under the keys ``"0"``, ``"1"``, ... in their order.
+
+        The arrays are held without copying when they are C-contiguous and little-endian (the
+        usual case); other layouts are copied once. ``to_numpy_ndarrays`` gives them back.
+
+        Raises ``InvalidTypeError`` naming the index and type of an item that is not a
+        ``numpy.ndarray``, or of one whose dtype records cannot hold.
+
+        >>> import numpy as np
+        >>> record = ArrayRecord.from_numpy_ndarrays([np.ones(2), np.zeros((1, 3))])
+        >>> record
+        ArrayRecord({'0': Array(float64, (2,)), '1': Array(float64, (1, 3))})
+        >>> [array.shape for array in record.to_numpy_ndarrays()]
+        [(2,), (1, 3)]
+        """
+        where = "ArrayRecord.from_numpy_ndarrays"
+        if isinstance(ndarrays, np.ndarray):
+            raise InvalidTypeError(
+                f"{where}: expected a list of numpy.ndarray, got a single array; wrap it: [array]"
+            )
+        if isinstance(ndarrays, Mapping | str | bytes) or not isinstance(ndarrays, Iterable):
+            hint = (
+                "; for named arrays use ArrayRecord(dict)" if isinstance(ndarrays, Mapping) else ""
+            )
+            raise InvalidTypeError(
+                f"{where}: expected a list of numpy.ndarray, got {type(ndarrays).__name__}{hint}"
+            )
+        data: dict[str, Array] = {}
+        for index, value in enumerate(ndarrays):
+            if not isinstance(value, np.ndarray):
+                raise InvalidTypeError(
+                    f"{where}: item {index}: expected numpy.ndarray, got {type(value).__name__}"
+                )
+            data[str(index)] = _wrap(f"{where}: item {index}", value)
+        return cls.from_checked(data)
+
+    @classmethod
+    def from_torch_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> Self:
+        """A record of a torch ``state_dict``: the same names, in the same order.
+
+        Every tensor is detached and held as a CPU array. A dense CPU tensor is shared, not
+        copied: changing the model in place afterwards changes the record too (use
+        ``copy.deepcopy(record)`` for a snapshot). A tensor on an accelerator is copied to the
+        CPU. Needs PyTorch (``pip install 'fedbus[torch]'``), imported only when called.
+
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> ArrayRecord.from_torch_state_dict(model.state_dict())
+        ArrayRecord({'weight': Array(float32, (2, 3)), 'bias': Array(float32, (2,))})
+        """
+        where = "ArrayRecord.from_torch_state_dict"
+        torch = _torch_module(where)
+        if not isinstance(state_dict, Mapping):
+            raise InvalidTypeError(
+                f"{where}: expected a state_dict (a mapping of names to torch.Tensor), "
+                f"got {type(state_dict).__name__}"
+            )
+        data: dict[str, Array] = {}
+        for key, value in state_dict.items():
+            key = _check_key(where, key)
+            if not isinstance(value, torch.Tensor):
+                raise InvalidTypeError(
+                    f"{where}: key {key!r}: expected torch.Tensor, got {type(value).__name__}"
+                )
+            data[key] = _wrap(f"{where}: key {key!r}", value)
+        return cls.from_checked(data)
+
     def _convert(self, key: str, value: Any) -> Array:
         if isinstance(value, Array):
             return value
@@ -362,14 +524,24 @@ class ArrayRecord(_Record[Array]):
         )
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, ArrayRecord)
-        # Order matters: it is the order of to_numpy_ndarrays().
-        return list(self._data.items()) == list(other._data.items())
+        """Equal to an ArrayRecord or a ``dict`` with the same names, in the same order, and
+        arrays of the same dtype, shape and bytes under each name."""
+        if type(other) is type(self):
+            assert isinstance(other, ArrayRecord)
+            # Order matters: it is the order of to_numpy_ndarrays().
+            return list(self._data.items()) == list(other._data.items())
+        if isinstance(other, dict):
+            return list(self._data) == list(other) and all(
+                _same_array(array, value)
+                for array, value in zip(self._data.values(), other.values(), strict=True)
+            )
+        return NotImplemented
 
     def to_numpy_ndarrays(self) -> list[np.ndarray[Any, Any]]:
-        """The arrays in order, as NumPy arrays sharing this record's memory."""
+        """The arrays in key order, as NumPy arrays sharing this record's memory.
+
+        Arrays decoded from a message are read-only views; copy one before changing it.
+        """
         return [array.numpy() for array in self._data.values()]
 
     def to_numpy_dict(self) -> dict[str, np.ndarray[Any, Any]]:
@@ -377,12 +549,44 @@ class ArrayRecord(_Record[Array]):
         return {key: array.numpy() for key, array in self._data.items()}
 
     def to_torch_state_dict(self) -> OrderedDict[str, torch.Tensor]:
-        """The arrays as a torch ``state_dict`` (CPU tensors; shared memory where writable)."""
+        """The arrays as a torch ``state_dict``: an ``OrderedDict`` of CPU tensors, in order.
+
+        A tensor is a view of the record's array when that array is writable (a record built
+        from your own arrays or tensors): no copy is made, and changing one changes the other.
+        Arrays decoded from a message are read-only, and a tensor must be writable, so those
+        are copied: independent tensors. ``model.load_state_dict`` copies the values into the
+        model either way; call ``.clone()`` on a tensor to keep an independent one. Needs
+        PyTorch (``pip install 'fedbus[torch]'``), imported only when called.
+        """
+        _torch_module("ArrayRecord.to_torch_state_dict")
         return OrderedDict((key, array.torch()) for key, array in self._data.items())
 
     def count_bytes(self) -> int:
-        """Total bytes of array data (keys and headers not included)."""
-        return sum(array.nbytes for array in self._data.values())
+        """The bytes of this record's keys and arrays: what its data takes, not its framing.
+
+        Each array counts its data (``Array.nbytes``: no header), each key its UTF-8 length.
+        """
+        return sum(_utf8_length(key) + array.nbytes for key, array in self._data.items())
+
+
+def _wrap(where: str, value: np.ndarray[Any, Any] | torch.Tensor) -> Array:
+    """``Array(value)``, with ``where`` (the item) named in the error if it is refused."""
+    try:
+        return Array(value)
+    except (InvalidTypeError, InvalidArgumentError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+
+
+def _same_array(array: Array, value: object) -> bool:
+    """Whether ``value`` holds the same dtype, shape and bytes as ``array``."""
+    if isinstance(value, Array):
+        return array == value
+    if isinstance(value, np.ndarray) or is_torch_tensor(value):
+        try:
+            return array == Array(value)
+        except (InvalidTypeError, InvalidArgumentError):
+            return False  # a dtype or rank no Array holds: equal to none
+    return False
 
 
 def _is_named_pair(item: object) -> bool:
@@ -447,6 +651,12 @@ class RecordDict(_Record[Record]):
     >>> content = RecordDict({"metrics": MetricRecord({"accuracy": 0.9})})
     >>> list(content.metric_records), list(content.array_records)
     (['metrics'], [])
+
+    It equals a ``dict`` of equal records, and since each record equals a ``dict`` of its
+    items, a dict of dicts with those items too:
+
+    >>> content == {"metrics": {"accuracy": 0.9}}
+    True
     """
 
     __slots__ = ()
@@ -475,8 +685,17 @@ class RecordDict(_Record[Record]):
         return _TypedView(self, ConfigRecord)
 
     def count_bytes(self) -> int:
-        """Total bytes of array data in all ArrayRecords."""
-        return sum(record.count_bytes() for record in self.array_records.values())
+        """The bytes of all its records (``count_bytes()`` of each) and of their names.
+
+        >>> import numpy as np
+        >>> content = RecordDict({
+        ...     "model": ArrayRecord({"w": np.zeros(4, dtype=np.float32)}),  # 1 + 16
+        ...     "metrics": MetricRecord({"loss": 0.5}),                       # 4 + 8
+        ... })
+        >>> content.count_bytes()  # and the names: "model" 5, "metrics" 7
+        41
+        """
+        return sum(_utf8_length(key) + record.count_bytes() for key, record in self._data.items())
 
     def copy(self) -> Self:
         """A new RecordDict holding copies of the records; arrays share their buffers."""
