@@ -59,7 +59,8 @@ def test_a_strategy_that_raises_stops_the_run_and_says_why(
     assert server.history == []
     assert not server.finished
     assert server.failure is not None
-    assert server.failure.startswith("ValueError while handling 'train' from node")
+    assert server.failure.startswith("ValueError: not enough values to unpack")
+    assert "while handling 'train' from node" in server.failure
     tracebacks = [record for record in caplog.records if record.exc_info]
     assert tracebacks, "the bug's traceback is in the log"
 

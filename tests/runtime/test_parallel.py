@@ -328,3 +328,15 @@ def test_state_travels_with_the_task_and_comes_back() -> None:
             for key in a[name]:
                 np.testing.assert_array_equal(a[name][key], b[name][key])
     assert any(one.client_fn.state.entries(n) for n in range(1, 31))
+
+
+@pytest.mark.skipif(cores() < 2, reason="needs two cores")
+@pytest.mark.usefixtures("ready_when_asked")
+def test_worker_processes_that_cannot_start_leave_the_work_here(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    one, _ = run_ticks(Answerers(busy=BUSY), workers=1, num_clients=12)
+    auto, stats = run_ticks(DyingAnswerers(busy=BUSY), workers=0, num_clients=12)
+    assert stats.offloaded == 0
+    assert auto == one
+    assert "client work stays in this process" in caplog.text

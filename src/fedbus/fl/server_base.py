@@ -353,9 +353,10 @@ class ServerBase(Worker):
             message,
             exc_info=exc,
         )
+        detail = f": {exc}" if str(exc) else ""
         self.stop_run(
-            f"{type(exc).__name__} while handling {message.metadata.message_type!r} from node "
-            f"{message.sender}: {exc} (the traceback is in the log)"
+            f"{type(exc).__name__}{detail} while handling {message.metadata.message_type!r} "
+            f"from node {message.sender} (the traceback is in the log)"
         )
 
     def stop_run(self, failure: str | None) -> None:

@@ -621,8 +621,18 @@ class Simulation:
             self._offload = True
 
     def _take_over(self, starting: StartsAhead) -> None:
-        """Hand client work to the executor if it is ready now."""
-        if starting.ready():
+        """Hand client work to the executor if it is ready now; if it could not start (a
+        worker process died: a script without a main guard, a factory that cannot be rebuilt
+        elsewhere), client work stays here, where it was going well."""
+        try:
+            ready = starting.ready()
+        except FedbusError as exc:
+            logger.warning("%s; client work stays in this process", exc)
+            assert self._executor is not None
+            self._executor.close()
+            self._executor, self._starting, self._trial = None, None, None
+            return
+        if ready:
             self._starting, self._offload = None, True
 
     def _judge_workers(self, trial: _Trial) -> None:
