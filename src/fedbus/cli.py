@@ -10,59 +10,206 @@
     fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
                   (--root-cert F | --insecure) [--connect-timeout S] [--heartbeat S]
     fedbus keys (new NAME | register REGISTRY PUBFILE | revoke REGISTRY NAME | list REGISTRY)
+    fedbus --version
 
-``server`` and ``client`` read the federation's token from ``--token-file`` or, without it,
-from the ``FEDBUS_TOKEN`` environment variable (a token on the command line would show in
-``ps``).
+``-v`` (``-vv``: more) logs what fedbus does; it may come before or after the command. Each
+command's ``--help`` has a description and examples. ``server`` and ``client`` read the
+federation's token from ``--token-file`` or, without it, from the ``FEDBUS_TOKEN`` environment
+variable (a token on the command line would show in ``ps``). Mistakes on the command line
+(a ``--listen`` without its port, an ``--output`` of a format that cannot be written) are
+refused with one line saying what to give instead, before any work is done.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from fedbus.errors import ConfigError, FedbusError
 
 if TYPE_CHECKING:  # imported when used: `fedbus plot` need not load gRPC
+    from fedbus.run.config import Config
     from fedbus.runtime.grpc import Heartbeat
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+# [IPv6]:PORT, or HOST:PORT with a host name or IPv4 address (no colon in it)
+_ADDRESS = re.compile(
+    r"\[(?P<ipv6>[^\[\]]+)\]:(?P<port>[^:]*)|(?P<host>[^:\[\]]+):(?P<port4>[^:]*)"
+)
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
-def _parser() -> argparse.ArgumentParser:
+_RAW = argparse.RawDescriptionHelpFormatter
+_VERBOSE_HELP = "log what fedbus does (-vv: in more detail)"
+
+# (description, examples) of each command; lines of at most 78 characters: a terminal of 80
+# columns shows them unwrapped
+_FEDBUS = (
+    """\
+Message-oriented federated learning: run a federation in simulation, draw its
+message flow and its curves, or deploy it over gRPC.""",
+    """\
+examples:
+  fedbus run                        # FedAvg on digits, 100 clients
+  fedbus run examples/configs/scaffold.toml --set federation.num_rounds=20
+  fedbus plot runs/* --output comparison.pdf
+  fedbus COMMAND --help             # what a command does, with examples
+
+-v logs what fedbus does, -vv logs more; before or after the command.""",
+)
+_RUN = (
+    """\
+Run a federation in simulation on this machine, in simulated time. Without
+CONFIG: FedAvg on the digits dataset with 100 clients. It writes a run
+directory (config.toml, metrics.jsonl, summary.json, model.npz, curves.png)
+under run.output_dir and prints where. Every key: docs/config.md.""",
+    """\
+examples:
+  fedbus run
+  fedbus run examples/configs/scaffold.toml --set federation.num_rounds=20
+  fedbus run --set data.partition=iid --set strategy.name=fedprox -q""",
+)
+_FLOW = (
+    """\
+Print which role handles which message type and who sends what to whom, draw
+it as a picture with its Mermaid text beside it (same name, suffix .mmd), and
+check that every type sent has a handler.""",
+    """\
+examples:
+  fedbus flow
+  fedbus flow examples/configs/secure.toml --output secagg-flow.svg""",
+)
+_PLOT = (
+    """\
+Draw the accuracy and loss curves of one or more runs on one figure, against
+rounds and simulated time. Each run has one colour; the legend says what was
+run (its strategy, and the settings in which the runs differ) and where.""",
+    """\
+examples:
+  fedbus plot runs/scaffold-20250101-120000 runs/scaffold-20250101-120500
+  fedbus plot runs/* --output comparison.pdf""",
+)
+_SERVER = (
+    """\
+Serve a federation over gRPC: build the server from CONFIG, wait for the
+clients, run the rounds, and write the run directory as fedbus run does. The
+token comes from --token-file or $FEDBUS_TOKEN. It logs what it does; -v logs
+more. See docs/deployment.md.""",
+    """\
+examples:
+  fedbus server experiment.toml --listen 0.0.0.0:8080 --token-file token.txt \\
+      --tls-cert server.pem --tls-key server.key
+  fedbus server experiment.toml --listen 127.0.0.1:0 --insecure  # any free port""",
+)
+_CLIENT = (
+    """\
+Join a federation that fedbus server serves over gRPC, and train on part K of
+the configured dataset, or on a file of your own, until the federation is
+over. The token comes from --token-file or $FEDBUS_TOKEN. See
+docs/deployment.md.""",
+    """\
+examples:
+  fedbus client experiment.toml --server server.example.org:8080 \\
+      --partition 3 --token-file token.txt --root-cert ca.pem
+  fedbus client experiment.toml --server [::1]:8080 --data local.npz --insecure""",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``fedbus`` command and all its subcommands."""
     parser = argparse.ArgumentParser(
-        prog="fedbus", description="Message-oriented federated learning."
+        prog="fedbus", description=_FEDBUS[0], epilog=_FEDBUS[1], formatter_class=_RAW
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what fedbus does")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"fedbus {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a federation in simulation")
+    run = _command(commands, "run", "run a federation in simulation", _RUN)
     _config_arguments(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
-    flow = commands.add_parser("flow", help="print and draw the message flow of a federation")
+    flow = _command(commands, "flow", "print and draw the message flow of a federation", _FLOW)
     _config_arguments(flow)
     flow.add_argument(
         "--output",
         default="flow.png",
+        metavar="FILE",
         help="picture to write, .png or .svg (default flow.png);"
         " the Mermaid text goes beside it with the suffix .mmd",
     )
 
-    plot = commands.add_parser("plot", help="draw the curves of one or more runs on one figure")
-    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    plot.add_argument("--output", default="comparison.png", help="default comparison.png")
-    _server_parser(commands.add_parser("server", help="serve a federation over gRPC"))
-    _client_parser(commands.add_parser("client", help="join a federation served over gRPC"))
+    plot = _command(commands, "plot", "draw the curves of one or more runs on one figure", _PLOT)
+    plot.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="a run directory (it holds metrics.jsonl), as fedbus run prints it",
+    )
+    plot.add_argument(
+        "--output",
+        default="comparison.png",
+        metavar="FILE",
+        help="picture to write; its suffix sets the format: .png, .pdf, .svg, .jpg, ..."
+        " (default comparison.png)",
+    )
+    _server_parser(_command(commands, "server", "serve a federation over gRPC", _SERVER))
+    _client_parser(_command(commands, "client", "join a federation served over gRPC", _CLIENT))
     from fedbus.run.keys import add_keys_parser  # it loads gRPC and cryptography only when run
 
     add_keys_parser(commands)
+    _add_verbose(parser)
     return parser
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    text: tuple[str, str],
+) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary, its description and its examples."""
+    return commands.add_parser(
+        name, help=summary, description=text[0], epilog=text[1], formatter_class=_RAW
+    )
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """Let every subcommand take -v too: ``fedbus run CONFIG -v`` as ``fedbus -v run CONFIG``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                # SUPPRESS: a subcommand without -v leaves the count given before it alone
+                command.add_argument(
+                    "-v",
+                    "--verbose",
+                    dest="verbose_after",
+                    action="count",
+                    default=argparse.SUPPRESS,
+                    help=_VERBOSE_HELP,
+                )
+                _add_verbose(command)
+
+
+def _version() -> str:
+    """The installed distribution's version, or the package's own when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedbus")
+    except PackageNotFoundError:
+        import fedbus
+
+        return str(getattr(fedbus, "__version__", "unknown"))
 
 
 def _network_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +233,13 @@ def _network_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _server_parser(server: argparse.ArgumentParser) -> None:
     _network_arguments(server)
-    server.add_argument("--listen", required=True, metavar="HOST:PORT", help="e.g. 0.0.0.0:8080")
+    server.add_argument(
+        "--listen",
+        required=True,
+        metavar="HOST:PORT",
+        help="where to listen, e.g. 0.0.0.0:8080 (every interface), [::]:8080 (IPv6), "
+        "or 127.0.0.1:0 (any free port, logged)",
+    )
     server.add_argument("--tls-cert", type=Path, help="PEM certificate (chain) of the server")
     server.add_argument("--tls-key", type=Path, help="PEM private key of the server")
     server.add_argument(
@@ -122,7 +275,12 @@ def _server_parser(server: argparse.ArgumentParser) -> None:
 
 def _client_parser(client: argparse.ArgumentParser) -> None:
     _network_arguments(client)
-    client.add_argument("--server", required=True, metavar="HOST:PORT")
+    client.add_argument(
+        "--server",
+        required=True,
+        metavar="HOST:PORT",
+        help="the address fedbus server listens on, e.g. server.example.org:8080 or [::1]:8080",
+    )
     data = client.add_mutually_exclusive_group(required=True)
     data.add_argument(
         "--partition", type=int, metavar="K", help="train on part K of the configured dataset"
@@ -164,10 +322,9 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from fedbus.run.config import load_config
     from fedbus.run.experiment import run_experiment
 
-    config = load_config(args.config, args.overrides)
+    config = _load(args)
     result = run_experiment(config, quiet=args.quiet)
     summary = result.summary
     accuracy = summary["final_test_accuracy"]
@@ -178,12 +335,11 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _flow(args: argparse.Namespace) -> None:
-    from fedbus.run.config import load_config
     from fedbus.run.federation import build_federation
-    from fedbus.run.flowchart import draw_flow
+    from fedbus.run.flowchart import check_flow_path, draw_flow
 
-    config = load_config(args.config, args.overrides)
-    flow = build_federation(config).simulation.message_flow()
+    check_flow_path(args.output, name="--output")  # before any work, and before printing
+    flow = build_federation(_load(args)).simulation.message_flow()
     print(flow.describe())
     picture = draw_flow(flow, args.output)
     mermaid = picture.with_suffix(".mmd")
@@ -193,9 +349,31 @@ def _flow(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from fedbus.run.plot import plot_runs
+    from fedbus.run.plot import check_picture_path, plot_runs
 
-    print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], Path(args.output))}")
+    output = check_picture_path(args.output, name="--output")
+    logger.info("plotting %d run(s) into %s", len(args.run_dirs), output)
+    print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], output)}")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    """The configuration of CONFIG and --set; -v logs what it is, -vv every setting."""
+    from fedbus.run.config import config_to_toml, load_config
+
+    config = load_config(args.config, args.overrides)
+    overrides = " ".join(f"--set {item}" for item in args.overrides)
+    logger.info("configuration: %s %s", args.config or "(built-in default)", overrides)
+    logger.info(
+        "%s on %s with model %s: %d clients, %d per round, %d rounds",
+        config.strategy.name,
+        config.data.dataset,
+        config.model.name,
+        config.federation.num_clients,
+        config.federation.clients_per_round,
+        config.federation.num_rounds,
+    )
+    logger.debug("every setting:\n%s", config_to_toml(config))
+    return config
 
 
 def _keys(args: argparse.Namespace) -> None:
@@ -225,6 +403,51 @@ def _token(args: argparse.Namespace, *, required: bool = True) -> str | None:
     return token
 
 
+def _address(value: str, option: str, *, any_port: bool) -> str:
+    """``value`` if it is HOST:PORT (an IPv6 host in brackets); else a ConfigError saying why.
+
+    ``any_port``: port 0 is allowed, and means any free port (``--listen``).
+    """
+    example = f"{option} 127.0.0.1:8080"
+    if any_port:
+        example += f" (or {option} 127.0.0.1:0 for any free port)"
+    match = _ADDRESS.fullmatch(value)
+    if match is None:
+        if value.count(":") > 1 and not value.startswith("["):
+            raise ConfigError(
+                f"{option} {value!r}: an IPv6 address goes in brackets, before the port: "
+                f"e.g. {option} [::1]:8080"
+            )
+        if not value.endswith("]") and ":" in value:
+            raise ConfigError(f"{option} {value!r}: expected HOST:PORT, e.g. {example}")
+        raise ConfigError(f"{option} {value!r}: the address needs a port, e.g. {example}")
+    host, port = match["ipv6"] or match["host"], match["port"] or match["port4"] or ""
+    _check_host(value, option, host, ipv6=match["ipv6"] is not None)
+    lowest = 0 if any_port else 1
+    if not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise ConfigError(
+            f"{option} {value!r}: the port must be a number from {lowest} to 65535, "
+            f"got {port!r}; e.g. {example}"
+        )
+    return value
+
+
+def _check_host(value: str, option: str, host: str, *, ipv6: bool) -> None:
+    try:
+        if ipv6:
+            ipaddress.IPv6Address(host)
+        elif host.replace(".", "").isdigit():
+            ipaddress.IPv4Address(host)
+        elif _HOST_NAME.fullmatch(host) is None:
+            raise ValueError(host)
+    except ValueError:
+        kind = "IPv6 address" if ipv6 else "host name or IPv4 address"
+        raise ConfigError(
+            f"{option} {value!r}: {host!r} is not a valid {kind}; "
+            f"e.g. {option} {'[::1]' if ipv6 else '127.0.0.1'}:8080"
+        ) from None
+
+
 def _heartbeat(args: argparse.Namespace) -> Heartbeat:
     from fedbus.runtime.grpc import Heartbeat
 
@@ -232,13 +455,13 @@ def _heartbeat(args: argparse.Namespace) -> Heartbeat:
 
 
 def _server(args: argparse.Namespace) -> None:
-    from fedbus.run.config import load_config
     from fedbus.run.deployment import ServerOptions, run_server
     from fedbus.runtime.grpc import ServerTls
     from fedbus.runtime.grpc.security import read_pem
 
+    listen = _address(args.listen, "--listen", any_port=True)
     given = args.config is not None or args.overrides
-    config = load_config(args.config, args.overrides) if given or not args.resume else None
+    config = _load(args) if given or not args.resume else None
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if args.tls_cert is None and not args.insecure:
@@ -251,7 +474,7 @@ def _server(args: argparse.Namespace) -> None:
     keys = args.keys or (config is not None and config.deployment.key_registry)
     heartbeat = _heartbeat(args)
     options = ServerOptions(
-        listen=args.listen,
+        listen=listen,
         token=_token(args, required=not keys and args.client_ca is None),
         tls=tls,
         insecure=args.insecure,
@@ -270,11 +493,11 @@ def _server(args: argparse.Namespace) -> None:
 
 
 def _client(args: argparse.Namespace) -> None:
-    from fedbus.run.config import load_config
     from fedbus.run.deployment import ClientOptions, run_client
     from fedbus.runtime.grpc import NodeIdentity, NodeKey, ServerTls
     from fedbus.runtime.grpc.security import read_pem
 
+    server = _address(args.server, "--server", any_port=False)
     if args.root_cert is not None and args.insecure:
         raise ConfigError("give --root-cert or --insecure, not both")
     if (args.cert is None) != (args.cert_key is None):
@@ -287,7 +510,7 @@ def _client(args: argparse.Namespace) -> None:
     certificate = None if args.cert is None else ServerTls.from_files(args.cert, args.cert_key)
     heartbeat = _heartbeat(args)
     options = ClientOptions(
-        server=args.server,
+        server=server,
         token=_token(args, required=identity is None and certificate is None),
         partition=args.partition,
         data_path=args.data,
@@ -303,24 +526,55 @@ def _client(args: argparse.Namespace) -> None:
         identity=identity,
         certificate=certificate,
     )
-    node_id = run_client(load_config(args.config, args.overrides), options)
+    node_id = run_client(_load(args), options)
     hosted = (
         f"nodes {node_id} to {node_id + args.nodes - 1}" if args.nodes > 1 else f"node {node_id}"
     )
     print(f"{hosted}: the federation is over")
 
 
+class _StderrHandler(logging.StreamHandler[TextIO]):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was at the start.
+
+    The live progress display of ``fedbus run`` redirects stderr while it runs, so that a
+    record logged then is printed above the bar instead of through it.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _logging(command: str, verbosity: int) -> logging.Handler:
+    """Send fedbus's logs to stderr at the level -v asks for; return the handler to remove.
+
+    ``run``, ``flow``, ``plot`` and ``keys`` log errors only, -v adds INFO and -vv DEBUG.
+    ``server`` and ``client`` are long-running processes: they log INFO by default, DEBUG
+    with -v. Other libraries keep logging warnings only, whatever -v says.
+    """
+    network = command in ("server", "client")
+    levels = (logging.ERROR, logging.INFO, logging.DEBUG)
+    level = levels[min(verbosity + network, len(levels) - 1)]
+    handler = _StderrHandler()
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+            if network
+            else "%(levelname)s %(name)s: %(message)s"
+        )
+    )
+    package = logging.getLogger("fedbus")
+    package.addHandler(handler)
+    package.setLevel(level)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedbus`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
-    # server and client are long-running processes: they log what they do by default
-    network = args.command in ("server", "client")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose and network else
-        logging.INFO if args.verbose or network else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if network
-        else "%(levelname)s %(name)s: %(message)s",
-    )  # fmt: skip
+    args = build_parser().parse_args(argv)
+    package = logging.getLogger("fedbus")
+    level_before = package.level
+    handler = _logging(args.command, args.verbose + getattr(args, "verbose_after", 0))
     commands = {
         "run": _run,
         "flow": _flow,
@@ -337,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedbusError as exc:
         print(f"fedbus: {exc}", file=sys.stderr)
         return 1
+    finally:  # main() may be called again in the same process (tests, notebooks)
+        package.removeHandler(handler)
+        package.setLevel(level_before)
     return 0
 
 

@@ -27,38 +27,43 @@ if TYPE_CHECKING:  # imported when used: the parser is built for every fedbus co
 __all__ = ["add_keys_parser", "new_key_files", "read_public_key_file", "run_keys"]
 
 _DESCRIPTION = """\
-Per-node identity for a federation served over gRPC. Each node makes its own key pair;
-the server's operator registers the public half in the registry file the server reads.
+Per-node identity for a federation served over gRPC. Each node makes its own
+key pair; the server's operator registers the public half in the registry file
+the server reads (fedbus server --keys REGISTRY). See docs/deployment.md."""
 
+_EXAMPLES = """\
 example:
-  fedbus keys new alice --dir keys/           # on the node: keys/alice.key and alice.pub
-  fedbus keys register registry.json alice.pub --node-id 3   # on the server
+  fedbus keys new alice --dir keys/        # on the node: keys/alice.key, .pub
+  fedbus keys register registry.json alice.pub --node-id 3    # on the server
   fedbus keys list registry.json
-  fedbus keys revoke registry.json alice
-"""
+  fedbus keys revoke registry.json alice"""
 
+# (summary, description, examples) of each action; lines of at most 78 characters
 _ACTIONS = {
     "new": (
         "make a node's key pair: NAME.key (private, mode 0600) and NAME.pub",
-        "Write DIR/NAME.key, the node's private key (keep it on the node), and DIR/NAME.pub,\n"
-        "its public key, to give to the server's operator. Existing files are never\n"
-        "overwritten.\n\nexample:\n  fedbus keys new alice --dir keys/",
+        "Write DIR/NAME.key, the node's private key (keep it on the node), and\n"
+        "DIR/NAME.pub, its public key, to give to the server's operator. Existing\n"
+        "files are never overwritten.",
+        "example:\n  fedbus keys new alice --dir keys/",
     ),
     "register": (
         "add a node's public key to a registry (created when missing)",
-        "Add the public key in PUBFILE to REGISTRY under the name the file ends with (or\n"
-        "--name). With --node-id, only this key may claim that node id. A name or key\n"
-        "registered before is refused; --replace-revoked gives a revoked name a new key.\n\n"
+        "Add the public key in PUBFILE to REGISTRY under the name the file ends with\n"
+        "(or --name). With --node-id, only this key may claim that node id. A name or\n"
+        "key registered before is refused; --replace-revoked gives a revoked name a\n"
+        "new key.",
         "example:\n  fedbus keys register registry.json alice.pub --node-id 3",
     ),
     "revoke": (
         "mark a node's key revoked: a server reading the registry refuses it",
         "Mark NAME revoked in REGISTRY. The entry stays, so that the key can never be\n"
-        "registered again.\n\nexample:\n  fedbus keys revoke registry.json alice",
+        "registered again. A server reading REGISTRY disconnects the node at once.",
+        "example:\n  fedbus keys revoke registry.json alice",
     ),
     "list": (
         "list the nodes of a registry",
-        "Print each node of REGISTRY: name, node id, key fingerprint, revoked or not.\n\n"
+        "Print each node of REGISTRY: name, node id, key fingerprint, revoked or not.",
         "example:\n  fedbus keys list registry.json",
     ),
 }
@@ -70,6 +75,7 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         "keys",
         help="make node keys; register, revoke and list them in a server's registry",
         description=_DESCRIPTION,
+        epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = keys.add_subparsers(dest="keys_action", required=True, metavar="ACTION")
@@ -78,9 +84,10 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
             name,
             help=short,
             description=long,
+            epilog=example,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        for name, (short, long) in _ACTIONS.items()
+        for name, (short, long, example) in _ACTIONS.items()
     }
     parsers["new"].add_argument("name", metavar="NAME", help="1-64 of A-Z a-z 0-9 . _ -")
     parsers["new"].add_argument(
@@ -94,9 +101,11 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     register.add_argument(
         "--replace-revoked", action="store_true", help="give a revoked name this new key"
     )
-    parsers["revoke"].add_argument("registry", type=Path, metavar="REGISTRY")
-    parsers["revoke"].add_argument("name", metavar="NAME")
-    parsers["list"].add_argument("registry", type=Path, metavar="REGISTRY")
+    for action in ("revoke", "list"):
+        parsers[action].add_argument(
+            "registry", type=Path, metavar="REGISTRY", help="the registry file"
+        )
+    parsers["revoke"].add_argument("name", metavar="NAME", help="the node to revoke")
 
 
 def run_keys(args: argparse.Namespace) -> None:
