@@ -129,7 +129,7 @@ def test_over_selection_from_a_config() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["strategy.name=fedbuff"], 'set aggregation.trigger = "goal"'),
+        (["strategy.name=fedbuff", "aggregation.trigger=all"], 'or set it to "goal"'),
         (["strategy.name=scaffold", "aggregation.trigger=goal"], "needs synchronous rounds"),
         (
             ["aggregation.trigger=goal", "federation.federated_evaluate_every=2"],

@@ -137,7 +137,7 @@ REFUSALS = [
         ["federation.clients_per_round", "at most federation.num_clients (100)", "got 101"],
     ),
     (
-        ["federation.num_clients=5"],
+        ["federation.num_clients=5", "federation.clients_per_round=10"],
         ["federation.clients_per_round", "at most federation.num_clients (5)", "got 10"],
     ),
     (

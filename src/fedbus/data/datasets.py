@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,20 +164,69 @@ def load_npz(
     InvalidArgumentError
         If the file cannot be read, a key is missing, or the arrays are not a valid dataset.
     """
+    name = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [key for key in (x_key, y_key) if key not in archive.files]
-            if missing:
-                raise InvalidArgumentError(
-                    f"{os.fspath(path)}: no array named {missing[0]!r}; "
-                    f"the archive holds {sorted(archive.files)}"
-                )
-            x, y = archive[x_key], archive[y_key]
-    except (OSError, ValueError) as exc:
+        with open(path, "rb") as handle:
+            _check_npz_archive(name, handle.read(len(_NPY_MAGIC)), x_key, y_key)
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                missing = [key for key in (x_key, y_key) if key not in archive.files]
+                if missing:
+                    raise InvalidArgumentError(
+                        f"{name}: no array named {missing[0]!r}; "
+                        f"the archive holds {sorted(archive.files)}"
+                    )
+                x, y = _numeric_array(archive, x_key, name), _numeric_array(archive, y_key, name)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InvalidArgumentError):
             raise
-        raise InvalidArgumentError(f"cannot read npz file {os.fspath(path)!r}: {exc}") from exc
+        if isinstance(exc, OSError) and exc.strerror:  # the file itself could not be read
+            raise InvalidArgumentError(f"cannot read npz file {name!r}: {exc.strerror}") from exc
+        raise InvalidArgumentError(
+            f"cannot read npz file {name!r}: {exc}; {_VALID_NPZ.format(x=x_key, y=y_key)}"
+        ) from exc
     return ArrayDataset.from_arrays(x, y, num_classes)
+
+
+# What an archive load_npz reads holds, told to whoever gave it something else.
+_VALID_NPZ = (
+    "a valid one is a zip of .npy arrays holding the features as {x!r} (samples x features) "
+    "and the integer labels as {y!r}, as np.savez(file, {x}=features, {y}=labels) writes"
+)
+# An .npz archive is a zip file (with members, or empty); a lone .npy array starts with NUMPY.
+_ZIP_MAGIC: tuple[bytes, ...] = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npz_archive(name: str, head: bytes, x_key: str, y_key: str) -> None:
+    """Refuse, from its first bytes ``head``, a file that is not a zip archive.
+
+    Given anything else, ``np.load`` would take it for a pickle, and its refusal suggests
+    allowing that: never the advice for a file from elsewhere.
+    """
+    if head.startswith(_ZIP_MAGIC):
+        return
+    found = "not a zip archive"
+    if head == _NPY_MAGIC:
+        found = "a single .npy array"
+    elif not head:
+        found = "an empty file"
+    raise InvalidArgumentError(
+        f"{name!r} is not a NumPy .npz archive ({found}); {_VALID_NPZ.format(x=x_key, y=y_key)}"
+    )
+
+
+def _numeric_array(archive: Any, key: str, name: str) -> NDArray[Any]:
+    """``archive[key]``; an array of Python objects is refused, never unpickled."""
+    try:
+        return np.asarray(archive[key])
+    except ValueError as exc:
+        if "pickle" not in str(exc):
+            raise
+        raise InvalidArgumentError(
+            f"cannot read npz file {name!r}: array {key!r} holds Python objects, which fedbus "
+            "never unpickles; save it as a numeric array (e.g. np.asarray(values, dtype=float))"
+        ) from exc
 
 
 def load_csv(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,7 +32,7 @@ import tomli_w
 
 from fedbus.data.registry import DATASETS
 from fedbus.data.text import TOKENIZERS as TEXT_TOKENIZERS
-from fedbus.errors import ConfigError
+from fedbus.errors import ConfigError, PluginError
 from fedbus.fl.asynchronous import BROADCASTS, DISCOUNTS
 from fedbus.fl.asynchronous import TRIGGERS as ASYNC_TRIGGERS
 from fedbus.fl.attacks import ATTACK_KINDS
@@ -133,7 +133,9 @@ class FederationConfig(ConfigSection):
     section: ClassVar[str] = "federation"
     num_clients: int = setting(100, "clients in the federation", bounds="x >= 1")
     clients_per_round: int = setting(
-        10, "clients sampled for training each round", bounds="1 <= x <= num_clients"
+        10,
+        "clients sampled for training each round (when not set: 10, or num_clients if fewer)",
+        bounds="1 <= x <= num_clients",
     )
     num_rounds: int = setting(
         80, "training rounds (asynchronous training: aggregations)", bounds="x >= 1"
@@ -167,7 +169,10 @@ class FederationConfig(ConfigSection):
         0, "evaluate on sampled clients' own test data every K rounds (0 = never)", bounds="x >= 0"
     )
     clients_per_evaluation: int = setting(
-        10, "clients sampled for a federated evaluation", bounds="1 <= x <= num_clients"
+        0,
+        "clients sampled for a federated evaluation, when federated_evaluate_every > 0 "
+        "(0 = clients_per_round)",
+        bounds="0 <= x <= num_clients",
     )
     early_stopping_patience: int = setting(
         0,
@@ -381,7 +386,8 @@ class AggregationConfig(ConfigSection):
     trigger: str = setting(
         "all",
         "when to aggregate: once every sampled client answered (all: synchronous rounds), "
-        "after `goal` updates, or every `period` seconds",
+        "after `goal` updates, or every `period` seconds; when not set, goal for an "
+        "asynchronous strategy (fedasync, fedbuff) and all for any other",
         choices=TRIGGERS,
     )
     goal: int = setting(10, "updates per aggregation (goal trigger)", bounds="x >= 1")
@@ -735,6 +741,41 @@ def _unknown_section(section: str) -> str:
     return f"[{section}]: unknown section; {did_you_mean}known sections: {', '.join(SECTIONS)}"
 
 
+def _round_size_of_federation(
+    sections: Mapping[str, ConfigSection], values: Mapping[str, Any], default: Any
+) -> Any:
+    """A federation of fewer clients than the declared default samples all of them."""
+    num_clients = values["num_clients"]
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        return default  # refused: its problem is reported
+    return min(default, num_clients)
+
+
+def _trigger_of_strategy(
+    sections: Mapping[str, ConfigSection], values: Mapping[str, Any], default: Any
+) -> Any:
+    """An asynchronous strategy (fedasync, fedbuff) aggregates every aggregation.goal updates;
+    any other keeps synchronous rounds."""
+    strategy = sections.get("strategy")
+    if not isinstance(strategy, StrategyConfig):
+        return default  # refused: its problem is reported
+    try:
+        asynchronous = STRATEGIES.get(strategy.name).strategy.asynchronous
+    except PluginError:
+        return default  # a plugin that fails to load is reported when the run builds it
+    return "goal" if asynchronous else default
+
+
+_Follow = Callable[[Mapping[str, ConfigSection], Mapping[str, Any], Any], Any]
+#: Keys whose default follows other keys, by section: ``follow(sections, values, declared)``
+#: reads the sections built before (SECTIONS' order) and the values of its own. A key the user
+#: set is kept as set, to be refused if it contradicts another.
+_FOLLOWING_DEFAULTS: dict[str, dict[str, _Follow]] = {
+    "federation": {"clients_per_round": _round_size_of_federation},
+    "aggregation": {"trigger": _trigger_of_strategy},
+}
+
+
 def _build(data: Mapping[str, Any], problems: list[str]) -> Config | None:
     """Add every problem of ``data`` to ``problems``; return the Config if there are none."""
     problems.extend(_unknown_section(str(name)) for name in data if name not in SECTIONS)
@@ -747,6 +788,9 @@ def _build(data: Mapping[str, Any], problems: list[str]) -> Config | None:
         keys = section_fields(section)
         problems.extend(_unknown_key(name, str(key)) for key in table if key not in keys)
         values = {key: table.get(key, key_field.default) for key, key_field in keys.items()}
+        for key, follow in _FOLLOWING_DEFAULTS.get(name, {}).items():
+            if key not in table:
+                values[key] = follow(sections, values, values[key])
         found = section_problems(section, values)
         problems.extend(found)
         if not found:
@@ -790,14 +834,41 @@ def _parse_override(text: str) -> tuple[str, str, object]:
     return section, key, parsed["value"]
 
 
+#: How the files a config is often mistaken for begin: a NumPy archive (a zip) and a .npy array.
+_DATA_MAGIC: tuple[bytes, ...] = (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")
+_DATA_SUFFIXES: tuple[str, ...] = (".npz", ".npy", ".csv")
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        problem = f"not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})"
+        raise ConfigError(_not_a_config(path, raw, problem, "save it as UTF-8")) from exc
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+        raise ConfigError(_not_a_config(path, raw, f"not valid TOML ({exc})")) from exc
+
+
+def _not_a_config(path: Path, raw: bytes, problem: str, fix: str = "") -> str:
+    """Why ``path`` is refused as a config, and what to do; a dataset is sent to data.path."""
+    name = str(path)
+    if raw.startswith(_DATA_MAGIC) or path.suffix.lower() in _DATA_SUFFIXES:
+        kind = "csv" if path.suffix.lower() == ".csv" else "npz"
+        return (
+            f"config file {name!r} is {problem} and looks like a dataset: a config must be a "
+            f"UTF-8 TOML file, and a dataset goes in data.path, e.g. "
+            f"--set data.dataset={kind} --set data.path={name}"
+        )
+    return f"config file {name!r} is {problem}" + (
+        f": a config must be a UTF-8 TOML file; {fix}" if fix else ""
+    )
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:

@@ -7,6 +7,7 @@ already written), then write ``summary.json``, ``model.npz`` and ``curves.png``.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedbus.errors import RunError
+from fedbus.errors import ConfigError, RunError
 from fedbus.fl import RoundRecord, ServerBase
 from fedbus.run.config import Config, config_to_toml
 from fedbus.run.federation import Federation, build_federation
@@ -129,10 +130,18 @@ def run_experiment(config: Config, *, quiet: bool = False) -> ExperimentResult:
     run_dir = log.run_dir = RunDirectory.create(
         config.run.output_dir, config.run.name, config_to_toml(config)
     )
-    with RoundProgress(config.federation.num_rounds, quiet=quiet) as progress:
-        log.progress = progress
-        log.started = time.perf_counter()
-        outcome = federation.simulation.run()
+    try:
+        with RoundProgress(config.federation.num_rounds, quiet=quiet) as progress:
+            log.progress = progress
+            log.started = time.perf_counter()
+            outcome = federation.simulation.run()
+    except ConfigError:
+        # Refused as the simulation started (a Ray cluster that does not answer at
+        # simulation.ray_address), before any round: like any refused configuration, it leaves
+        # no run directory behind.
+        if not federation.server.history:
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
     server = federation.server
     history = server.history
     failure = server.failure

@@ -350,7 +350,7 @@ def _build_server(
             max_round_retries=federation.max_round_retries,
             over_selection=aggregation.over_selection,
             federated_evaluate_every=federation.federated_evaluate_every,
-            clients_per_evaluation=federation.clients_per_evaluation,
+            clients_per_evaluation=federation.clients_per_evaluation or None,
             settings=settings,
         )
     return AsyncServer(
@@ -385,8 +385,8 @@ def _private(config: Config, strategy: Strategy, seeded_noise: bool) -> Strategy
         )
     if config.aggregation.trigger != "all":
         raise ConfigError(
-            "privacy.mode accounts for synchronous rounds of sampled clients: set "
-            'aggregation.trigger = "all"'
+            "privacy.mode accounts for synchronous rounds of sampled clients: "
+            + _synchronous_fix(config, strategy)
         )
     rng = np.random.default_rng([federation.seed, 0xD9]) if seeded_noise else None
     try:
@@ -422,7 +422,7 @@ def _secure_server(
     problems = []
     if config.aggregation.trigger != "all":
         problems.append(
-            'secure aggregation runs synchronous rounds: set aggregation.trigger = "all"'
+            "secure aggregation runs synchronous rounds: " + _synchronous_fix(config, strategy)
         )
     if privacy.mode == "central" or privacy.adaptive_clipping:
         problems.append(
@@ -458,6 +458,16 @@ def _secure_server(
         raise ConfigError(f"[privacy] secure aggregation: {exc}") from exc
 
 
+def _synchronous_fix(config: Config, strategy: Strategy) -> str:
+    """What to change for synchronous rounds: the trigger, or an asynchronous strategy."""
+    if strategy.asynchronous:
+        return (
+            f'set strategy.name to a synchronous strategy (such as "fedavg") instead of '
+            f'"{config.strategy.name}", which trains asynchronously'
+        )
+    return 'set aggregation.trigger = "all"'
+
+
 def _concurrency(config: Config) -> int:
     return config.aggregation.concurrency or config.federation.clients_per_round
 
@@ -469,8 +479,10 @@ def _check_schedule(config: Config, strategy: Strategy) -> None:
     if aggregation.trigger == "all":
         if strategy.asynchronous:
             raise ConfigError(
-                f'strategy.name = "{name}" trains asynchronously: set aggregation.trigger = '
-                '"goal" (aggregate every aggregation.goal updates) or "time"'
+                f'strategy.name = "{name}" trains asynchronously, but aggregation.trigger = "all" '
+                "runs synchronous rounds: remove aggregation.trigger (it then follows the "
+                'strategy: "goal"), or set it to "goal" (aggregate every aggregation.goal '
+                'updates) or "time"'
             )
         return
     problems = []

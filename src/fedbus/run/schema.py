@@ -22,6 +22,7 @@ fedbus.errors.ConfigError: trainer.epochs: expected an integer >= 1, got 0
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -93,7 +94,7 @@ class KeySpec:
         Numeric range as written for users: ``"x >= 1"``, ``"x > 0"``, ``"0 <= x < 1"``, or
         ``"1 <= x <= other_key"`` for a key that may not exceed another key of its section.
     choices : tuple of str
-        The only accepted values, when not empty.
+        The only accepted values, when not empty; a close one is suggested for any other.
     pattern, pattern_text : str
         A regular expression the whole value must match, and how to say it to a user.
     is_path : bool
@@ -104,6 +105,9 @@ class KeySpec:
     registry : NameSource, optional
         The value must be a name this registry knows (a strategy, dataset or model); the names
         are read when a value is checked, so plugins installed later count.
+
+    A value of ``choices`` or ``registry`` written in other letter case is taken as the name it
+    spells ("FedAvg" is "fedavg"), unless two accepted names differ only in case.
     """
 
     meaning: str
@@ -246,6 +250,23 @@ def _expected(kind: type, spec: KeySpec, section: str) -> str:
     return f"{_NOUNS[kind]} {'with ' if rule.startswith(tuple('-0123456789')) else ''}{rule}"
 
 
+def _canonical_name(spec: KeySpec, value: object) -> object:
+    """The accepted name ``value`` spells in other letter case ("FedAvg": "fedavg"), if it is
+    the only one; else ``value`` unchanged, to be refused with a suggestion."""
+    accepted = spec.registry.names() if spec.registry is not None else spec.choices
+    if not isinstance(value, str) or not accepted or value in accepted:
+        return value
+    same = [name for name in accepted if name.casefold() == value.casefold()]
+    return same[0] if len(same) == 1 else value
+
+
+def _did_you_mean(value: str, accepted: Sequence[str]) -> str:
+    """``'; did you mean "goal"?'`` for the accepted value closest to ``value``, or ``""``."""
+    folded = {name.casefold(): name for name in accepted}
+    close = difflib.get_close_matches(value.casefold(), list(folded), n=1)
+    return f"; did you mean {show(folded[close[0]])}?" if close else ""
+
+
 def _check_rule(qualified: str, kind: type, spec: KeySpec, value: Any) -> None:
     """Raise when ``value``, already of the right type, is not one the key accepts."""
     if spec.registry is not None:
@@ -263,7 +284,8 @@ def _check_rule(qualified: str, kind: type, spec: KeySpec, value: Any) -> None:
     if broken:
         section = qualified.partition(".")[0]
         expected = _expected(kind, spec, section)
-        raise _InvalidValueError(f"{qualified}: expected {expected}, got {show(value)}")
+        hint = _did_you_mean(value, spec.choices) if spec.choices else ""
+        raise _InvalidValueError(f"{qualified}: expected {expected}, got {show(value)}{hint}")
 
 
 def _relation_problem(
@@ -294,9 +316,10 @@ def section_problems(section: type[ConfigSection], values: dict[str, Any]) -> li
     valid: set[str] = set()
     for key, key_field in section_fields(section).items():
         qualified, kind = f"{section.section}.{key}", KINDS[str(key_field.type)]
+        spec = key_spec(key_field)
         try:
-            values[key] = _checked_type(qualified, kind, values[key])
-            _check_rule(qualified, kind, key_spec(key_field), values[key])
+            values[key] = _canonical_name(spec, _checked_type(qualified, kind, values[key]))
+            _check_rule(qualified, kind, spec, values[key])
         except _InvalidValueError as problem:
             problems.append(str(problem))
         else:

@@ -15,7 +15,9 @@ comes back with its outcome, so any Ray worker may answer any client.
 from __future__ import annotations
 
 import math
+import os
 import uuid
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,6 +68,44 @@ def _ray() -> Any:
     return ray
 
 
+def _connect(ray: Any, address: str | None) -> None:
+    """``ray.init`` at ``address``; a ``ConfigError`` saying what to do when Ray cannot."""
+    try:
+        with warnings.catch_warnings():
+            # Ray warns before it raises on a ray:// timeout; the error below says the same
+            warnings.filterwarnings("ignore", message="Ray Client connection timed out")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, TimeoutError, ValueError) as exc:
+        raise ConfigError(_unreachable(address, exc)) from exc
+
+
+def _unreachable(address: str | None, exc: Exception) -> str:
+    """Why Ray could not start at ``address``, and what to do, in one line."""
+    local = "or leave simulation.ray_address empty to run a local Ray for this run"
+    if not address:
+        from_environment = os.environ.get("RAY_ADDRESS", "")
+        if not from_environment:
+            return f"could not start a local Ray: {exc}"
+        # Ray joins the cluster RAY_ADDRESS names when no address is given
+        setting = f'the RAY_ADDRESS environment variable ("{from_environment}")'
+        return f"{setting}: no Ray cluster answers there ({exc}); check it, or unset it"
+    setting = f'simulation.ray_address = "{address}"'
+    if address == "auto":
+        return (
+            f"{setting}: no Ray cluster is running on this machine; start one with "
+            f"`ray start --head`, {local}"
+        )
+    if isinstance(exc, ValueError):
+        return (
+            f'{setting}: not an address Ray understands ({exc}); expected "auto", '
+            f'"ray://HOST:PORT" (a head node\'s Ray Client port, 10001 by default), {local}'
+        )
+    return (
+        f"{setting}: no Ray cluster answers at this address ({exc}); check the address and "
+        f"that the head node can be reached from here, {local}"
+    )
+
+
 class RayExecutor:
     """Answers tasks on the Ray cluster at ``address`` (None: the local Ray, started if needed).
 
@@ -78,7 +118,7 @@ class RayExecutor:
         self._ray = ray
         self._started_ray = False
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            _connect(ray, address)
             self._started_ray = True
         self._remote = ray.remote(num_cpus=1)(_answer_group)
         self._factory = ray.put(factory)
