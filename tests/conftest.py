@@ -48,6 +48,18 @@ def federation(request: pytest.FixtureRequest) -> RunFederation:
     return run
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With several test processes (``make test`` runs two), every test that uses Ray runs in
+    the same one, so that one local Ray is started, not one per process."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        uses_ray = "local_ray" in getattr(item, "fixturenames", ()) or (
+            params is not None and "ray" in params.params.values()
+        )
+        if uses_ray:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def local_ray() -> Iterator[None]:
     """A local Ray with two CPUs, started once for the whole session (it takes seconds)."""

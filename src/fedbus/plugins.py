@@ -152,8 +152,9 @@ class Registry(Generic[T]):
     def unknown(self, name: str) -> str:
         """The message for an unknown ``name``: close names, then every known name."""
         known = self.names()
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        by_lower = {each.lower(): each for each in known}  # "FEDAVGG" is close to "fedavg" too
+        close = difflib.get_close_matches(name.lower(), list(by_lower), n=1)
+        hint = f"did you mean {by_lower[close[0]]!r}? " if close else ""
         return f"{self.kind} {name!r} is not known; {hint}Known: {', '.join(known)}"
 
     def refresh(self) -> None:

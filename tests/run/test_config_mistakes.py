@@ -227,6 +227,11 @@ def test_a_misspelt_strategy_gets_a_suggestion(tmp_path: Path) -> None:
     assert_one_clear_line(done, "strategy.name", "did you mean 'fedavg'?")
 
 
+def test_a_misspelt_strategy_in_capitals_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean 'fedavg'\?"):
+        load_config(None, ["strategy.name=FEDAVGG"])
+
+
 def test_a_misspelt_choice_gets_a_suggestion() -> None:
     with pytest.raises(ConfigError, match=r'got "gaol"; did you mean "goal"\?'):
         load_config(None, ["aggregation.trigger=gaol"])

@@ -132,7 +132,18 @@ def test_objects_are_never_pickled_into_or_out_of_a_model(tmp_path: Path) -> Non
     assert not run.model_path.exists()
     hostile = tmp_path / "hostile.npz"
     np.savez(hostile, x=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(InvalidArgumentError, match="cannot load a model"):
+    with pytest.raises(InvalidArgumentError, match=r"cannot read npz file .*a model is"):
         load_model(hostile)
-    with pytest.raises(InvalidArgumentError, match="cannot load a model"):
+    with pytest.raises(InvalidArgumentError, match="cannot read npz file .*No such file"):
         load_model(tmp_path / "absent.npz")
+
+
+def test_a_text_file_given_as_a_model_is_named_and_pickle_is_never_suggested(
+    tmp_path: Path,
+) -> None:
+    text = tmp_path / "model.npz"
+    text.write_text("not a model\n")
+    with pytest.raises(InvalidArgumentError) as refused:
+        load_model(text)
+    assert "is not a NumPy .npz archive (not a zip archive)" in str(refused.value)
+    assert "pickle" not in str(refused.value)

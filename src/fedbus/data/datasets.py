@@ -13,10 +13,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,26 +167,14 @@ def load_npz(
         If the file cannot be read, a key is missing, or the arrays are not a valid dataset.
     """
     name = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            _check_npz_archive(name, handle.read(len(_NPY_MAGIC)), x_key, y_key)
-            handle.seek(0)
-            with np.load(handle, allow_pickle=False) as archive:
-                missing = [key for key in (x_key, y_key) if key not in archive.files]
-                if missing:
-                    raise InvalidArgumentError(
-                        f"{name}: no array named {missing[0]!r}; "
-                        f"the archive holds {sorted(archive.files)}"
-                    )
-                x, y = _numeric_array(archive, x_key, name), _numeric_array(archive, y_key, name)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, InvalidArgumentError):
-            raise
-        if isinstance(exc, OSError) and exc.strerror:  # the file itself could not be read
-            raise InvalidArgumentError(f"cannot read npz file {name!r}: {exc.strerror}") from exc
-        raise InvalidArgumentError(
-            f"cannot read npz file {name!r}: {exc}; {_VALID_NPZ.format(x=x_key, y=y_key)}"
-        ) from exc
+    valid = _VALID_NPZ.format(x=x_key, y=y_key)
+    with read_npz(path, valid) as archive:
+        missing = [key for key in (x_key, y_key) if key not in archive]
+        if missing:
+            raise InvalidArgumentError(
+                f"{name}: no array named {missing[0]!r}; the archive holds {sorted(archive)}"
+            )
+        x, y = _numeric_array(archive, x_key, name), _numeric_array(archive, y_key, name)
     return ArrayDataset.from_arrays(x, y, num_classes)
 
 
@@ -198,22 +188,37 @@ _ZIP_MAGIC: tuple[bytes, ...] = (b"PK\x03\x04", b"PK\x05\x06")
 _NPY_MAGIC = b"\x93NUMPY"
 
 
-def _check_npz_archive(name: str, head: bytes, x_key: str, y_key: str) -> None:
-    """Refuse, from its first bytes ``head``, a file that is not a zip archive.
+@contextlib.contextmanager
+def read_npz(path: str | os.PathLike[str], valid: str) -> Iterator[Mapping[str, Any]]:
+    """The arrays of the ``.npz`` archive at ``path``, by name, read as they are used.
 
-    Given anything else, ``np.load`` would take it for a pickle, and its refusal suggests
-    allowing that: never the advice for a file from elsewhere.
+    Anything that is not a zip archive is refused from its first bytes: given anything else,
+    ``np.load`` would take it for a pickle, and its refusal suggests allowing that, never the
+    advice for a file from elsewhere. Arrays are read with ``allow_pickle=False``. ``valid``
+    says what a valid archive holds; every ``InvalidArgumentError`` ends with it.
     """
-    if head.startswith(_ZIP_MAGIC):
-        return
-    found = "not a zip archive"
-    if head == _NPY_MAGIC:
-        found = "a single .npy array"
-    elif not head:
-        found = "an empty file"
-    raise InvalidArgumentError(
-        f"{name!r} is not a NumPy .npz archive ({found}); {_VALID_NPZ.format(x=x_key, y=y_key)}"
-    )
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+            if not head.startswith(_ZIP_MAGIC):
+                found = "not a zip archive"
+                if head == _NPY_MAGIC:
+                    found = "a single .npy array"
+                elif not head:
+                    found = "an empty file"
+                raise InvalidArgumentError(
+                    f"{name!r} is not a NumPy .npz archive ({found}); {valid}"
+                )
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                yield archive
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, InvalidArgumentError):
+            raise
+        if isinstance(exc, OSError) and exc.strerror:  # the file itself could not be read
+            raise InvalidArgumentError(f"cannot read npz file {name!r}: {exc.strerror}") from exc
+        raise InvalidArgumentError(f"cannot read npz file {name!r}: {exc}; {valid}") from exc
 
 
 def _numeric_array(archive: Any, key: str, name: str) -> NDArray[Any]:

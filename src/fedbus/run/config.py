@@ -588,9 +588,10 @@ class SimulationConfig(ConfigSection):
     )
     workers: int = setting(
         0,
-        "processes running client work in parallel: 0 = one per core once client updates "
-        "take 2 ms or more (lighter work runs faster in this process), 1 = all in this "
-        "process; results are the same, bit for bit, for any number",
+        "processes running client work in parallel: 0 = decide by measuring (one per core, "
+        "started in the background, once client updates take 5 ms or more on one core; back "
+        "to this process if they answer slower), 1 = all in this process; results are the "
+        "same, bit for bit, for any number",
         bounds="x >= 0",
     )
     backend: str = setting(

@@ -42,6 +42,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from fedbus.data.datasets import read_npz
 from fedbus.errors import InvalidArgumentError
 from fedbus.message import PackedList
 
@@ -269,11 +270,8 @@ def load_model(path: str | Path) -> dict[str, np.ndarray]:
     file = Path(path)
     if file.is_dir():
         file = file / MODEL_FILE
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InvalidArgumentError(f"{file}: cannot load a model: {exc}") from exc
+    with read_npz(file, "a model is the model.npz a run wrote, one array per name") as archive:
+        return {name: archive[name] for name in archive}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
