@@ -37,8 +37,9 @@ lint: install-all
 typecheck: install-all
 	$(BIN)/mypy
 
+# One test process per core; the tests that use Ray share one of them (tests/conftest.py).
 unit: install-all
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadgroup
 
 test: lint typecheck unit
 

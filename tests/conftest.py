@@ -54,7 +54,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(item, "callspec", None)
         uses_ray = "local_ray" in getattr(item, "fixturenames", ()) or (
-            params is not None and "ray" in params.params.values()
+            params is not None
+            and any(isinstance(value, str) and value == "ray" for value in params.params.values())
         )
         if uses_ray:
             item.add_marker(pytest.mark.xdist_group("ray"))

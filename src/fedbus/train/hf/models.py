@@ -168,9 +168,7 @@ def load_causal_lm(
 def _from_config(config: transformers.PretrainedConfig, seed: int, name: str) -> nn.Module:
     try:
         with seeded(seed):
-            model: nn.Module = transformers.AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-                config
-            )
+            model: nn.Module = transformers.AutoModelForCausalLM.from_config(config)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"model.hf_model {name!r}: not a causal language model: {exc}") from exc
     model.eval()
@@ -252,7 +250,7 @@ def add_lora(model: nn.Module, lora: LoraSettings, *, seed: int = 0) -> nn.Modul
     targets = check_target_modules(model, lora.target_modules)
     config = peft.LoraConfig(
         r=lora.r,
-        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int, computes alpha / r
+        lora_alpha=lora.alpha,  # peft annotates int, computes alpha / r
         lora_dropout=lora.dropout,
         target_modules=list(targets),
         # GPT-2's Conv1D stores its weight transposed; peft would otherwise warn and switch.
