@@ -134,7 +134,7 @@ def test_objects_are_never_pickled_into_or_out_of_a_model(tmp_path: Path) -> Non
     np.savez(hostile, x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(InvalidArgumentError, match=r"cannot read npz file .*a model is"):
         load_model(hostile)
-    with pytest.raises(InvalidArgumentError, match="cannot read npz file .*No such file"):
+    with pytest.raises(InvalidArgumentError, match=r"cannot read npz file .*No such file"):
         load_model(tmp_path / "absent.npz")
 
 
