@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.fedbus-base
 FULL   := $(VENV)/.fedbus-full
 
-.PHONY: install install-all run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora docs docs-results clean
+.PHONY: install install-all run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora bench-published docs docs-results clean
 
 $(BASE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(BASE): pyproject.toml Makefile
 $(FULL): $(BASE)
 	# torch first and pinned: a looser request would resolve a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,torch,ray,llm]'
+	$(BIN)/python -m pip install -q -e '.[dev,torch,ray,llm,data]'
 	touch $(FULL)
 
 install: $(BASE)
@@ -80,6 +80,11 @@ bench-fleet: install-all
 # Federated LoRA against full fine-tuning: bytes per round (tiny model and GPT-2 small's shape).
 bench-lora: install-all
 	$(BIN)/python bench/lora.py
+
+# Reruns the published experiments of docs/results.md (about 10 minutes on one core).
+bench-published: install-all
+	$(BIN)/python bench/published_mnist1d.py
+	$(BIN)/python bench/published_fedprox.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@
     fedbus run [CONFIG] [--set section.key=value ...] [-q]
     fedbus flow [CONFIG] [--set ...] [--output flow.png]
     fedbus plot RUN_DIR [RUN_DIR ...] [--output comparison.png]
+    fedbus partition [CONFIG] [--set ...] [--plot partition.png]
     fedbus server [CONFIG] --listen HOST:PORT (--tls-cert F --tls-key F | --insecure)
                   [--resume RUN_DIR] [--min-clients N] [--join-timeout S] [--heartbeat S]
     fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
@@ -99,6 +100,20 @@ examples:
   fedbus plot runs/scaffold-20250101-120000 runs/scaffold-20250101-120500
   fedbus plot runs/* --output comparison.pdf""",
 )
+_PARTITION = (
+    """\
+Build the dataset of CONFIG as fedbus run would, and show how it is divided
+among the clients: per client its train and test samples, how many labels it
+holds and the share of its most frequent one (beyond 100 clients, their
+distribution instead), then totals; draw a clients x labels heat map of
+sample counts with the client sizes beside it (the first 100 clients). See
+docs/partitioning.md.""",
+    """\
+examples:
+  fedbus partition --set data.partition=pathological \\
+      --set data.classes_per_client=2 --set federation.num_clients=20
+  fedbus partition experiment.toml --set data.partition=power_law --plot sizes.svg""",
+)
 _SERVER = (
     """\
 Serve a federation over gRPC: build the server from CONFIG, wait for the
@@ -161,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="picture to write; its suffix sets the format: .png, .pdf, .svg, .jpg, ..."
         " (default comparison.png)",
+    )
+    partition = _command(
+        commands, "partition", "print and draw how a run divides its data", _PARTITION
+    )
+    _config_arguments(partition)
+    partition.add_argument(
+        "--plot",
+        default="partition.png",
+        metavar="FILE",
+        help="heat map to write; its suffix sets the format: .png, .pdf, .svg, ..."
+        " (default partition.png)",
     )
     _server_parser(_command(commands, "server", "serve a federation over gRPC", _SERVER))
     _client_parser(_command(commands, "client", "join a federation served over gRPC", _CLIENT))
@@ -354,6 +380,16 @@ def _plot(args: argparse.Namespace) -> None:
     output = check_picture_path(args.output, name="--output")
     logger.info("plotting %d run(s) into %s", len(args.run_dirs), output)
     print(f"wrote {plot_runs([Path(d) for d in args.run_dirs], output)}")
+
+
+def _partition(args: argparse.Namespace) -> None:
+    from fedbus.run.partition_report import partition_report
+    from fedbus.run.plot import check_picture_path
+
+    output = check_picture_path(args.plot, name="--plot")  # before the dataset is built
+    text, picture = partition_report(_load(args), output)
+    print(text)
+    print(f"\nwrote {picture}")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -579,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "flow": _flow,
         "plot": _plot,
+        "partition": _partition,
         "server": _server,
         "client": _client,
         "keys": _keys,

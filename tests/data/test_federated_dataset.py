@@ -75,7 +75,10 @@ def test_client_index_out_of_range_is_refused(digits: ArrayDataset) -> None:
 
     with pytest.raises(InvalidArgumentError, match=r"client_index: expected 0..2, got 3"):
         data.client(3)
-    with pytest.raises(InvalidArgumentError, match=r"partition: expected one of dirichlet, iid"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"partition: expected one of iid, dirichlet, shards, pathological",
+    ):
         PartitionedDataset.from_arrays(digits, 3, "random")
     with pytest.raises(InvalidArgumentError, match=r"central_test_fraction: expected a number"):
         PartitionedDataset.from_arrays(digits, 3, central_test_fraction=1.0)

@@ -102,6 +102,14 @@ class Fleet:
             process.kill()
             raise AssertionError(f"process did not end:\n{self.log(process)}") from None
 
+    def wait_for_log(self, process: subprocess.Popen[bytes], text: str) -> None:
+        """Until ``text`` appears in ``process``'s log (it must keep running meanwhile)."""
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while text not in self.log(process):
+            assert process.poll() is None, f"ended before {text!r}:\n{self.log(process)}"
+            assert time.monotonic() < deadline, f"{text!r} did not come:\n{self.log(process)}"
+            time.sleep(0.02)
+
     def kill_all(self) -> None:
         for process in self.processes:
             if process.poll() is None:

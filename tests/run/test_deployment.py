@@ -79,14 +79,24 @@ def test_a_client_killed_mid_round_and_restarted(fleet: Fleet) -> None:
     assert main(["keys", "register", registry, str(fleet.root / "node-5.pub")]) == 0
     key = ("--key", str(fleet.root / "node-5.key"))
     port = free_port()
-    server = fleet.server(config, port, "--insecure", "--keys", registry)
-    clients = [fleet.client(config, port, k, "--insecure", *key[: 2 * (k == 4)]) for k in range(5)]
+    # Heartbeats every 10 s: a client paused below stays a member for 30 s.
+    calm = ("--insecure", "--heartbeat", "10")
+    server = fleet.server(config, port, *calm, "--keys", registry)
+    clients = [fleet.client(config, port, k, *calm, *key[: 2 * (k == 4)]) for k in range(5)]
     killed_after = wait_for_round(fleet.root, 2, server)
     clients[4].send_signal(signal.SIGKILL)  # while it trains for the next round
     assert clients[4].wait(10) == -signal.SIGKILL
-    restarted = fleet.client(config, port, 4, "--insecure", *key)
+    # The others are paused while node 5 restarts, so the rounds wait for its return instead of
+    # racing a process start.
+    for client in clients[:4]:
+        client.send_signal(signal.SIGSTOP)
+    restarted = fleet.client(config, port, 4, *calm, *key)
+    fleet.wait_for_log(server, "node 5 reconnected")
+    for client in clients[:4]:
+        client.send_signal(signal.SIGCONT)
     assert fleet.finish(server) == 0, fleet.log(server)
-    assert [fleet.finish(c) for c in [*clients[:4], restarted]] == [0] * 5
+    finished = [*clients[:4], restarted]
+    assert [fleet.finish(c) for c in finished] == [0] * 5, [fleet.log(c) for c in finished]
     metrics = read_metrics(run_dir_of(fleet.root))
     assert [m["round"] for m in metrics] == list(range(1, 13))
     # the round it was killed in closed with the four replies that arrived (it was sampled if
@@ -95,8 +105,8 @@ def test_a_client_killed_mid_round_and_restarted(fleet: Fleet) -> None:
     assert cut_short["clients_replied"] == 4
     assert cut_short["clients_sampled"] in (4, 5)
     assert all(m["clients_replied"] + m["clients_failed"] <= 5 for m in metrics)
-    # the restarted client rejoined as node 5 and was sampled, and answered, again (it has the
-    # nine rounds left to rejoin in: a process start, against 600 epochs of training each)
+    # the restarted client rejoined as node 5 and was sampled, and answered, again (the paused
+    # clients held the round open until it was back)
     assert any(m["clients_replied"] == 5 for m in metrics if m["round"] > killed_after)
     server_log = fleet.log(server)
     assert server_log.count("node 5 connected") == 1

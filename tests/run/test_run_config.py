@@ -123,8 +123,8 @@ REFUSALS = [
     (["data.samples_per_client=1"], ["data.samples_per_client", ">= 2", "got 1"]),
     (["simulation.dropout=1.5"], ["simulation.dropout", "0 <= x <= 1", "got 1.5"]),
     (["simulation.slow_factor=0.5"], ["simulation.slow_factor", ">= 1", "got 0.5"]),
-    (["data.dataset=mnist"], ["data.dataset", "dataset 'mnist' is not known", "csv, digits, npz"]),
-    (["data.partition=pathological"], ["data.partition", '"iid", "dirichlet", "shards"']),
+    (["data.dataset=cifar10"], ["data.dataset", "'cifar10' is not known", "digits, ", "mnist1d"]),
+    (["data.partition=zipf"], ["data.partition", '"iid", "dirichlet", "shards"', '"natural"']),
     (["model.name=resnet"], ["model.name", "model 'resnet' is not known", "cnn, mlp, softmax"]),
     (
         ["strategy.name=fedavgg"],

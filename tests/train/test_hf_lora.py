@@ -217,8 +217,9 @@ def test_bad_text_files_get_clear_errors(files: tuple[Path, Path], tmp_path: Pat
     assert "federation.num_clients = 3" in message
     assert "2 blocks are too few for 3 clients and a central test set of 1" in message
     assert "at least 4 needed" in message
-    with pytest.raises(ConfigError, match="text blocks have none"):
-        build_federation(load_config(None, _options(files, "data.partition=dirichlet")))
+    for partition in ("dirichlet", "pathological", "power_law"):
+        with pytest.raises(ConfigError, match="text blocks have none"):
+            build_federation(load_config(None, _options(files, f"data.partition={partition}")))
     with pytest.raises(
         ConfigError, match=re.escape("data.path: expected a path to an existing file")
     ):

@@ -23,6 +23,10 @@ from fedbus.data.federated import (
     PartitionedDataset,
     build_dataset,
 )
+from fedbus.data.huggingface import load_huggingface
+from fedbus.data.images import load_image_folder
+from fedbus.data.leaf import LeafDataset
+from fedbus.data.mnist1d import load_mnist1d
 from fedbus.data.partition import dirichlet, iid, shards
 from fedbus.data.synthetic import SyntheticDataset
 from fedbus.data.text import load_text
@@ -33,6 +37,7 @@ __all__ = [
     "ArrayDataset",
     "ClientData",
     "FederatedDataset",
+    "LeafDataset",
     "PartitionedDataset",
     "SyntheticDataset",
     "build_dataset",
@@ -40,6 +45,9 @@ __all__ = [
     "iid",
     "load_csv",
     "load_digits",
+    "load_huggingface",
+    "load_image_folder",
+    "load_mnist1d",
     "load_npz",
     "load_text",
     "shards",

@@ -45,6 +45,9 @@ class ArrayDataset:
         Labels, shape ``(num_samples,)``; integer-valued.
     num_classes
         Number of classes (at least 2).
+    client_ids
+        Optional: the client each sample belongs to (ints >= 0, one per sample), read by the
+        ``natural`` partition; loaders fill it from a client column.
 
     Examples
     --------
@@ -57,6 +60,7 @@ class ArrayDataset:
     x: NDArray[np.float32]
     y: NDArray[np.int64]
     num_classes: int
+    client_ids: NDArray[np.int64] | None = None
 
     def __post_init__(self) -> None:
         x = np.asarray(self.x)
@@ -83,6 +87,14 @@ class ArrayDataset:
             raise InvalidArgumentError(
                 f"y: labels must lie in 0..{num_classes - 1}, found label {y.max()}"
             )
+        if self.client_ids is not None:
+            client_ids = as_labels(self.client_ids, "client_ids")
+            if len(client_ids) != len(y):
+                raise InvalidArgumentError(
+                    f"client_ids: expected {len(y)} client ids (one per sample), "
+                    f"got {len(client_ids)}"
+                )
+            object.__setattr__(self, "client_ids", client_ids)
         # frozen dataclass: the converted values replace the given ones once, here.
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
@@ -109,7 +121,8 @@ class ArrayDataset:
     def subset(self, indices: ArrayLike) -> ArrayDataset:
         """The rows at ``indices`` (a copy), with the same ``num_classes``."""
         index = np.asarray(indices, dtype=np.int64)
-        return ArrayDataset(self.x[index], self.y[index], self.num_classes)
+        client_ids = None if self.client_ids is None else self.client_ids[index]
+        return ArrayDataset(self.x[index], self.y[index], self.num_classes, client_ids)
 
 
 def as_labels(values: ArrayLike, name: str) -> NDArray[np.int64]:
@@ -239,6 +252,7 @@ def load_csv(
     label_column: str = "label",
     num_classes: int | None = None,
     delimiter: str = ",",
+    client_column: str | None = None,
 ) -> ArrayDataset:
     """Load a CSV file with a header row: one column of int labels, every other column a feature.
 
@@ -252,33 +266,77 @@ def load_csv(
         Number of classes; ``max(label) + 1`` when not given.
     delimiter
         Field separator.
+    client_column
+        Header name of a column naming each sample's client (numbers or any text), or None.
+        It is not a feature: its distinct values become ``client_ids`` ``0, 1, ...`` in sorted
+        order (numeric order when every value is a number, else text order), which the
+        ``natural`` partition reads.
 
     Raises
     ------
     InvalidArgumentError
-        If the file cannot be read, has no ``label_column``, a row has the wrong number of fields,
-        or a value is not a finite number (the message names the line and column).
+        If the file cannot be read, has no ``label_column`` or ``client_column``, a row has the
+        wrong number of fields, a client name is empty, or a value is not a finite number (the
+        message names the line and column).
 
     Examples
     --------
     A file such as::
 
-        f0,f1,label
-        0.5,1.0,0
-        0.1,0.2,1
+        f0,f1,label,writer
+        0.5,1.0,0,alice
+        0.1,0.2,1,bob
+
+    read with ``client_column="writer"`` gives two features and ``client_ids`` ``[0, 1]``.
     """
+    name = os.fspath(path)
     header, rows = _read_csv(path, delimiter)
-    if label_column not in header:
-        raise InvalidArgumentError(
-            f"{os.fspath(path)}: no label column {label_column!r}; the columns are {header}"
-        )
+    for column, kind in ((label_column, "label"), (client_column, "client")):
+        if column is not None and column not in header:
+            raise InvalidArgumentError(
+                f"{name}: no {kind} column {column!r}; the columns are {header}"
+            )
+    client_ids = None
+    if client_column is not None:
+        header, rows, client_ids = _split_client_column(path, header, rows, client_column)
+        if client_column == label_column or len(header) < 2:
+            raise InvalidArgumentError(
+                f"{name}: client column {client_column!r} leaves no label column and feature "
+                f"column apart from it; the columns are {[*header, client_column]}"
+            )
     values = _parse_numbers(path, header, rows)
     label_index = header.index(label_column)
     features = np.delete(values, label_index, axis=1)
     try:
-        return ArrayDataset.from_arrays(features, values[:, label_index], num_classes)
+        dataset = ArrayDataset.from_arrays(features, values[:, label_index], num_classes)
+        return ArrayDataset(dataset.x, dataset.y, dataset.num_classes, client_ids)
     except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"{os.fspath(path)}: {exc}") from exc
+        raise InvalidArgumentError(f"{name}: {exc}") from exc
+
+
+def _split_client_column(
+    path: str | os.PathLike[str], header: list[str], rows: list[list[str]], column: str
+) -> tuple[list[str], list[list[str]], NDArray[np.int64]]:
+    """Header and rows without ``column``, and the client id of every row, named in sorted order."""
+    _check_row_lengths(path, header, rows)
+    index = header.index(column)
+    names = [row[index].strip() for row in rows]
+    for row_number, client in enumerate(names):
+        if not client:
+            raise InvalidArgumentError(
+                f"{os.fspath(path)}, line {row_number + 2}, column {column!r}: "
+                "expected a client name, got an empty field"
+            )
+    try:
+        numbers = np.array(names, dtype=np.float64)
+    except ValueError:
+        numbers = None
+    keys: NDArray[Any] = np.array(names, dtype=str)
+    if numbers is not None and np.isfinite(numbers).all():
+        keys = numbers  # numeric names sort as numbers: "9" before "10"
+    ids: NDArray[np.int64] = np.unique(keys, return_inverse=True)[1].astype(np.int64)
+    rest = [row[:index] + row[index + 1 :] for row in rows]
+    return header[:index] + header[index + 1 :], rest, ids
 
 
 def _read_csv(path: str | os.PathLike[str], delimiter: str) -> tuple[list[str], list[list[str]]]:
@@ -303,12 +361,7 @@ def _parse_numbers(
     path: str | os.PathLike[str], header: list[str], rows: list[list[str]]
 ) -> NDArray[np.float64]:
     """Parse every cell as a finite float, naming the first bad cell's line and column."""
-    for row_number, row in enumerate(rows):
-        if len(row) != len(header):
-            raise InvalidArgumentError(
-                f"{os.fspath(path)}, line {row_number + 2}: expected {len(header)} fields, "
-                f"got {len(row)}"
-            )
+    _check_row_lengths(path, header, rows)
     try:
         # NumPy parses the whole table in C; only a failure pays for the cell-by-cell scan.
         values = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))
@@ -317,6 +370,17 @@ def _parse_numbers(
     if not np.isfinite(values).all():
         _raise_for_bad_cell(path, header, rows)
     return values
+
+
+def _check_row_lengths(
+    path: str | os.PathLike[str], header: list[str], rows: list[list[str]]
+) -> None:
+    for row_number, row in enumerate(rows):
+        if len(row) != len(header):
+            raise InvalidArgumentError(
+                f"{os.fspath(path)}, line {row_number + 2}: expected {len(header)} fields, "
+                f"got {len(row)}"
+            )
 
 
 def _raise_for_bad_cell(

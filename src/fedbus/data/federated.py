@@ -1,7 +1,8 @@
 """Federated datasets: the interface the rest of fedbus uses, and the dataset registry.
 
-- ``PartitionedDataset`` splits one in-memory ``ArrayDataset`` among clients (iid, Dirichlet
-  label skew or shards) after setting aside a stratified central test set.
+- ``PartitionedDataset`` splits one in-memory ``ArrayDataset`` among clients with any partition
+  of ``fedbus.data.partition`` (label skew, size skew, or a client column) after setting aside a
+  stratified central test set.
 - ``SyntheticDataset`` generates the FedProx Synthetic(alpha, beta) clients on demand.
 - ``build_dataset`` builds either by name, with the options a configuration file gives.
 
@@ -30,7 +31,7 @@ from fedbus.data.base import (
     split_client,
 )
 from fedbus.data.datasets import ArrayDataset, load_csv, load_digits, load_npz
-from fedbus.data.partition import dirichlet, iid, shards
+from fedbus.data.partition import PARTITIONERS, Samples
 from fedbus.data.registry import partition_options, register_dataset
 from fedbus.data.synthetic import SyntheticDataset
 from fedbus.errors import ConfigError, InvalidArgumentError, InvalidTypeError
@@ -46,8 +47,8 @@ __all__ = [
     "build_dataset",
 ]
 
-#: Partition schemes accepted by ``PartitionedDataset.from_arrays``.
-PARTITION_NAMES = ("dirichlet", "iid", "shards")
+#: Partition schemes accepted by ``PartitionedDataset.from_arrays`` (and ``data.partition``).
+PARTITION_NAMES: tuple[str, ...] = tuple(PARTITIONERS)
 
 
 class PartitionedDataset(FederatedDataset):
@@ -98,6 +99,10 @@ class PartitionedDataset(FederatedDataset):
         alpha: float = 0.5,
         shards_per_client: int = 2,
         min_size: int = 2,
+        classes_per_client: int = 2,
+        size_exponent: float = 1.5,
+        size_alpha: float = 1.0,
+        size_ratio: float = 10.0,
         central_test_fraction: float = 0.2,
         client_test_fraction: float = 0.2,
         seed: int = 0,
@@ -111,10 +116,17 @@ class PartitionedDataset(FederatedDataset):
         num_clients
             Number of clients.
         partition
-            ``"iid"``, ``"dirichlet"`` (uses ``alpha`` and ``min_size``) or ``"shards"`` (uses
-            ``shards_per_client``); see ``fedbus.data.partition``.
-        alpha, shards_per_client, min_size
-            Options of the chosen partition.
+            One of ``PARTITION_NAMES``: ``"iid"``, ``"dirichlet"`` (uses ``alpha`` and
+            ``min_size``), ``"shards"`` (``shards_per_client``), ``"pathological"``
+            (``classes_per_client``), ``"natural"`` (one client per id of
+            ``dataset.client_ids``), ``"power_law"`` (``size_exponent``), ``"dirichlet_sizes"``
+            (``size_alpha``), ``"linear"`` or ``"exponential"`` (``size_ratio``); see
+            ``fedbus.data.partition``. The partition divides what the central test set leaves.
+        alpha, shards_per_client, min_size, classes_per_client
+            Options of the label partitions.
+        size_exponent, size_alpha, size_ratio
+            Options of the size partitions: the power law's exponent, the Dirichlet
+            concentration of the shares, and the largest client's size over the smallest.
         central_test_fraction
             Share of every class held out for the central test set (stratified), in ``[0, 1)``.
         client_test_fraction
@@ -136,19 +148,80 @@ class PartitionedDataset(FederatedDataset):
         fraction = check_fraction("central_test_fraction", central_test_fraction)
         rng = np.random.default_rng([check_seed(seed), 0])
         rest, test = _stratified_split(dataset.y, fraction, rng)
-        labels = dataset.y[rest]
-        if partition == "iid":
-            parts = iid(len(rest), num_clients, rng)
-        elif partition == "dirichlet":
-            parts = dirichlet(labels, num_clients, alpha, rng, min_size=min_size)
-        else:
-            parts = shards(labels, num_clients, shards_per_client, rng)
+        client_ids = None if dataset.client_ids is None else dataset.client_ids[rest]
+        options = {
+            "alpha": alpha,
+            "shards_per_client": shards_per_client,
+            "min_size": min_size,
+            "classes_per_client": classes_per_client,
+            "size_exponent": size_exponent,
+            "size_alpha": size_alpha,
+            "size_ratio": size_ratio,
+        }
+        split = PARTITIONERS[partition].split
+        parts = split(Samples(dataset.y[rest], client_ids), num_clients, options, rng)
         return cls(
             dataset,
             [rest[part] for part in parts],
             test,
             client_test_fraction=client_test_fraction,
             seed=seed,
+        )
+
+    @classmethod
+    def from_splits(
+        cls, train: ArrayDataset, test: ArrayDataset, num_clients: int, **options: Any
+    ) -> PartitionedDataset:
+        """Partition all of ``train`` among clients and keep ``test`` whole as the central test set.
+
+        For datasets published with a fixed test split (MNIST-1D's 1,000 generated test
+        samples): results then compare with those of the publication. ``train`` is divided
+        exactly as ``from_arrays(train, num_clients, central_test_fraction=0.0, **options)``
+        divides it.
+
+        Parameters
+        ----------
+        train, test
+            The training samples, divided among clients, and the central test set; same
+            ``num_features`` and ``num_classes``.
+        num_clients
+            Number of clients.
+        **options
+            The options of ``from_arrays`` (``partition``, ``alpha``, ``client_test_fraction``,
+            ``seed``, ...) except ``central_test_fraction``: the test set is given.
+
+        Examples
+        --------
+        >>> from fedbus.data import load_digits
+        >>> digits = load_digits()
+        >>> data = PartitionedDataset.from_splits(
+        ...     digits.subset(range(1500)), digits.subset(range(1500, 1797)), num_clients=5
+        ... )
+        >>> sum(data.client_size(i) for i in range(5)), len(data.test_set()[1])
+        (1500, 297)
+        """
+        if "central_test_fraction" in options:
+            raise InvalidArgumentError(
+                "central_test_fraction: from_splits keeps the given test set whole; drop the "
+                "option, or use from_arrays to carve a test set out of one dataset"
+            )
+        if (test.num_features, test.num_classes) != (train.num_features, train.num_classes):
+            raise InvalidArgumentError(
+                f"test: expected {train.num_features} features and {train.num_classes} classes "
+                f"like train, got {test.num_features} features and {test.num_classes} classes"
+            )
+        split = cls.from_arrays(train, num_clients, central_test_fraction=0.0, **options)
+        # One array holds both, so client() and test_set() slice it as for from_arrays; with no
+        # test share, from_arrays' indices into train are indices into the joined arrays too.
+        joined = ArrayDataset(
+            np.concatenate([train.x, test.x]), np.concatenate([train.y, test.y]), train.num_classes
+        )
+        return cls(
+            joined,
+            [split.client_indices(i) for i in range(num_clients)],
+            np.arange(len(train), len(train) + len(test), dtype=np.int64),
+            client_test_fraction=split.client_test_fraction,
+            seed=split.seed,
         )
 
     def client_indices(self, client_index: int) -> NDArray[np.int64]:
@@ -192,6 +265,10 @@ _PARTITION_OPTIONS = frozenset(
         "alpha",
         "shards_per_client",
         "min_size",
+        "classes_per_client",
+        "size_exponent",
+        "size_alpha",
+        "size_ratio",
         "central_test_fraction",
         "client_test_fraction",
         "seed",
@@ -200,7 +277,8 @@ _PARTITION_OPTIONS = frozenset(
 _OPTIONS = {
     "digits": _PARTITION_OPTIONS,
     "npz": _PARTITION_OPTIONS | {"path", "x_key", "y_key", "num_classes"},
-    "csv": _PARTITION_OPTIONS | {"path", "label_column", "num_classes", "delimiter"},
+    "csv": _PARTITION_OPTIONS
+    | {"path", "label_column", "client_column", "num_classes", "delimiter"},
     "synthetic": frozenset(
         {
             "alpha",
@@ -227,14 +305,15 @@ def build_dataset(name: str, num_clients: int, **options: Any) -> FederatedDatas
     name
         ``"digits"`` (scikit-learn's digits), ``"npz"`` (option ``path``, and ``x_key``,
         ``y_key``, ``num_classes``), ``"csv"`` (option ``path``, and ``label_column``,
-        ``num_classes``, ``delimiter``) or ``"synthetic"`` (the options of
+        ``client_column``, ``num_classes``, ``delimiter``) or ``"synthetic"`` (the options of
         ``SyntheticDataset``; ``alpha`` and ``beta`` default to 1, Synthetic(1, 1)).
     num_clients
         Number of clients.
     **options
         For ``digits``, ``npz`` and ``csv``, also the options of
         ``PartitionedDataset.from_arrays``: ``partition``, ``alpha``, ``shards_per_client``,
-        ``min_size``, ``central_test_fraction``, ``client_test_fraction`` and ``seed``.
+        ``min_size``, ``classes_per_client``, ``size_exponent``, ``size_alpha``,
+        ``size_ratio``, ``central_test_fraction``, ``client_test_fraction`` and ``seed``.
 
     Raises
     ------
@@ -299,6 +378,8 @@ def _csv(settings: Settings) -> FederatedDataset:
         "path": settings["data.path"],
         "label_column": settings["data.label_column"],
     }
+    if settings["data.client_column"]:
+        options["client_column"] = settings["data.client_column"]
     return build_dataset("csv", settings["federation.num_clients"], **options)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedbus.data.base import FederatedDataset
+from fedbus.data.partition import PARTITIONERS
 from fedbus.plugins import Registry, Settings
 
 __all__ = ["DATASETS", "DatasetSource", "partition_options", "register_dataset"]
@@ -74,14 +75,33 @@ def register_dataset(
 def partition_options(settings: Settings) -> dict[str, Any]:
     """The options of ``PartitionedDataset.from_arrays`` that ``[data]`` configures.
 
-    ``partition``, ``alpha``, ``shards_per_client``, ``central_test_fraction``,
-    ``client_test_fraction``, and ``seed`` from ``federation.seed``.
+    Always ``partition``, ``alpha``, ``shards_per_client``, ``central_test_fraction``,
+    ``client_test_fraction``, and ``seed`` from ``federation.seed``; then the keys the chosen
+    partition reads (``classes_per_client`` for ``pathological``; ``size_exponent``,
+    ``size_alpha`` or ``size_ratio`` for the size partitions; see
+    ``fedbus.data.partition.PARTITIONERS``). Only the chosen partition's keys are given, so a
+    builder that offers a few partitions need not take the options of all the others.
+
+    Examples
+    --------
+    >>> settings = {"data.partition": "pathological", "data.alpha": 0.5,
+    ...             "data.shards_per_client": 2, "data.classes_per_client": 3,
+    ...             "data.central_test_fraction": 0.2, "data.client_test_fraction": 0.2,
+    ...             "federation.seed": 0}
+    >>> sorted(partition_options(settings))  # doctest: +NORMALIZE_WHITESPACE
+    ['alpha', 'central_test_fraction', 'classes_per_client', 'client_test_fraction',
+     'partition', 'seed', 'shards_per_client']
     """
-    return {
-        "partition": settings["data.partition"],
+    partition = settings["data.partition"]
+    options = {
+        "partition": partition,
         "alpha": settings["data.alpha"],
         "shards_per_client": settings["data.shards_per_client"],
         "central_test_fraction": settings["data.central_test_fraction"],
         "client_test_fraction": settings["data.client_test_fraction"],
         "seed": settings["federation.seed"],
     }
+    if partition in PARTITIONERS:  # an unknown name is refused by whoever partitions
+        for key in PARTITIONERS[partition].options:
+            options[key] = settings[f"data.{key}"]
+    return options

@@ -212,6 +212,7 @@ def _from_settings(settings: Settings) -> SyntheticDataset:
         settings["data.synthetic_beta"],
         num_features=settings["data.num_features"],
         samples_per_client=settings["data.samples_per_client"],
+        size_sigma=settings["data.size_sigma"],
         client_test_fraction=settings["data.client_test_fraction"],
         seed=settings["federation.seed"],
     )

@@ -232,6 +232,11 @@ def split_text(
     )
 
 
+_SPLIT = frozenset(
+    ("partition", "shards_per_client", "central_test_fraction", "client_test_fraction", "seed")
+)
+
+
 def _text(settings: Settings) -> FederatedDataset:
     """``data.dataset = "text"``: ``data.path`` in blocks of ``data.block_size`` tokens."""
     if settings["data.tokenizer"] == "model":
@@ -243,10 +248,11 @@ def _text(settings: Settings) -> FederatedDataset:
     else:
         tokenizer = BYTE_TOKENIZER
     path, block_size = settings["data.path"], settings["data.block_size"]
-    options = partition_options(settings)
+    # split_text takes only iid and shards: the options of the other partitions stay out, and
+    # split_text's own check names the two it takes.
+    options = {key: value for key, value in partition_options(settings).items() if key in _SPLIT}
     try:
         blocks = load_text(path, block_size, tokenizer)
-        options.pop("alpha")
         return split_text(blocks, settings["federation.num_clients"], **options)
     except InvalidArgumentError as exc:
         if isinstance(exc, ConfigError):

@@ -27,11 +27,12 @@ import numpy as np
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.fl.callbacks import EvaluateFn
-from fedbus.fl.protocol import EVALUATE, FINISH, TRAIN
+from fedbus.fl.protocol import CONFIG, EVALUATE, FINISH, TRAIN
 from fedbus.fl.record import RoundRecord
 from fedbus.fl.requests import RequestGroup
 from fedbus.fl.server_base import ServerBase, mean_wait
 from fedbus.fl.settings import SharedOptions, TrainingSettings, settings_from_options
+from fedbus.fl.stragglers import Stragglers
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
 from fedbus.worker import SERVER_NODE_ID
@@ -81,6 +82,10 @@ class Server(ServerBase):
         dropped (default 0: sample exactly ``clients_per_round``).
     federated_evaluate_every, clients_per_evaluation
         Ask this many clients to evaluate every K rounds (0: never).
+    stragglers
+        Emulated stragglers (``fedbus.fl.stragglers``): each round, some sampled clients train
+        fewer epochs or are not asked at all. ``min_replies`` may not exceed the clients left
+        when they are dropped.
     settings
         What every server shares (``TrainingSettings``: train_config, min_clients, seed,
         first_round, sampler_state, callbacks); or give those as keywords (``SharedOptions``).
@@ -108,6 +113,7 @@ class Server(ServerBase):
         over_selection: float = 0.0,
         federated_evaluate_every: int = 0,
         clients_per_evaluation: int | None = None,
+        stragglers: Stragglers | None = None,
         settings: TrainingSettings | None = None,
         node_id: int = SERVER_NODE_ID,
         **shared: Unpack[SharedOptions],
@@ -116,14 +122,13 @@ class Server(ServerBase):
         super().__init__(strategy, initial_arrays, settings, node_id=node_id)
         require = self.require
         require(clients_per_round >= 1, "clients_per_round", ">= 1", clients_per_round)
+        most_replies, most_text = clients_per_round, "in 1..clients_per_round"
+        if stragglers is not None and stragglers.drop:
+            most_replies = stragglers.active(clients_per_round)
+            most_text = f"in 1..{most_replies} (clients_per_round less the dropped stragglers)"
         if min_replies is None:
-            min_replies = default_min_replies(strategy, clients_per_round)
-        require(
-            1 <= min_replies <= clients_per_round,
-            "min_replies",
-            "in 1..clients_per_round",
-            min_replies,
-        )
+            min_replies = min(default_min_replies(strategy, clients_per_round), most_replies)
+        require(1 <= min_replies <= most_replies, "min_replies", most_text, min_replies)
         require(
             round_timeout is None or round_timeout > 0,
             "round_timeout",
@@ -152,6 +157,7 @@ class Server(ServerBase):
         self.over_selection = over_selection
         self.federated_evaluate_every = federated_evaluate_every
         self.clients_per_evaluation = clients_per_evaluation or clients_per_round
+        self.stragglers = stragglers
         self._message_types = {
             TRAIN: strategy.train_message_type,
             EVALUATE: strategy.evaluate_message_type,
@@ -173,8 +179,36 @@ class Server(ServerBase):
         node_ids = self.sample(math.ceil(self.clients_per_round * (1 + self.over_selection)))
         config = ConfigRecord({**self.train_config, "server_round": server_round})
         contents = self.strategy.configure_train(server_round, self.arrays, config, node_ids)
+        if self.stragglers is not None:
+            node_ids, contents = self._straggle(server_round, attempt, node_ids, contents)
         aggregator = self.strategy.start_aggregation(server_round, self.arrays)
         self._open_phase(TRAIN, server_round, attempt, node_ids, contents, aggregator)
+
+    def _straggle(
+        self,
+        server_round: int,
+        attempt: int,
+        node_ids: Sequence[int],
+        contents: RecordDict | Mapping[int, RecordDict],
+    ) -> tuple[list[int], dict[int, RecordDict]]:
+        """Drop this round's stragglers, or lower the epochs of their requests."""
+        assert self.stragglers is not None
+        epochs = int(self.train_config.get("epochs", 1))
+        slow = self.stragglers.assign(server_round, attempt, node_ids, epochs)
+        kept = [node for node in node_ids if slow.get(node, -1) != 0]
+        each: dict[int, RecordDict] = {}
+        for node in kept:
+            content = contents if isinstance(contents, RecordDict) else contents[node]
+            if node in slow:
+                config = content.get(CONFIG)
+                assert isinstance(config, ConfigRecord)
+                content = RecordDict(
+                    {**content, CONFIG: ConfigRecord({**config, "epochs": slow[node]})}
+                )
+            each[node] = content
+        if slow:
+            logger.debug("round %d: stragglers %s", server_round, slow)
+        return kept, each
 
     def _open_phase(
         self,

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import tomli_w
 
+from fedbus.data.federated import PARTITION_NAMES
 from fedbus.data.registry import DATASETS
 from fedbus.data.text import TOKENIZERS as TEXT_TOKENIZERS
 from fedbus.errors import ConfigError, PluginError
@@ -87,7 +88,9 @@ __all__ = [
 # Strategies, datasets and models are not listed here: each registers itself in its own module
 # (fedbus.plugins), and their keys accept what the registries STRATEGIES, DATASETS and MODELS
 # know when a configuration is checked, installed plugins' names included.
-PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "shards")
+PARTITIONS: tuple[str, ...] = PARTITION_NAMES
+#: The tasks of the LEAF benchmark that ``data.dataset = "leaf"`` reads.
+LEAF_TASKS: tuple[str, ...] = ("femnist", "shakespeare", "sent140", "celeba")
 FRAMEWORKS: tuple[str, ...] = ("numpy", "torch", "hf")
 PRIVACY_MODES: tuple[str, ...] = ("none", *DP_MODES)
 #: "all" is the synchronous Server; the others are AsyncServer's triggers.
@@ -159,6 +162,18 @@ class FederationConfig(ConfigSection):
         "fresh sample; after that the run stops",
         bounds="x >= 0",
     )
+    straggler_fraction: float = setting(
+        0.0,
+        "share of each round's sampled clients that emulate slow devices, as in the FedProx "
+        "paper: each trains a random 1..epochs-1 local epochs, or none with drop_stragglers "
+        "(synchronous rounds only)",
+        bounds="0 <= x <= 1",
+    )
+    drop_stragglers: bool = setting(
+        False,
+        "stragglers get no train request (FedAvg's answer in the FedProx paper) instead of "
+        "doing partial work",
+    )
     evaluate_every: int = setting(
         1,
         "evaluate the global model on the held-out test set every K rounds "
@@ -213,15 +228,48 @@ class DataConfig(ConfigSection):
     dataset: str = setting("digits", "dataset to learn", registry=DATASETS)
     path: str = setting(
         "",
-        "file of an npz, csv or text dataset (relative paths start at the current directory)",
+        "file or directory of the dataset: an npz, csv or text file, a LEAF directory, a folder "
+        "of images, a saved Hugging Face dataset (relative paths start at the current directory)",
         is_path=True,
         required_when=("dataset", _file_datasets),
     )
     label_column: str = setting(
         "label",
-        "column of a csv dataset that holds the labels",
+        "column that holds the labels (csv, huggingface)",
         pattern=r".+",
         pattern_text="a non-empty column name",
+    )
+    feature_columns: str = setting(
+        "",
+        "comma-separated columns that hold the features (huggingface; empty: every column but "
+        "the label and client columns)",
+        pattern=_MOD_NAMES,
+        pattern_text="column names separated by commas, without spaces (or empty)",
+    )
+    client_column: str = setting(
+        "",
+        "column that names each sample's client (csv, huggingface), for partition = natural",
+    )
+    leaf_task: str = setting(
+        "femnist", "leaf: the LEAF task that data.path holds", choices=LEAF_TASKS
+    )
+    hf_name: str = setting(
+        "",
+        "huggingface: a dataset on the Hugging Face hub, by name, read when data.path is empty "
+        "(needs access to the hub)",
+    )
+    hf_split: str = setting(
+        "train",
+        "huggingface: the split whose samples are divided among clients",
+        pattern=r"[A-Za-z0-9_.\-\[\]:%]+",
+        pattern_text="a split name such as train",
+    )
+    image_size: int = setting(
+        28, "side in pixels that images are resized to (images, leaf celeba)", bounds="x >= 4"
+    )
+    grayscale: bool = setting(
+        True,
+        "read images as one grey channel (false: three colour channels, three times the features)",
     )
     partition: str = setting("dirichlet", "how samples are split among clients", choices=PARTITIONS)
     alpha: float = setting(
@@ -229,6 +277,26 @@ class DataConfig(ConfigSection):
     )
     shards_per_client: int = setting(
         2, "label-sorted shards each client gets (shards)", bounds="x >= 1"
+    )
+    classes_per_client: int = setting(
+        2, "distinct labels each client holds (pathological)", bounds="x >= 1"
+    )
+    size_exponent: float = setting(
+        1.5,
+        "power_law: exponent of the client sizes' power law; smaller = a heavier tail of large "
+        "clients",
+        bounds="x > 0",
+    )
+    size_alpha: float = setting(
+        1.0,
+        "dirichlet_sizes: Dirichlet concentration of the clients' shares; smaller = more "
+        "unequal sizes",
+        bounds="x > 0",
+    )
+    size_ratio: float = setting(
+        10.0,
+        "linear, exponential: size of the largest client over the smallest",
+        bounds="x >= 1",
     )
     central_test_fraction: float = setting(
         0.2, "fraction held out for the server's central evaluation", bounds="0 < x < 1"
@@ -244,6 +312,12 @@ class DataConfig(ConfigSection):
     )
     samples_per_client: int = setting(
         64, "samples each client holds (synthetic only)", bounds="x >= 2"
+    )
+    size_sigma: float = setting(
+        0.0,
+        "spread of client sizes (synthetic only): 0 gives every client samples_per_client "
+        "samples, a positive value lognormal sizes around it (the FedProx paper: 2)",
+        bounds="x >= 0",
     )
     num_features: int = setting(60, "input features (synthetic only)", bounds="x >= 1")
     block_size: int = setting(

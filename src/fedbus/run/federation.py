@@ -38,6 +38,7 @@ from fedbus.fl.privacy import DifferentialPrivacy
 from fedbus.fl.registry import STRATEGIES
 from fedbus.fl.secagg import SecAggClient, SecAggServer
 from fedbus.fl.state import ClientStateStore
+from fedbus.fl.stragglers import Stragglers
 from fedbus.plugins import Settings
 from fedbus.run.algorithms import algorithm, build_strategy, client_class, settings_of
 from fedbus.run.config import Config
@@ -67,6 +68,7 @@ __all__ = [
     "build_server",
     "check_compression",
     "check_mods",
+    "configured_dataset",
     "early_stopping",
     "mod_names",
 ]
@@ -210,8 +212,12 @@ class Federation:
     simulation: Simulation
 
 
-def _dataset(config: Config) -> FederatedDataset:
-    """The dataset ``data.dataset`` names, from the dataset registry (``fedbus.data.registry``)."""
+def configured_dataset(config: Config) -> FederatedDataset:
+    """The dataset ``data.dataset`` names, from the dataset registry (``fedbus.data.registry``).
+
+    ``fedbus run`` and ``fedbus partition`` both build their data here, so the partition report
+    shows exactly the split a run trains on.
+    """
     name = config.data.dataset
     try:
         return DATASETS.get(name).build(settings_of(config))
@@ -245,7 +251,7 @@ def _profiles(config: Config) -> ProfileSource:
 
 def build_model_and_data(config: Config) -> tuple[FederatedDataset, ModelKit]:
     """The dataset split among ``federation.num_clients`` clients, and the model to train."""
-    dataset = _dataset(config)
+    dataset = configured_dataset(config)
     return dataset, build_config_model(config, dataset.num_features, dataset.num_classes)
 
 
@@ -351,6 +357,7 @@ def _build_server(
             over_selection=aggregation.over_selection,
             federated_evaluate_every=federation.federated_evaluate_every,
             clients_per_evaluation=federation.clients_per_evaluation or None,
+            stragglers=_stragglers(config),
             settings=settings,
         )
     return AsyncServer(
@@ -370,6 +377,36 @@ def _build_server(
         request_timeout=federation.round_timeout or None,
         settings=settings,
     )
+
+
+def _stragglers(config: Config) -> Stragglers | None:
+    """The emulated stragglers ``federation.straggler_fraction`` asks for, or None."""
+    federation = config.federation
+    if federation.straggler_fraction == 0:
+        return None
+    if federation.drop_stragglers and federation.straggler_fraction == 1:
+        raise ConfigError(
+            "federation.straggler_fraction = 1 with drop_stragglers = true drops every sampled "
+            "client: lower the fraction, or set drop_stragglers = false for partial work"
+        )
+    if not federation.drop_stragglers and config.trainer.epochs < 2:
+        raise ConfigError(
+            "federation.straggler_fraction: stragglers train 1..epochs-1 local epochs, but "
+            f"trainer.epochs = {config.trainer.epochs}; set trainer.epochs >= 2 or "
+            "federation.drop_stragglers = true"
+        )
+    stragglers = Stragglers(
+        federation.straggler_fraction, federation.drop_stragglers, federation.seed
+    )
+    active = stragglers.active(federation.clients_per_round)
+    if federation.drop_stragglers and federation.min_replies > active:
+        raise ConfigError(
+            f"federation.min_replies = {federation.min_replies}, but dropping "
+            f"{stragglers.count(federation.clients_per_round)} stragglers of "
+            f"{federation.clients_per_round} sampled clients leaves {active}: set "
+            f"min_replies <= {active} (0 chooses for you)"
+        )
+    return stragglers
 
 
 def _private(config: Config, strategy: Strategy, seeded_noise: bool) -> Strategy:
@@ -476,6 +513,11 @@ def _check_schedule(config: Config, strategy: Strategy) -> None:
     """Refuse, naming the keys to change, what the configured server cannot run."""
     aggregation, federation = config.aggregation, config.federation
     name = config.strategy.name
+    if federation.straggler_fraction > 0 and config.privacy.secure_aggregation:
+        raise ConfigError(
+            "federation.straggler_fraction is not emulated with privacy.secure_aggregation "
+            "(SecAgg+ rounds handle real dropouts): set one of them off"
+        )
     if aggregation.trigger == "all":
         if strategy.asynchronous:
             raise ConfigError(
@@ -494,6 +536,11 @@ def _check_schedule(config: Config, strategy: Strategy) -> None:
         problems.append(
             "federation.federated_evaluate_every runs with synchronous rounds only: set it to 0 "
             '(central evaluation still runs) or aggregation.trigger = "all"'
+        )
+    if federation.straggler_fraction > 0:
+        problems.append(
+            "federation.straggler_fraction emulates stragglers of synchronous rounds; "
+            "asynchronous training has no rounds to straggle in: set it to 0"
         )
     if aggregation.over_selection > 0:
         problems.append(

@@ -43,6 +43,7 @@ __all__ = [
     "picture_suffixes",
     "plot_runs",
     "run_labels",
+    "save_figure",
     "write_curves",
 ]
 
@@ -282,10 +283,20 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
         cannot be written.
     """
     target = check_picture_path(output)
-    figure = curves_figure(run_dirs)
+    return save_figure(curves_figure(run_dirs), target)
+
+
+def save_figure(figure: Figure, target: Path, dpi: int = _DPI) -> Path:
+    """Write ``figure`` to ``target`` (checked by ``check_picture_path``; its directory is made).
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``target`` cannot be written; the message gives the operating system's reason.
+    """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(target, dpi=_DPI, format=target.suffix.lower().removeprefix("."))
+        figure.savefig(target, dpi=dpi, format=target.suffix.lower().removeprefix("."))
     except OSError as exc:
         raise InvalidArgumentError(f"cannot write {str(target)!r}: {exc.strerror}") from exc
     return target

@@ -98,7 +98,7 @@ class KeySpec:
     pattern, pattern_text : str
         A regular expression the whole value must match, and how to say it to a user.
     is_path : bool
-        A non-empty value must name an existing file.
+        A non-empty value must name an existing file or directory.
     required_when : tuple of (str, values), optional
         ``(key, values)``: the value may not be empty while that key of the same section has one
         of those values; ``values`` is a tuple of str, or a function returning one.
@@ -128,10 +128,11 @@ class KeySpec:
             return "one of " + ", ".join(show(choice) for choice in self.choices)
         if self.is_path:
             if self.required_when is None:
-                return "path to an existing file, or empty"
+                return "path to an existing file or directory, or empty"
             key, values = self.required_when
             shown = " or ".join(show(value) for value in _resolve(values))
-            return f"path to an existing file; required when {section}.{key} is {shown}"
+            where = f"{section}.{key} is {shown}"
+            return f"path to an existing file or directory; required when {where}"
         if self.pattern:
             return self.pattern_text
         if self.required_when is not None:
@@ -278,7 +279,7 @@ def _check_rule(qualified: str, kind: type, spec: KeySpec, value: Any) -> None:
     elif spec.pattern:
         broken = re.fullmatch(spec.pattern, value) is None
     elif spec.is_path:
-        broken = value != "" and not Path(value).is_file()
+        broken = value != "" and not Path(value).exists()
     else:
         broken = kind in (int, float) and spec.breaks_bounds(value)
     if broken:

@@ -5,7 +5,8 @@ a dict of arrays, so the same object serves every client of a simulation. All ar
 the parameters' dtype (``float32`` by default; ``float64`` for exact checks).
 
 The module ends by registering the built-in models configuration files name
-(``fedbus.train.registry``): ``softmax`` and ``mlp`` in NumPy and PyTorch, ``cnn`` in PyTorch.
+(``fedbus.train.registry``): ``softmax`` and ``mlp`` in NumPy and PyTorch; ``cnn``,
+``femnist_cnn``, ``char_lstm`` and ``cnn1d`` in PyTorch (``fedbus.train.torch_models``).
 
 Examples
 --------
@@ -304,3 +305,8 @@ register_model(
     torch=_torch("mlp", hidden="model.hidden"),
 )
 register_model("cnn", torch=_torch("cnn"))
+# LEAF's baselines and MNIST-1D's CNN. char_lstm's width stays LEAF's 256 in a configured run:
+# mapping it from model.hidden would make its default the MLP's 64.
+register_model("femnist_cnn", torch=_torch("femnist_cnn"))
+register_model("char_lstm", torch=_torch("char_lstm"))
+register_model("cnn1d", torch=_torch("cnn1d"))
