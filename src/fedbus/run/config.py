@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import tomli_w
 
 from fedbus.data.federated import PARTITION_NAMES
+from fedbus.data.leaf_tasks import LEAF_TASKS
 from fedbus.data.registry import DATASETS
 from fedbus.data.text import TOKENIZERS as TEXT_TOKENIZERS
 from fedbus.errors import ConfigError, PluginError
@@ -58,6 +59,7 @@ __all__ = [
     "ATTACKS",
     "DATASETS",
     "FRAMEWORKS",
+    "LEAF_TASKS",
     "MODELS",
     "PARTITIONS",
     "PRIVACY_MODES",
@@ -89,8 +91,6 @@ __all__ = [
 # (fedbus.plugins), and their keys accept what the registries STRATEGIES, DATASETS and MODELS
 # know when a configuration is checked, installed plugins' names included.
 PARTITIONS: tuple[str, ...] = PARTITION_NAMES
-#: The tasks of the LEAF benchmark that ``data.dataset = "leaf"`` reads.
-LEAF_TASKS: tuple[str, ...] = ("femnist", "shakespeare", "sent140", "celeba")
 FRAMEWORKS: tuple[str, ...] = ("numpy", "torch", "hf")
 PRIVACY_MODES: tuple[str, ...] = ("none", *DP_MODES)
 #: "all" is the synchronous Server; the others are AsyncServer's triggers.
