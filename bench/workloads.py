@@ -17,11 +17,13 @@ import functools
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedbus.fl import Client, FedAvg, Server
+from fedbus.run.trace import trace_rows, write_trace
 from fedbus.runtime.simulation import DEFAULT_MEMORY_BUDGET_MB, Simulation
 from fedbus.runtime.simulation.offload import CLIENT_CACHE
 from fedbus.runtime.simulation.processes import WORKER_ENVIRONMENT
@@ -124,8 +126,13 @@ def run_fedbus(
     workers: int = 1,
     backend: str = "local",
     memory_budget_mb: float | None = DEFAULT_MEMORY_BUDGET_MB,
+    trace_file: Path | None = None,
 ) -> Arrays:
-    """Run ``workload`` through fedbus's simulation; the final global model."""
+    """Run ``workload`` through fedbus's simulation; the final global model.
+
+    With ``trace_file`` the run keeps its message trace and writes it there as ``fedbus run``
+    writes ``trace.csv``; without, it keeps none.
+    """
     server = Server(
         FedAvg(),
         workload.initial(),
@@ -140,12 +147,14 @@ def run_fedbus(
         WorkloadClients(workload),
         num_clients=workload.clients,
         seed=workload.seed,
-        record_trace=False,
+        record_trace=trace_file is not None,
         workers=workers,
         backend=backend,
         memory_budget_mb=memory_budget_mb,
     )
-    simulation.run()
+    result = simulation.run()
+    if trace_file is not None:
+        write_trace(trace_file, trace_rows(result.trace))
     return server.arrays.to_numpy_dict()
 
 

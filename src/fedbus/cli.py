@@ -6,6 +6,7 @@
     fedbus flow [CONFIG] [--set ...] [--output flow.png]
     fedbus plot RUN_DIR [RUN_DIR ...] [--output comparison.png]
     fedbus partition [CONFIG] [--set ...] [--plot partition.png]
+    fedbus trace RUN_DIR [--node N] [--type TYPE] [--round R]
     fedbus server [CONFIG] --listen HOST:PORT (--tls-cert F --tls-key F | --insecure)
                   [--resume RUN_DIR] [--min-clients N] [--join-timeout S] [--heartbeat S]
     fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
@@ -114,6 +115,19 @@ examples:
       --set data.classes_per_client=2 --set federation.num_clients=20
   fedbus partition experiment.toml --set data.partition=power_law --plot sizes.svg""",
 )
+_TRACE = (
+    """\
+Summarise the message trace of a run (RUN_DIR/trace.csv, one line per
+message): totals and outcomes, per message type, per node (sent, received,
+bytes, failures), the slowest nodes to answer, and the messages that were not
+delivered or carried an error. --node, --type and --round keep only those
+messages; the file itself is CSV, for any other tool. See docs/trace.md.""",
+    """\
+examples:
+  fedbus trace runs/fedbus-20250101-120000
+  fedbus trace runs/fedbus-20250101-120000 --round 3 --type train
+  fedbus trace runs/fedbus-20250101-120000 --node 17""",
+)
 _SERVER = (
     """\
 Serve a federation over gRPC: build the server from CONFIG, wait for the
@@ -188,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="heat map to write; its suffix sets the format: .png, .pdf, .svg, ..."
         " (default partition.png)",
     )
+    trace = _command(commands, "trace", "summarise the messages of a run", _TRACE)
+    trace.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding trace.csv")
+    trace.add_argument("--node", type=int, metavar="N", help="messages sent or received by N")
+    trace.add_argument("--type", metavar="TYPE", help="messages of this type, e.g. train")
+    trace.add_argument("--round", type=int, metavar="R", help="messages of round R")
     _server_parser(_command(commands, "server", "serve a federation over gRPC", _SERVER))
     _client_parser(_command(commands, "client", "join a federation served over gRPC", _CLIENT))
     from fedbus.run.keys import add_keys_parser  # it loads gRPC and cryptography only when run
@@ -390,6 +409,20 @@ def _partition(args: argparse.Namespace) -> None:
     text, picture = partition_report(_load(args), output)
     print(text)
     print(f"\nwrote {picture}")
+
+
+def _trace(args: argparse.Namespace) -> None:
+    from fedbus.run.trace import filter_rows, format_summary, read_trace
+
+    rows = read_trace(args.run_dir)
+    chosen = filter_rows(rows, node=args.node, message_type=args.type, server_round=args.round)
+    kept = [f"{name} {value}" for name, value in vars(args).items() if name in _FILTERS and value]
+    if kept:
+        print(f"{len(chosen):,} of {len(rows):,} messages ({', '.join(kept)})")
+    print(format_summary(chosen))
+
+
+_FILTERS = ("node", "type", "round")
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -616,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flow": _flow,
         "plot": _plot,
         "partition": _partition,
+        "trace": _trace,
         "server": _server,
         "client": _client,
         "keys": _keys,

@@ -43,7 +43,7 @@ def test_numbers_and_fixed_length_sequences_sit_side_by_side_in_the_order_named(
             "label": datasets.Value("int64"),
         }
     )
-    table = {
+    table: dict[str, list[Any]] = {
         "pixels": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]],
         "age": [30, 40],
         "grid": [[[1, 2], [3, 4]], [[5, 6], [7, 8]]],
@@ -60,6 +60,22 @@ def test_numbers_and_fixed_length_sequences_sit_side_by_side_in_the_order_named(
     assert data.y.tolist() == [2, 0]
     assert data.num_classes == 3  # int labels are the class ids: max + 1
     assert data.client_ids is None
+
+
+def test_fixed_length_lists_and_lists_of_lists_are_flattened(tmp_path: Path) -> None:
+    pair = datasets.List(datasets.Value("int32"), length=2)
+    features = datasets.Features(
+        {"pair": pair, "grid": datasets.List(pair, length=2), "label": datasets.Value("int64")}
+    )
+    table: dict[str, list[Any]] = {
+        "pair": [[1, 2], [3, 4]],
+        "grid": [[[5, 6], [7, 8]], [[9, 0], [1, 2]]],
+        "label": [0, 1],
+    }
+
+    data = load_huggingface(saved(tmp_path, table, features))
+
+    assert data.x.tolist() == [[1, 2, 5, 6, 7, 8], [3, 4, 9, 0, 1, 2]]
 
 
 def test_every_other_column_is_a_feature_when_none_are_named(tmp_path: Path) -> None:
@@ -123,6 +139,17 @@ def test_unlabelled_rows_of_a_class_label_are_refused(tmp_path: Path) -> None:
     directory = saved(tmp_path, {"x": [1.0, 2.0], "label": [0, -1]}, features)
 
     assert "1 rows without a label (-1)" in refusal(directory)
+
+
+def test_class_label_ids_beyond_its_names_are_refused(tmp_path: Path) -> None:
+    # cast_column does not check the ids against the names, so such a column can be saved.
+    table = datasets.Dataset.from_dict({"x": [1.0, 2.0], "label": [0, 5]})
+    directory = tmp_path / "saved"
+    table.cast_column("label", datasets.ClassLabel(names=["a", "b"])).save_to_disk(directory)
+
+    message = refusal(directory)
+
+    assert "label column 'label' has label 5, but its ClassLabel has 2 names" in message
 
 
 @pytest.mark.parametrize(
@@ -246,6 +273,29 @@ def test_image_columns_become_grey_or_rgb_pixels_in_0_1_channel_first(tmp_path: 
     np.testing.assert_allclose(rgb.x[1], 0.0)
 
 
+def test_images_are_read_whatever_format_the_dataset_was_saved_with(tmp_path: Path) -> None:
+    features = datasets.Features({"picture": datasets.Image(), "label": datasets.Value("int64")})
+    table = {"picture": [Image.new("L", (4, 4), 255), Image.new("L", (4, 4), 0)], "label": [1, 0]}
+    directory = tmp_path / "saved"
+    datasets.Dataset.from_dict(table, features=features).with_format("arrow").save_to_disk(
+        directory
+    )
+
+    assert load_huggingface(directory, image_size=2).x.tolist() == [[1.0] * 4, [0.0] * 4]
+
+
+def test_labels_are_checked_before_any_image_is_decoded(tmp_path: Path) -> None:
+    features = datasets.Features(
+        {"picture": datasets.Image(decode=False), "label": datasets.Value("float64")}
+    )
+    pictures = [{"bytes": b"\x89PNG not really", "path": None}]
+    directory = saved(tmp_path, {"picture": pictures, "label": [0.5]}, features)
+
+    message = refusal(directory)
+
+    assert "label column 'label' holds Value(float64) values" in message
+
+
 def test_an_image_pillow_cannot_read_is_refused_naming_the_row(tmp_path: Path) -> None:
     features = datasets.Features(
         {"picture": datasets.Image(decode=False), "label": datasets.Value("int64")}
@@ -260,7 +310,11 @@ def test_an_image_pillow_cannot_read_is_refused_naming_the_row(tmp_path: Path) -
 
 
 def test_a_client_column_gives_each_row_its_client(tmp_path: Path) -> None:
-    table = {"x": [1.0, 2.0, 3.0, 4.0], "label": [0, 1, 0, 1], "user": ["zoe", "al", "zoe", "bo"]}
+    table: dict[str, list[Any]] = {
+        "x": [1.0, 2.0, 3.0, 4.0],
+        "label": [0, 1, 0, 1],
+        "user": ["zoe", "al", "zoe", "bo"],
+    }
     directory = saved(tmp_path, table)
 
     data = load_huggingface(directory, client_column="user")

@@ -80,6 +80,21 @@ def test_rgb_rows_are_channel_first(tmp_path: Path) -> None:
     assert blue[18:].tolist() == [1.0] * 9
 
 
+def test_16_bit_grey_pngs_are_scaled_from_their_own_range(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for name, level in (("a", 0), ("b", 30000), ("c", 65535)):
+        (root / name).mkdir(parents=True)
+        picture = Image.fromarray(np.full((4, 4), level, dtype=np.uint16))
+        assert picture.mode == "I;16"
+        picture.save(root / name / "deep.png")
+
+    grey = load_image_folder(root, image_size=2)
+    rgb = load_image_folder(root, image_size=2, grayscale=False)
+
+    np.testing.assert_allclose(grey.x[:, 0], [0.0, 30000 / 65535, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(rgb.x, np.tile(grey.x, 3), rtol=1e-6)
+
+
 def test_the_same_folder_gives_the_same_rows(tmp_path: Path) -> None:
     root = image_folder(tmp_path / "data", {"a": [1, 2, 3], "b": [4, 5]})
 

@@ -129,14 +129,15 @@ def load_huggingface(
     columns = [_feature_column(dataset, column, where, image_size, grayscale) for column in names]
     width = sum(column.width for column in columns)
     check_matrix_size(len(dataset), width, where, limit=max_bytes)
+    # Labels and clients first: they are cheap to check, the features (images) may not be.
+    y, num_classes = _labels(dataset, label_column, where)
+    client_ids = _client_ids(dataset, client_column, where) if client_column else None
     x = np.empty((len(dataset), width), dtype=np.float32)
     start = 0
     for column in columns:
         block = x[:, start : start + column.width]
         _fill(block, dataset, column, where, image_size, grayscale)
         start += column.width
-    y, num_classes = _labels(dataset, label_column, where)
-    client_ids = _client_ids(dataset, client_column, where) if client_column else None
     return ArrayDataset(x, y, num_classes, client_ids)
 
 
@@ -333,8 +334,9 @@ def _fill(
     source = dataset.select_columns([column.name])
     if column.kind == "image":
         # Undecoded, the column gives each image's file bytes, which open_image checks itself.
-        undecoded = _import_datasets().Image(decode=False)
-        batches = source.cast_column(column.name, undecoded).iter(batch_size=_BATCH_ROWS)
+        # Python objects whatever format the dataset was saved with (arrow gives no dicts).
+        undecoded = source.cast_column(column.name, _import_datasets().Image(decode=False))
+        batches = undecoded.with_format(None).iter(batch_size=_BATCH_ROWS)
     else:
         batches = source.with_format("numpy").iter(batch_size=_BATCH_ROWS)
     start = 0
@@ -415,6 +417,12 @@ def _labels(dataset: Any, name: str, where: str) -> tuple[NDArray[np.int64], int
             raise InvalidArgumentError(
                 f"{where}: label column {name!r} has {int((values < 0).sum())} rows without a "
                 "label (-1); drop them, or read a split that is labelled"
+            )
+        if len(values) and values.max() >= feature.num_classes:
+            raise InvalidArgumentError(
+                f"{where}: label column {name!r} has label {int(values.max())}, but its "
+                f"ClassLabel has {feature.num_classes} names (ids 0..{feature.num_classes - 1}); "
+                "give the ClassLabel every class name"
             )
         return values.astype(np.int64), max(2, int(feature.num_classes))
     if kind == "Value" and dtype in _TEXT_DTYPES:

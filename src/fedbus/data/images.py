@@ -9,7 +9,8 @@
 The class names, sorted, give the label ids (``cat`` is 0, ``dog`` 1). Every image is read with
 Pillow (PNG, JPEG, BMP, the first frame of a GIF, and WebP where Pillow was built with it),
 resized to ``image_size`` x ``image_size`` pixels, made grey (one channel) or RGB (three), scaled
-to 0..1 and flattened channel by channel (``channel, row, column``, as torch lays images out).
+to 0..1 (a 16-bit grey PNG from 0..65535) and flattened channel by channel (``channel, row,
+column``, as torch lays images out).
 Files with other suffixes are skipped, and a log line says how many. No torch is needed; the
 ``cnn`` model reads the grey square images this gives (``data.grayscale = true``).
 
@@ -67,6 +68,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     | ({".webp"} if pillow_features.check("webp") else set())
 )
 
+# Grey modes of more than 8 bits (16-bit PNGs): converting them to L clips at 255, not scales.
+_WIDE_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
 #: Largest feature matrix a loader builds in memory: 8 GiB of float32 (2**31 values), e.g.
 #: 2.7 million 28x28 grey images or 700,000 RGB images of 32x32.
 MAX_FEATURE_BYTES = 8 * 2**30
@@ -105,6 +109,8 @@ def image_row(image: Image.Image, size: int, grayscale: bool) -> NDArray[np.floa
     >>> (row * 255).round().astype(int).tolist()  # red, green, blue planes of 2 x 2 pixels
     [255, 255, 255, 255, 0, 0, 0, 0, 51, 51, 51, 51]
     """
+    if image.mode in _WIDE_GREY:
+        return _wide_grey_row(image, size, grayscale)
     # convert first: palette, alpha and 1-bit images resize correctly only as L or RGB.
     converted = image.convert("L" if grayscale else "RGB")
     if converted.size != (size, size):
@@ -113,6 +119,16 @@ def image_row(image: Image.Image, size: int, grayscale: bool) -> NDArray[np.floa
     if not grayscale:
         pixels = pixels.transpose(2, 0, 1)  # rows, columns, channels -> channels first
     return pixels.reshape(-1)
+
+
+def _wide_grey_row(image: Image.Image, size: int, grayscale: bool) -> NDArray[np.float32]:
+    """``image_row`` of a 16-bit grey image, scaled from 0..65535 (Pillow's L would clip)."""
+    scaled = np.clip(np.asarray(image, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    plane = Image.fromarray(scaled)  # mode F: resized as floats, nothing rounded
+    if plane.size != (size, size):
+        plane = plane.resize((size, size), Image.Resampling.BILINEAR)
+    grey = np.asarray(plane, dtype=np.float32).reshape(-1)
+    return grey if grayscale else np.tile(grey, 3)  # RGB of grey: three equal planes
 
 
 def open_image(

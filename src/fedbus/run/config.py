@@ -127,6 +127,9 @@ class RunConfig(ConfigSection):
     )
     save_model: bool = setting(True, "write the final global model to model.npz")
     plot: bool = setting(True, "draw curves.png (accuracy and loss curves) after the run")
+    trace: bool = setting(
+        True, "write trace.csv, one line per message (fedbus trace RUN_DIR summarises it)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from fedbus.run.federation import Federation, build_federation
 from fedbus.run.outputs import RunDirectory
 from fedbus.run.plot import write_curves
 from fedbus.run.progress import RoundProgress
+from fedbus.run.trace import TRACE_FILE, trace_rows, write_trace
 
 __all__ = [
     "ExperimentResult",
@@ -166,6 +167,8 @@ def run_experiment(config: Config, *, quiet: bool = False) -> ExperimentResult:
         **run_statistics(server),
         "failure": failure,
     }
+    if config.run.trace:
+        write_trace(run_dir.path / TRACE_FILE, trace_rows(outcome.trace))
     write_outputs(config, run_dir, summary, server.arrays.to_numpy_dict())
     return ExperimentResult(run_dir.path, summary, federation)
 

@@ -784,5 +784,6 @@ def build_federation(
         ray_address=config.simulation.ray_address or None,
         memory_budget_mb=config.simulation.memory_budget_mb,
         spill_dir=config.simulation.spill_dir or None,
+        record_trace=config.run.trace,
     )
     return Federation(config, dataset, model, server, client_fn, simulation)

@@ -133,6 +133,12 @@ class TraceEntry:
     time: float
     event: TraceEvent
     metadata: Metadata
+    #: When it left its sender, and its encoded size; None for a message refused as it was sent
+    #: and for the error replies the runtime makes itself.
+    sent: float | None = None
+    size: int | None = None
+    #: The error code the message carries (an error reply), 0 for none.
+    error: int = 0
 
 
 @dataclass(slots=True)
@@ -329,6 +335,8 @@ class Simulation:
         self.stats = SimulationStats()
         self.trace: list[TraceEntry] = []
         self._record_trace = record_trace
+        # Departure time and size of each message in flight, by id, for its trace entry.
+        self._departures: dict[str, tuple[float, int]] = {}
         self._check_serialization = check_serialization
         self._run_id = run_id
         self._rng = np.random.default_rng(seed)
@@ -536,13 +544,13 @@ class Simulation:
         if profile.windows and not self._online_or_held(message, profile):
             return False
         if profile.dropout > 0 and self._rng.random() < profile.dropout:
-            self._record("dropped", metadata)
+            self._record("dropped", message)
             return False
         built = self._factory is not None and node_id != SERVER_NODE_ID
         if built and node_id not in self._started_ids:  # a built client starts when first used
             self._started_ids.add(node_id)
             self._run_on(worker.on_start)
-        self._record("delivered", metadata)
+        self._record("delivered", message)
         if self._starting is not None:
             self._take_over(self._starting)
         if not worker.portable or node_id == SERVER_NODE_ID or not self._offload:
@@ -730,13 +738,13 @@ class Simulation:
             reason = f"node {node_id} is offline{left}"
             self._fail(message, "offline", ErrorCode.NODE_UNAVAILABLE, reason)
             return False
-        self._record("held", message.metadata)
+        self._record("held", message)
         self._push(back, message)  # a new sequence number: ties still break deterministically
         return False
 
     def _fail(self, message: Message, event: TraceEvent, code: ErrorCode, reason: str) -> None:
         """Record a failed delivery and tell the sender, unless the message was an error."""
-        self._record(event, message.metadata)
+        self._record(event, message)
         reply = self._rules.error_reply(message, Refusal(code, reason))
         if reply is not None:
             self.stats.messages_sent += 1
@@ -759,7 +767,7 @@ class Simulation:
         if profile.windows:  # an offline device sends when it is back
             depart = profile.next_online(depart)
             if depart == math.inf:
-                self._record("offline", metadata)
+                self._record("offline", message)
                 return
         if self._rules.expired(message, depart):
             self._fail(
@@ -778,6 +786,8 @@ class Simulation:
         else:
             size = encoded_size(message)
         self._count_bytes(metadata, size)
+        if self._record_trace:
+            self._departures[metadata.message_id] = (depart, size)
         if metadata.dst_node_id == SERVER_NODE_ID and size >= SPILL_FROM_BYTES:
             kept = self._keep(message, size, frame)
             if kept is None:
@@ -801,7 +811,7 @@ class Simulation:
             logger.error("%s", exc)
             reason = f"no room for the message: {exc}"
             if message.metadata.reply_to_message_id:
-                self._record("no_room", message.metadata)
+                self._record("no_room", message)
                 return Message.from_metadata(
                     message.metadata, error=Error(ErrorCode.RESOURCE_EXHAUSTED, reason)
                 )
@@ -859,11 +869,18 @@ class Simulation:
             self.stats.bytes_up += size
             self.stats.bytes_down += size
 
-    def _record(self, event: TraceEvent, metadata: Metadata) -> None:
+    def _record(self, event: TraceEvent, message: Message) -> None:
         events = self.stats.events
         events[event] = events.get(event, 0) + 1
         if self._record_trace:
-            self.trace.append(TraceEntry(self._now, event, metadata))
+            metadata = message.metadata
+            # A held message is delivered or lost later: its departure stays for that entry.
+            departures = self._departures
+            key = metadata.message_id
+            departure = departures.get(key) if event == "held" else departures.pop(key, None)
+            sent, size = (None, None) if departure is None else departure
+            error = int(message.error.code) if message.has_error() else 0
+            self.trace.append(TraceEntry(self._now, event, metadata, sent, size, error))
 
     @property
     def now(self) -> float:
