@@ -8,8 +8,11 @@ BIN    := $(VENV)/bin
 # needs it.
 BASE   := $(VENV)/.fedbus-base
 FULL   := $(VENV)/.fedbus-full
+BROWSER := $(VENV)/.fedbus-browser
+# apt-get needs root: sudo when not root already
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-all run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora bench-published docs docs-results clean
+.PHONY: install install-all browser run test lint typecheck unit bench bench-peers bench-codec bench-transport bench-secagg bench-fleet bench-compression bench-large bench-lora bench-published docs docs-results clean
 
 $(BASE): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,12 +23,21 @@ $(BASE): pyproject.toml Makefile
 $(FULL): $(BASE)
 	# torch first and pinned: a looser request would resolve a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,torch,ray,llm,data]'
+	$(BIN)/python -m pip install -q -e '.[dev,torch,ray,llm,data,tracking]'
 	touch $(FULL)
 
 install: $(BASE)
 
 install-all: $(FULL)
+
+# The dashboard's browser tests drive a headless Chromium with its driver, from Debian's
+# packages: installed when missing, never downloaded by Selenium.
+$(BROWSER): Makefile
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	touch $(BROWSER)
+
+browser: $(BROWSER)
 
 run: install
 	$(BIN)/fedbus run $(ARGS)
@@ -38,7 +50,7 @@ typecheck: install-all
 	$(BIN)/mypy
 
 # One test process per core; the tests that use Ray share one of them (tests/conftest.py).
-unit: install-all
+unit: install-all $(BROWSER)
 	$(BIN)/pytest -n auto --dist loadgroup
 
 test: lint typecheck unit

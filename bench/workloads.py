@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from fedbus.fl import Client, FedAvg, Server
-from fedbus.run.trace import trace_rows, write_trace
+from fedbus.fl import Client, FedAvg, RoundEndFunction, Server
+from fedbus.run.trace import TraceWriter
 from fedbus.runtime.simulation import DEFAULT_MEMORY_BUDGET_MB, Simulation
 from fedbus.runtime.simulation.offload import CLIENT_CACHE
 from fedbus.runtime.simulation.processes import WORKER_ENVIRONMENT
@@ -126,12 +126,12 @@ def run_fedbus(
     workers: int = 1,
     backend: str = "local",
     memory_budget_mb: float | None = DEFAULT_MEMORY_BUDGET_MB,
-    trace_file: Path | None = None,
+    trace_dir: Path | None = None,
 ) -> Arrays:
     """Run ``workload`` through fedbus's simulation; the final global model.
 
-    With ``trace_file`` the run keeps its message trace and writes it there as ``fedbus run``
-    writes ``trace.csv``; without, it keeps none.
+    With ``trace_dir`` the run keeps its message trace and writes it into ``trace_dir/trace/``
+    as ``fedbus run`` does, in chunks at round ends; without, it keeps none.
     """
     server = Server(
         FedAvg(),
@@ -147,14 +147,17 @@ def run_fedbus(
         WorkloadClients(workload),
         num_clients=workload.clients,
         seed=workload.seed,
-        record_trace=trace_file is not None,
+        record_trace=trace_dir is not None,
         workers=workers,
         backend=backend,
         memory_budget_mb=memory_budget_mb,
     )
+    if trace_dir is not None:
+        writer = TraceWriter(trace_dir)
+        server.callbacks.append(RoundEndFunction(lambda _: writer.drain(simulation.trace)))
     result = simulation.run()
-    if trace_file is not None:
-        write_trace(trace_file, trace_rows(result.trace))
+    if trace_dir is not None:
+        writer.drain(result.trace, at_least=1)
     return server.arrays.to_numpy_dict()
 
 

@@ -2,11 +2,14 @@
 
 ::
 
-    fedbus run [CONFIG] [--set section.key=value ...] [-q]
+    fedbus run [CONFIG] [--set section.key=value ...] [-q] [--resume RUN_DIR]
+               [--dashboard [HOST:PORT]] [--token-file F]
+    fedbus verify RUN_DIR
     fedbus flow [CONFIG] [--set ...] [--output flow.png]
     fedbus plot RUN_DIR [RUN_DIR ...] [--output comparison.png]
     fedbus partition [CONFIG] [--set ...] [--plot partition.png]
-    fedbus trace RUN_DIR [--node N] [--type TYPE] [--round R]
+    fedbus trace RUN_DIR [--node N] [--type TYPE] [--round R] [--csv FILE]
+    fedbus dashboard RUN_DIR [RUN_DIR ...] [--listen HOST:PORT] [--token-file F]
     fedbus server [CONFIG] --listen HOST:PORT (--tls-cert F --tls-key F | --insecure)
                   [--resume RUN_DIR] [--min-clients N] [--join-timeout S] [--heartbeat S]
     fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
@@ -34,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from fedbus.errors import ConfigError, FedbusError
+from fedbus.errors import ConfigError, FedbusError, RunError, RunInterruptedError
 
 if TYPE_CHECKING:  # imported when used: `fedbus plot` need not load gRPC
     from fedbus.run.config import Config
@@ -52,6 +55,8 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
 _RAW = argparse.RawDescriptionHelpFormatter
+# The exit status of a command stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+_INTERRUPTED = 130
 _VERBOSE_HELP = "log what fedbus does (-vv: in more detail)"
 
 # (description, examples) of each command; lines of at most 78 characters: a terminal of 80
@@ -73,13 +78,28 @@ _RUN = (
     """\
 Run a federation in simulation on this machine, in simulated time. Without
 CONFIG: FedAvg on the digits dataset with 100 clients. It writes a run
-directory (config.toml, metrics.jsonl, summary.json, model.npz, curves.png)
-under run.output_dir and prints where. Every key: docs/config.md.""",
+directory (config.toml, metrics.jsonl, summary.json, model.npz, curves.png,
+the message trace) under run.output_dir and prints where. Ctrl-C stops it
+with the completed rounds written; --resume RUN_DIR goes on from the last
+one, bit for bit. --dashboard serves a live page of the run. Every key:
+docs/config.md.""",
     """\
 examples:
   fedbus run
   fedbus run examples/configs/scaffold.toml --set federation.num_rounds=20
-  fedbus run --set data.partition=iid --set strategy.name=fedprox -q""",
+  fedbus run --set data.partition=iid --set strategy.name=fedprox -q
+  fedbus run --resume runs/fedbus-20250101-120000
+  fedbus run --dashboard                  # http://127.0.0.1:8050/""",
+)
+_VERIFY = (
+    """\
+Run a simulated run again from its own run directory (its config.toml) and
+say whether the final model and the message trace are identical, bit for bit:
+exit status 0 when they are, 1 when not. The versions recorded in
+RUN_DIR/versions.json are compared with this machine's. See docs/trace.md.""",
+    """\
+examples:
+  fedbus verify runs/fedbus-20250101-120000""",
 )
 _FLOW = (
     """\
@@ -117,16 +137,30 @@ examples:
 )
 _TRACE = (
     """\
-Summarise the message trace of a run (RUN_DIR/trace.csv, one line per
-message): totals and outcomes, per message type, per node (sent, received,
-bytes, failures), the slowest nodes to answer, and the messages that were not
+Summarise the message trace of a run (RUN_DIR/trace/, one row per message):
+totals and outcomes, per message type, per node (sent, received, bytes,
+failures), the slowest nodes to answer, and the messages that were not
 delivered or carried an error. --node, --type and --round keep only those
-messages; the file itself is CSV, for any other tool. See docs/trace.md.""",
+messages; --csv writes them as CSV, for any other tool. See docs/trace.md.""",
     """\
 examples:
   fedbus trace runs/fedbus-20250101-120000
   fedbus trace runs/fedbus-20250101-120000 --round 3 --type train
-  fedbus trace runs/fedbus-20250101-120000 --node 17""",
+  fedbus trace runs/fedbus-20250101-120000 --node 17 --csv node17.csv""",
+)
+_DASHBOARD = (
+    """\
+Serve a read-only live dashboard of one or more run directories, side by
+side: state and round, accuracy and loss curves, each node's traffic and
+failures, the message flow and the last messages; it follows a run that is
+still writing. It serves until Ctrl-C. Off 127.0.0.1 it needs a token, from
+--token-file or $FEDBUS_DASHBOARD_TOKEN. See docs/dashboard.md.""",
+    """\
+examples:
+  fedbus dashboard runs/fedbus-20250101-120000     # http://127.0.0.1:8050/
+  fedbus dashboard runs/* --listen 127.0.0.1:0     # any free port, printed
+  fedbus dashboard runs/fedbus-20250101-120000 --listen 0.0.0.0:8050 \\
+      --token-file dashboard-token.txt""",
 )
 _SERVER = (
     """\
@@ -166,6 +200,29 @@ def build_parser() -> argparse.ArgumentParser:
     run = _command(commands, "run", "run a federation in simulation", _RUN)
     _config_arguments(run)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="go on with a stopped run from its last completed round (its own config.toml)",
+    )
+    run.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:8050",
+        metavar="HOST:PORT",
+        help="serve a live dashboard of the run (default 127.0.0.1:8050)",
+    )
+    run.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the token the dashboard asks for (default: "
+        "$FEDBUS_DASHBOARD_TOKEN; required off loopback)",
+    )
+
+    verify = _command(commands, "verify", "check that a simulated run reproduces", _VERIFY)
+    verify.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory to check")
+    verify.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     flow = _command(commands, "flow", "print and draw the message flow of a federation", _FLOW)
     _config_arguments(flow)
@@ -203,10 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
         " (default partition.png)",
     )
     trace = _command(commands, "trace", "summarise the messages of a run", _TRACE)
-    trace.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding trace.csv")
+    trace.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a trace")
     trace.add_argument("--node", type=int, metavar="N", help="messages sent or received by N")
     trace.add_argument("--type", metavar="TYPE", help="messages of this type, e.g. train")
     trace.add_argument("--round", type=int, metavar="R", help="messages of round R")
+    trace.add_argument(
+        "--csv", type=Path, metavar="FILE", help="also write the messages kept to FILE as CSV"
+    )
+    dashboard = _command(
+        commands, "dashboard", "serve a live dashboard of one or more runs", _DASHBOARD
+    )
+    dashboard.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory, as fedbus run prints it"
+    )
+    dashboard.add_argument(
+        "--listen",
+        default="127.0.0.1:8050",
+        metavar="HOST:PORT",
+        help="where to serve (default 127.0.0.1:8050); any other host than a loopback one "
+        "needs a token",
+    )
+    dashboard.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the token the page must carry (default: $FEDBUS_DASHBOARD_TOKEN)",
+    )
     _server_parser(_command(commands, "server", "serve a federation over gRPC", _SERVER))
     _client_parser(_command(commands, "client", "join a federation served over gRPC", _CLIENT))
     from fedbus.run.keys import add_keys_parser  # it loads gRPC and cryptography only when run
@@ -367,10 +445,19 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from fedbus.run.experiment import run_experiment
+    from fedbus.run.experiment import DashboardOptions, run_experiment
 
-    config = _load(args)
-    result = run_experiment(config, quiet=args.quiet)
+    given = args.config is not None or args.overrides
+    config = _load(args) if given or args.resume is None else None
+    dashboard = None
+    if args.dashboard is not None:
+        from fedbus.run.dashboard.server import dashboard_token
+
+        listen = _ADDRESS.fullmatch(_address(args.dashboard, "--dashboard", any_port=True))
+        assert listen is not None  # _address checked it
+        host, port = listen["ipv6"] or listen["host"], listen["port"] or listen["port4"]
+        dashboard = DashboardOptions(host, int(port), dashboard_token(args.token_file))
+    result = run_experiment(config, quiet=args.quiet, resume=args.resume, dashboard=dashboard)
     summary = result.summary
     accuracy = summary["final_test_accuracy"]
     print(f"run directory:       {result.run_dir}")
@@ -393,6 +480,15 @@ def _flow(args: argparse.Namespace) -> None:
     flow.check()
 
 
+def _verify(args: argparse.Namespace) -> None:
+    from fedbus.run.verify import verify_run
+
+    report = verify_run(args.run_dir, quiet=args.quiet)
+    print(report.text())
+    if not report.identical:
+        raise RunError(f"{args.run_dir} does not reproduce")
+
+
 def _plot(args: argparse.Namespace) -> None:
     from fedbus.run.plot import check_picture_path, plot_runs
 
@@ -412,7 +508,8 @@ def _partition(args: argparse.Namespace) -> None:
 
 
 def _trace(args: argparse.Namespace) -> None:
-    from fedbus.run.trace import filter_rows, format_summary, read_trace
+    from fedbus.run.trace import read_trace, write_csv
+    from fedbus.run.trace_summary import filter_rows, format_summary
 
     rows = read_trace(args.run_dir)
     chosen = filter_rows(rows, node=args.node, message_type=args.type, server_round=args.round)
@@ -420,9 +517,34 @@ def _trace(args: argparse.Namespace) -> None:
     if kept:
         print(f"{len(chosen):,} of {len(rows):,} messages ({', '.join(kept)})")
     print(format_summary(chosen))
+    if args.csv is not None:
+        try:
+            write_csv(args.csv, chosen)
+        except OSError as exc:
+            raise ConfigError(f"--csv {args.csv}: cannot write it ({exc.strerror})") from exc
+        print(f"wrote {len(chosen):,} messages to {args.csv}")
 
 
 _FILTERS = ("node", "type", "round")
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from fedbus.run.dashboard import RunDirSource, serve_dashboard
+    from fedbus.run.dashboard.server import dashboard_token, serve_until_interrupted
+
+    listen = _ADDRESS.fullmatch(_address(args.listen, "--listen", any_port=True))
+    assert listen is not None  # _address checked it
+    for run_dir in args.run_dirs:
+        if not Path(run_dir, "config.toml").is_file():
+            raise ConfigError(
+                f"RUN_DIR {run_dir!r}: not a run directory (no config.toml in it); "
+                "give a directory fedbus run or fedbus server wrote"
+            )
+    sources = [RunDirSource(run_dir) for run_dir in args.run_dirs]
+    host, port = listen["ipv6"] or listen["host"], listen["port"] or listen["port4"]
+    handle = serve_dashboard(sources, host, int(port), dashboard_token(args.token_file))
+    print(f"dashboard of {len(sources)} run(s) at {handle.url} (Ctrl-C stops it)", flush=True)
+    serve_until_interrupted(handle)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -650,6 +772,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": _plot,
         "partition": _partition,
         "trace": _trace,
+        "verify": _verify,
+        "dashboard": _dashboard,
         "server": _server,
         "client": _client,
         "keys": _keys,
@@ -659,6 +783,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fedbus: configuration error: {exc}", file=sys.stderr)
         return 2
+    except RunInterruptedError as exc:
+        print(f"\nfedbus: {exc}", file=sys.stderr)
+        return _INTERRUPTED
+    except KeyboardInterrupt:  # before a run started, or a command that writes nothing
+        print("\nfedbus: interrupted", file=sys.stderr)
+        return _INTERRUPTED
     except FedbusError as exc:
         print(f"fedbus: {exc}", file=sys.stderr)
         return 1

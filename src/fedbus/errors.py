@@ -34,6 +34,7 @@ __all__ = [
     "MissingDependencyError",
     "PluginError",
     "RunError",
+    "RunInterruptedError",
     "SendError",
 ]
 
@@ -75,6 +76,11 @@ class FlowError(FedbusError):
 
 class RunError(FedbusError):
     """A federation cannot go on (for example, a round got fewer than ``min_replies``)."""
+
+
+class RunInterruptedError(RunError):
+    """A run was stopped (Ctrl-C) after writing what its completed rounds made; the message
+    says where, and how to go on."""
 
 
 class PluginError(FedbusError):

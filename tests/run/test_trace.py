@@ -1,25 +1,30 @@
-"""The message trace: one row per message in trace.csv, and ``fedbus trace`` reading it."""
+"""The message trace: one row per message in RUN_DIR/trace/, and ``fedbus trace`` reading it."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedbus import ErrorCode
 from fedbus.cli import main
 from fedbus.errors import InvalidArgumentError
+from fedbus.run.outputs import atomic_file, save_arrays
 from fedbus.run.trace import (
-    TRACE_FILE,
+    TRACE_DIR,
     TraceRow,
-    filter_rows,
-    format_summary,
+    TraceWriter,
+    chunk_paths,
     read_trace,
+    trace_digest,
     trace_rows,
-    write_trace,
+    write_csv,
 )
+from fedbus.run.trace_summary import filter_rows, format_summary
 from fedbus.runtime.simulation import ClientProfile, ProfileTable, simulate
 
 from ..runtime.test_simulation import Answerer, Asker
@@ -74,34 +79,65 @@ def test_rows_survive_the_file_unchanged(tmp_path: Path) -> None:
         Asker([1, 2], ttl=5.0), [Answerer(node_id=1), Answerer(node_id=2)], profiles=slow
     )
     rows = list(trace_rows(result.trace))
+    writer = TraceWriter(tmp_path)
 
-    assert write_trace(tmp_path / TRACE_FILE, rows) == 4
+    writer.write_entries(result.trace[:3])
+    writer.write_entries(result.trace[3:])
 
+    assert [path.name for path in chunk_paths(tmp_path)] == ["000000.npz", "000001.npz"]
     assert read_trace(tmp_path) == rows
+    single = tmp_path / "single"
+    TraceWriter(single).write_rows(rows)
+    assert trace_digest(single) == trace_digest(tmp_path)
+
+
+def _chunk(tmp_path: Path, **changes: object) -> Path:
+    """A valid chunk of two rows with ``changes`` made to its arrays (None: left out)."""
+    rows = [
+        TraceRow("a", "train", 0, 1, "1", "", 10, 0.0, 0.0, 0.1, "delivered", 0),
+        TraceRow("b", "train", 1, 0, "1", "a", 10, 0.1, 0.2, 0.3, "delivered", 0),
+    ]
+    TraceWriter(tmp_path).write_rows(rows)
+    (path,) = chunk_paths(tmp_path)
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive}
+    for name, value in changes.items():
+        if value is None:
+            del arrays[name.replace("__", ".")]
+        else:
+            arrays[name.replace("__", ".")] = np.asarray(value)
+    with atomic_file(path) as file:
+        save_arrays(file, arrays)
+    return path
 
 
 @pytest.mark.parametrize(
-    ("text", "words"),
+    ("changes", "words"),
     [
-        ("id,kind\n", "not a fedbus trace"),
-        (
-            "message_id,type,src,dst,group,reply_to,bytes,created,sent,settled,outcome,error\n"
-            "a,train,0,1,1,,12,0.0,0.0,zero,delivered,0\n",
-            "line 2: settled = 'zero' is not a number",
-        ),
-        (
-            "message_id,type,src,dst,group,reply_to,bytes,created,sent,settled,outcome,error\n"
-            "a,train,0\n",
-            "line 2: 3 values, expected 12",
-        ),
+        ({"settled": None}, "not a fedbus trace chunk ('settled')"),
+        ({"settled": [0.1, float("nan")]}, "column 'settled' is not finite numbers"),
+        ({"src": [0]}, "column 'src' is not one value per message (2)"),
+        ({"type": [0, 5]}, "column 'type' holds codes without a name"),
+        ({"type__names": [1.5]}, "column 'type.names' is not text"),
+        ({"bytes": [0.5, 1.5]}, "column 'bytes' is not integers"),
     ],
 )
-def test_a_file_that_is_not_a_trace_is_refused_with_the_line(
-    tmp_path: Path, text: str, words: str
+def test_a_chunk_that_is_not_a_trace_is_refused_naming_the_column(
+    tmp_path: Path, changes: dict[str, object], words: str
 ) -> None:
-    (tmp_path / TRACE_FILE).write_text(text, encoding="utf-8")
+    path = _chunk(tmp_path, **changes)
 
-    with pytest.raises(InvalidArgumentError, match=words):
+    with pytest.raises(
+        InvalidArgumentError, match=re.escape(f"{path}: ") + ".*" + re.escape(words)
+    ):
+        read_trace(tmp_path)
+
+
+def test_a_chunk_that_is_not_an_archive_is_refused(tmp_path: Path) -> None:
+    (tmp_path / TRACE_DIR).mkdir()
+    (tmp_path / TRACE_DIR / "000000.npz").write_bytes(b"id,kind\n")
+
+    with pytest.raises(InvalidArgumentError, match=r"not a NumPy \.npz archive"):
         read_trace(tmp_path)
 
 
@@ -155,6 +191,12 @@ def test_fedbus_run_writes_one_row_per_message_and_fedbus_trace_reads_it(
     printed = capsys.readouterr().out
     in_round_two = filter_rows(rows, server_round=2, message_type="train")
     assert printed.startswith(f"{len(in_round_two)} of {len(rows)} messages (type train, round 2)")
+    exported = tmp_path / "node1.csv"
+    assert main(["trace", str(run_dir), "--node", "1", "--csv", str(exported)]) == 0
+    with exported.open(encoding="utf-8", newline="") as file:
+        lines = list(csv.reader(file))
+    assert lines[0] == list(TraceRow._fields)
+    assert [line[0] for line in lines[1:]] == [row.message_id for row in filter_rows(rows, node=1)]
 
 
 def test_run_trace_false_writes_no_trace(
@@ -162,6 +204,22 @@ def test_run_trace_false_writes_no_trace(
 ) -> None:
     run_dir = _run(tmp_path, "run.trace=false")
 
-    assert not (run_dir / TRACE_FILE).exists()
+    assert not (run_dir / TRACE_DIR).exists()
     assert main(["trace", str(run_dir)]) == 1
     assert "no trace" in capsys.readouterr().err
+
+
+def test_text_with_commas_quotes_and_line_breaks_round_trips_and_exports(tmp_path: Path) -> None:
+    rows = [
+        TraceRow("a", "train", 0, 1, "1", "", 10, 0.0, 0.0, 0.1, "delivered", 0),
+        TraceRow("b", 'odd,"type"', 1, 0, "round\n2", "a", 10, 0.1, 0.2, 1 / 3, "expired", 4),
+        TraceRow("c", "carriage\rreturn", 0, 2, "2", "", 10, 0.4, 0.4, 0.5, "delivered", 0),
+    ]
+
+    TraceWriter(tmp_path).write_rows(rows)
+    assert read_trace(tmp_path) == rows
+
+    assert write_csv(tmp_path / "rows.csv", rows) == 3
+    with (tmp_path / "rows.csv").open(encoding="utf-8", newline="") as file:
+        lines = list(csv.reader(file))
+    assert [tuple(line) for line in lines[1:]] == [tuple(map(str, row)) for row in rows]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,6 +74,14 @@ class Callback:
 
     def on_run_end(self, server: ServerBase) -> None:
         """The run ended: ``server.finished`` is True, or ``server.failure`` says why not."""
+
+    def state(self) -> dict[str, Any]:
+        """What this callback has learnt from the rounds so far, as JSON data (a resumed run
+        restores it with ``load_state``); ``{}`` for one that keeps nothing."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state()`` returned."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -177,6 +185,19 @@ class EarlyStopping(Callback):
                 f"early stopping: {self.metric} has not improved by more than {self.min_delta} "
                 f"for {self.waited} rounds (best {self.best:.6g} in round {self.best_round})"
             )
+
+    def state(self) -> dict[str, Any]:
+        """The best value so far, its round, and the misses since."""
+        return {"best": self.best, "best_round": self.best_round, "waited": self.waited}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state()`` returned."""
+        try:
+            best = state["best"]
+            self.best = None if best is None else float(best)
+            self.best_round, self.waited = int(state["best_round"]), int(state["waited"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"EarlyStopping: unusable state: {exc!r}") from exc
 
     def _improves(self, value: float) -> bool:
         if self.best is None:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from functools import partial
 
 from fedbus.errors import FedbusError, InvalidArgumentError
+from fedbus.fl.watchdog import Watchdog
 from fedbus.message import Message
 from fedbus.worker import TimerHandle, Worker
 
@@ -74,6 +75,9 @@ class RequestGroup:
         Never close by itself, even with nothing in flight (asynchronous training).
     name
         Used in logs, e.g. ``"round 3 train"``.
+    watchdog
+        The owner's ``Watchdog``: while the group is open (and not rolling), it warns when the
+        group has waited too long, naming the nodes that have not answered.
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class RequestGroup:
         request_timeout: float | None = None,
         rolling: bool = False,
         name: str = "requests",
+        watchdog: Watchdog | None = None,
     ) -> None:
         for setting, value in (("deadline", deadline), ("request_timeout", request_timeout)):
             if value is not None and not value > 0:
@@ -107,6 +112,8 @@ class RequestGroup:
         self._deadline = (
             None if deadline is None else worker.call_later(deadline, self._on_deadline)
         )
+        self._watchdog = watchdog
+        self._wait = None if watchdog is None or rolling else watchdog.watch(name, self.waiting)
 
     # -- sending ------------------------------------------------------------------------------
     def send(self, message: Message) -> str:
@@ -133,6 +140,13 @@ class RequestGroup:
     def in_flight(self) -> int:
         """Requests sent and not yet answered or given up."""
         return len(self.pending)
+
+    def waiting(self) -> tuple[str, list[int]]:
+        """What the group waits for, and the nodes it waits on (for the watchdog's warning)."""
+        what = f"for {len(self.pending)} of {self.sent} replies"
+        if self.enough is not None and self.enough < self.sent:
+            what += f" ({self.enough - self.replied} more close it)"
+        return what, list(self.pending.values())
 
     # -- what comes back ----------------------------------------------------------------------
     def _answered(self, reply: Message) -> None:
@@ -199,6 +213,8 @@ class RequestGroup:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._watchdog is not None:  # before on_close, which may open the next group
+            self._watchdog.release(self._wait)
         if self._on_close is not None:
             self._on_close(self)
 

@@ -228,6 +228,7 @@ class Server(ServerBase):
             enough=self.clients_per_round if kind == TRAIN else None,
             deadline=self.round_timeout,
             name=f"round {server_round} {kind}",
+            watchdog=self.watchdog,
         )
         message_type = self._message_types[kind]
         messages = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,9 @@ from fedbus.fl.record import RoundRecord
 from fedbus.fl.settings import TrainingSettings
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.fl.updates import check_finite
+from fedbus.fl.watchdog import Watchdog
 from fedbus.message import ArrayRecord, Message, RecordDict, now
-from fedbus.worker import CLIENT_ROLE, Worker
+from fedbus.worker import CLIENT_ROLE, TimerHandle, Worker
 
 __all__ = ["EvaluateFn", "RoundRecord", "ServerBase", "TrainingSettings"]
 
@@ -92,6 +94,10 @@ class ServerBase(Worker):
         self._participants: set[int] = set()
         self._started = False
         self._record = RoundRecord(round=0)  # the round in progress, filled in as it goes
+        #: Warns when the server waits too long (``fl.watchdog``); schedules follow their waits
+        #: with it (``RequestGroup(watchdog=...)``, ``watchdog.watch``).
+        self.watchdog = Watchdog(self, settings.watchdog)
+        self._joining: object = None  # the watchdog's token for the wait for clients
         self.register_handlers(JOIN, self.on_join, senders=[CLIENT_ROLE], replies=False)
 
     @property
@@ -224,11 +230,40 @@ class ServerBase(Worker):
     def on_start(self) -> None:
         """Start training as soon as ``min_clients`` clients are known."""
         self._maybe_start()
+        if not self._started:
+            self._joining = self.watchdog.watch("the server", self._waiting_for_clients)
 
     def _maybe_start(self) -> None:
         if not self._started and len(self._clients) >= self.min_clients:
             self._started = True
+            self.watchdog.release(self._joining)
             self.begin_training()
+
+    def _waiting_for_clients(self) -> tuple[str, list[int]]:
+        known = len(self._clients)
+        return (
+            f"for {self.min_clients - known} more clients to join before training starts "
+            f"({known} of min_clients={self.min_clients} known)",
+            [],
+        )
+
+    # -- events: the watchdog looks before each ---------------------------------------------------
+    def deliver(self, message: Message) -> None:
+        """Handle ``message`` (runtimes call this); the watchdog looks first, since the message
+        may end the wait it follows, and notes that its sender was heard from."""
+        watchdog = self.watchdog
+        if watchdog.enabled:
+            watchdog.check()
+            if not message.has_error():
+                watchdog.heard(message.metadata.src_node_id)
+        super().deliver(message)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` after ``delay`` seconds of the runtime's clock; the watchdog looks
+        first (in the simulation, events are the only moments it can)."""
+        if not self.watchdog.enabled:
+            return super().call_later(delay, callback)
+        return super().call_later(delay, partial(_checked, self.watchdog, callback))
 
     @abstractmethod
     def begin_training(self) -> None:
@@ -277,6 +312,39 @@ class ServerBase(Worker):
     def note_participant(self, node_id: int) -> None:
         """``node_id`` was sent work: it is told to finish when the run ends."""
         self._participants.add(node_id)
+
+    def progress_state(self) -> dict[str, Any]:
+        """What the run has done so far beyond the model, sampler and strategy (JSON data): who
+        contributed how often, who was sent work, and each callback's state, so that a resumed
+        run reports and stops as the uninterrupted one would (``load_progress_state``)."""
+        return {
+            "participation": {str(node): count for node, count in self.participation.items()},
+            "participants": sorted(self._participants),
+            "callbacks": [
+                [type(callback).__name__, callback.state()] for callback in self.callbacks
+            ],
+        }
+
+    def load_progress_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``progress_state`` returned, into a server built with the same callbacks.
+
+        Raises ``InvalidArgumentError`` when it does not fit this server.
+        """
+        try:
+            participation = {int(node): int(n) for node, n in state["participation"].items()}
+            participants = {int(node) for node in state["participants"]}
+            saved = [(str(name), dict(data)) for name, data in state["callbacks"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidArgumentError(f"unusable server progress: {exc!r}") from exc
+        names = [type(callback).__name__ for callback in self.callbacks]
+        if [name for name, _ in saved] != names:
+            raise InvalidArgumentError(
+                f"the saved callbacks {[name for name, _ in saved]} are not this server's {names}"
+            )
+        for callback, (_, data) in zip(self.callbacks, saved, strict=True):
+            callback.load_state(data)
+        self.participation = participation
+        self._participants = participants
 
     # -- rounds ---------------------------------------------------------------------------------
     def record_aggregation(
@@ -363,6 +431,7 @@ class ServerBase(Worker):
         """Tell every client that took part to finish, run the callbacks' ``on_run_end``,
         then stop."""
         self.failure = failure
+        self.watchdog.stop()
         if failure is not None:
             logger.error("the run stops: %s", failure)
         for node_id in sorted(self._participants):
@@ -379,6 +448,11 @@ class ServerBase(Worker):
                     )
                     self.finished = False
         self.stop()
+
+
+def _checked(watchdog: Watchdog, callback: Callable[[], None]) -> None:
+    watchdog.check()
+    callback()
 
 
 def _never_called(message: Message) -> None:  # pragma: no cover - refused by dispatch

@@ -16,6 +16,7 @@ given, then ``RoundEndFunction``. These two build the same server::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -48,6 +49,11 @@ class TrainingSettings:
         ``first_round - 1``).
     callbacks
         Run in order after each aggregation (``fl.callbacks``).
+    watchdog
+        Seconds a round (an asynchronous model version, the start of training) may wait
+        before the server logs a WARNING naming the nodes it waits on, repeated every as many
+        seconds while it waits (``fl.watchdog``); the runtime's clock, as ``round_timeout``.
+        None: never. Results are the same either way.
 
     Raises
     ------
@@ -64,6 +70,7 @@ class TrainingSettings:
     first_round: int = 1
     sampler_state: Mapping[str, Any] | None = None
     callbacks: tuple[Callback, ...] = ()
+    watchdog: float | None = 60.0
 
     def __post_init__(self) -> None:
         _require(
@@ -96,6 +103,18 @@ class TrainingSettings:
             "sampler_state",
             "a mapping (what sampler_state() returned) or None",
             self.sampler_state,
+        )
+        _require(
+            self.watchdog is None
+            or (
+                isinstance(self.watchdog, int | float)
+                and not isinstance(self.watchdog, bool)
+                and math.isfinite(self.watchdog)
+                and self.watchdog > 0
+            ),
+            "watchdog",
+            "a finite number of seconds > 0 or None (off)",
+            self.watchdog,
         )
         if isinstance(self.callbacks, Callback) or not isinstance(self.callbacks, Sequence):
             raise InvalidTypeError(
@@ -130,6 +149,7 @@ class SharedOptions(TypedDict, total=False):
     first_round: int
     sampler_state: Mapping[str, Any] | None
     callbacks: Sequence[Callback]
+    watchdog: float | None
     evaluate_fn: EvaluateFn | None
     evaluate_every: int
     on_round_end: Callable[[RoundRecord], object] | None

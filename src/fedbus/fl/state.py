@@ -106,6 +106,10 @@ class ClientStateStore:
         self._keep(key, arrays)
         return arrays
 
+    def node_ids(self) -> list[int]:
+        """The clients that have entries, in order."""
+        return sorted(node for node, names in self._names.items() if names)
+
     def entries(self, node_id: int) -> dict[str, Arrays]:
         """Every entry of one client, by name (empty if it has none)."""
         names = self._names.get(_node_id(node_id), ())

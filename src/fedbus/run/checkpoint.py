@@ -26,6 +26,7 @@ from fedbus.run.outputs import atomic_file, load_model, save_arrays
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "RESERVED_PREFIX",
     "Checkpointing",
     "load_checkpoint",
     "load_sampler_state",
@@ -34,12 +35,14 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoint.npz"
-# Reserved name of the round number inside the archive; model arrays keep their own names.
+# Names the archive keeps for itself; model arrays keep their own names, and no model array's
+# name may start with this.
+RESERVED_PREFIX = "__fedbus_"
+# Reserved name of the round number inside the archive.
 _ROUND_KEY = "__fedbus_completed_round__"
 _SAMPLER_KEY = "__fedbus_sampler_state__"
 # Strategy state arrays are stored under this prefix followed by their own key.
 _STRATEGY_PREFIX = "__fedbus_strategy__:"
-_RESERVED = (_ROUND_KEY, _SAMPLER_KEY)
 
 
 class Checkpointing(Callback):
@@ -86,12 +89,21 @@ def save_checkpoint(
     arrays: Mapping[str, np.ndarray[Any, Any]],
     sampler_state: Mapping[str, Any] | None = None,
     strategy_state: Mapping[str, np.ndarray[Any, Any]] | None = None,
+    more: Mapping[str, np.ndarray[Any, Any]] | None = None,
 ) -> Path:
-    """Write the model, sampler and strategy after ``completed_round`` atomically."""
-    reserved = [key for key in arrays if key in _RESERVED or key.startswith(_STRATEGY_PREFIX)]
+    """Write the model, sampler and strategy after ``completed_round`` atomically.
+
+    ``more`` adds arrays under names starting with ``RESERVED_PREFIX`` (what a resumed
+    simulation needs besides, ``fedbus.run.resume``), in the same file, so that all of it is
+    from one moment.
+    """
+    reserved = [key for key in arrays if key.startswith(RESERVED_PREFIX)]
     if reserved:
         raise InvalidArgumentError(f"a model array may not be named {reserved[0]!r}")
-    extra = {_ROUND_KEY: np.array(completed_round, dtype=np.int64)}
+    stray = [key for key in more or {} if not key.startswith(RESERVED_PREFIX)]
+    if stray:
+        raise InvalidArgumentError(f"checkpoint: {stray[0]!r} must start with {RESERVED_PREFIX}")
+    extra = {_ROUND_KEY: np.array(completed_round, dtype=np.int64), **(more or {})}
     for key, value in (strategy_state or {}).items():
         extra[_STRATEGY_PREFIX + key] = value
     if sampler_state is not None:
@@ -113,13 +125,11 @@ def load_checkpoint(run_dir: str | Path) -> tuple[int, dict[str, np.ndarray[Any,
         raise InvalidArgumentError(
             f"{path}: no checkpoint; a run can be resumed once its first round has completed"
         )
+    everything = load_model(path)
+    completed = everything.get(_ROUND_KEY)
     arrays = {
-        key: value
-        for key, value in load_model(path).items()
-        if not key.startswith(_STRATEGY_PREFIX)
+        key: value for key, value in everything.items() if not key.startswith(RESERVED_PREFIX)
     }
-    arrays.pop(_SAMPLER_KEY, None)
-    completed = arrays.pop(_ROUND_KEY, None)
     if completed is None or completed.shape != () or completed.dtype.kind != "i":
         raise InvalidArgumentError(f"{path}: not a fedbus checkpoint (no round number)")
     return int(completed), arrays

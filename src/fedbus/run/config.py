@@ -80,6 +80,7 @@ __all__ = [
     "DeploymentConfig",
     "StrategyConfig",
     "TrainerConfig",
+    "TrackingConfig",
     "config_from_dict",
     "config_to_dict",
     "config_to_toml",
@@ -101,6 +102,9 @@ COMPRESSION_METHODS = MethodNames()
 # federation.client_mods and server_mods: the names are checked against fedbus.fl.mods.MODS when
 # the federation is built (fedbus.run.federation), with a message that lists the known ones.
 _MOD_NAMES = r"([^,\s]+(,[^,\s]+)*)?"
+# tracking.mlflow_tracking_uri: empty, a tracking server (http, https), a file store, or a
+# database store as SQLAlchemy names it (sqlite, postgresql, mysql, mssql, with a +driver).
+_TRACKING_URI = r"(https?://.+|file:.+|(sqlite|postgresql|mysql|mssql)(\+[A-Za-z0-9_]+)?://.+)?"
 
 
 def _file_datasets() -> tuple[str, ...]:
@@ -128,7 +132,13 @@ class RunConfig(ConfigSection):
     save_model: bool = setting(True, "write the final global model to model.npz")
     plot: bool = setting(True, "draw curves.png (accuracy and loss curves) after the run")
     trace: bool = setting(
-        True, "write trace.csv, one line per message (fedbus trace RUN_DIR summarises it)"
+        True, "write RUN_DIR/trace/, one row per message (fedbus trace RUN_DIR summarises it)"
+    )
+    checkpoint_every: int = setting(
+        1,
+        "rounds between the checkpoints a stopped simulation resumes from (fedbus run --resume "
+        "RUN_DIR), and the last round; 0 = none; asynchronous runs write none",
+        bounds="x >= 0",
     )
 
 
@@ -157,6 +167,13 @@ class FederationConfig(ConfigSection):
         0.0,
         "seconds a round waits for replies, simulated in simulation (0 = wait for all); "
         "asynchronous training: seconds after which a client that has not answered is given up",
+        bounds="x >= 0",
+    )
+    watchdog: float = setting(
+        60.0,
+        "seconds a round (an asynchronous model version, the start of training) waits before the "
+        "server logs a warning naming the nodes it waits on, repeated as long as it waits; "
+        "simulated seconds in simulation (0 = never); results do not depend on it",
         bounds="x >= 0",
     )
     max_round_retries: int = setting(
@@ -741,6 +758,36 @@ class DeploymentConfig(ConfigSection):
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TrackingConfig(ConfigSection):
+    """[tracking]: the run's metrics in TensorBoard and MLflow as well (fedbus[tracking];
+    docs/tracking.md)."""
+
+    section: ClassVar[str] = "tracking"
+    tensorboard: bool = setting(
+        False, "write TensorBoard event files to RUN_DIR/tensorboard/, one scalar per metric"
+    )
+    mlflow: bool = setting(
+        False, "log the configuration as parameters and every round's metrics to an MLflow run"
+    )
+    mlflow_tracking_uri: str = setting(
+        "",
+        "where MLflow stores runs: a tracking server (http://host:5000) or a database such as "
+        "sqlite:///mlflow.db; empty: a SQLite store in the run directory, RUN_DIR/mlflow.db",
+        pattern=_TRACKING_URI,
+        pattern_text=(
+            "empty, an http:// or https:// address, a file: URI, or a database URI such as "
+            "sqlite:///mlflow.db or postgresql://host/db"
+        ),
+    )
+    mlflow_experiment: str = setting(
+        "fedbus",
+        "the MLflow experiment the run belongs to (created when missing)",
+        pattern=r"\S(.{0,498}\S)?",
+        pattern_text="a name of 1 to 500 characters, not starting or ending with a space",
+    )
+
+
 SECTIONS: dict[str, type[ConfigSection]] = {
     section.section: section
     for section in (
@@ -756,6 +803,7 @@ SECTIONS: dict[str, type[ConfigSection]] = {
         AttackConfig,
         SimulationConfig,
         DeploymentConfig,
+        TrackingConfig,
     )
 }
 
@@ -786,6 +834,7 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def _suggest(section: str, key: str) -> str:

@@ -12,7 +12,6 @@ connects it to the server until the federation ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from fedbus.run.checkpoint import (
     load_sampler_state,
     load_strategy_state,
 )
-from fedbus.run.config import Config, config_to_toml, load_config
+from fedbus.run.config import Config, config_to_toml
 from fedbus.run.experiment import metrics_line, run_statistics, write_outputs
 from fedbus.run.federation import (
     build_client,
@@ -40,7 +39,8 @@ from fedbus.run.federation import (
     build_model_and_data,
     build_server,
 )
-from fedbus.run.outputs import CONFIG_FILE, RunDirectory, atomic_file, read_metrics
+from fedbus.run.outputs import RunDirectory, model_digest, read_metrics
+from fedbus.run.resume import keep_metrics_up_to, resumed_config
 from fedbus.runtime.grpc import (
     ClientSettings,
     GrpcServer,
@@ -127,25 +127,10 @@ def _open_run(config: Config | None, resume: Path | None) -> tuple[Config, RunDi
             raise ConfigError("fedbus server: give a configuration, or --resume RUN_DIR")
         toml = config_to_toml(config)
         return config, RunDirectory.create(config.run.output_dir, config.run.name, toml), 0
-    stored = load_config(resume / CONFIG_FILE)
-    if config is not None and config_to_toml(config) != config_to_toml(stored):
-        raise ConfigError(
-            f"--resume {resume}: the configuration given differs from the run's own "
-            f"{resume / CONFIG_FILE}; resume with that one (or give no configuration)"
-        )
+    stored = resumed_config(resume, config)
     completed = load_checkpoint(resume)[0] if (resume / CHECKPOINT_FILE).exists() else 0
-    _keep_metrics_up_to(resume, completed)
+    keep_metrics_up_to(resume, completed)
     return stored, RunDirectory(resume), completed
-
-
-def _keep_metrics_up_to(run_dir: Path, completed: int) -> None:
-    """Drop metric lines of rounds after the checkpoint: those rounds run again."""
-    if not (run_dir / "metrics.jsonl").exists():
-        return
-    lines = [line for line in read_metrics(run_dir) if int(line.get("round", 0)) <= completed]
-    text = "".join(json.dumps(line) + "\n" for line in lines)
-    with atomic_file(run_dir / "metrics.jsonl") as file:
-        file.write(text.encode("utf-8"))
 
 
 class _RoundLog(Callback):
@@ -291,10 +276,12 @@ def _finish(
         "bytes_down": stats.bytes_out,
         "messages": stats.messages_in + stats.messages_out,
         "resumed_after_round": log.offset,
-        **run_statistics(server),
+        **run_statistics(metrics, server),
         "failure": failure,
     }
-    write_outputs(config, run_dir, summary, server.arrays.to_numpy_dict())
+    arrays = server.arrays.to_numpy_dict()
+    summary["model_sha256"] = model_digest(arrays)
+    write_outputs(config, run_dir, summary, arrays)
     logger.info("finished: %d rounds; outputs in %s", summary["num_rounds"], run_dir.path)
     return DeploymentResult(run_dir.path, summary)
 

@@ -42,6 +42,7 @@ from fedbus.fl.stragglers import Stragglers
 from fedbus.plugins import Settings
 from fedbus.run.algorithms import algorithm, build_strategy, client_class, settings_of
 from fedbus.run.config import Config
+from fedbus.run.resume import ResumePoint
 from fedbus.runtime.ray import RAY  # the import registers the simulation's "ray" backend
 from fedbus.runtime.simulation import (
     ProfileDistribution,
@@ -301,6 +302,7 @@ def build_server(
         first_round=first_round,
         sampler_state=sampler_state,
         callbacks=tuple(every_round),
+        watchdog=federation.watchdog or None,
     )
     arrays = model.init(federation.seed) if initial_arrays is None else dict(initial_arrays)
     server = _build_server(config, strategy, arrays, settings)
@@ -750,10 +752,12 @@ def build_federation(
     on_round_end: Callable[[RoundRecord], None] | None = None,
     *,
     callbacks: Sequence[Callback] = (),
+    resume: ResumePoint | None = None,
 ) -> Federation:
     """Build the dataset, model, server, client factory and simulation that ``config`` describes.
 
     The server runs ``callbacks``, then ``on_round_end``, after its own (``build_server``).
+    ``resume`` continues a run from a checkpoint of it (``fedbus.run.resume``).
     """
     federation = config.federation
     if federation.round_timeout == 0 and config.simulation.dropout > 0:
@@ -769,7 +773,16 @@ def build_federation(
         )
     check_mods(config)
     dataset, model = build_model_and_data(config)
-    server = build_server(config, dataset, model, on_round_end, callbacks=callbacks)
+    server = build_server(
+        config,
+        dataset,
+        model,
+        on_round_end,
+        callbacks=callbacks,
+        initial_arrays=None if resume is None else resume.arrays,
+        first_round=1 if resume is None else resume.completed + 1,
+        sampler_state=None if resume is None else resume.sampler,
+    )
     client_fn = ConfiguredClients(config, dataset, model)
     simulation = Simulation(
         server,
@@ -786,4 +799,6 @@ def build_federation(
         spill_dir=config.simulation.spill_dir or None,
         record_trace=config.run.trace,
     )
+    if resume is not None:
+        resume.apply(server, simulation, client_fn.state)
     return Federation(config, dataset, model, server, client_fn, simulation)

@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "atomic_file",
     "save_arrays",
     "load_model",
+    "model_digest",
     "read_metrics",
 ]
 
@@ -260,6 +262,20 @@ class RunDirectory:
         if not isinstance(summary, dict):
             raise InvalidArgumentError(f"{self.summary_path}: expected a JSON object")
         return summary
+
+
+def model_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of a model's arrays: names, dtypes, shapes and bytes, in name order.
+
+    Equal for equal models however they were stored; ``summary.json`` keeps it as
+    ``model_sha256`` and ``fedbus verify`` compares it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def load_model(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,8 +1,8 @@
-"""The message trace of a run directory: ``trace.csv``, one line per message, and its summary.
+"""The message trace of a run directory: one row per message, stored in columns.
 
-Every message a simulated run sends gets one line: its id, type, sender, receiver, group (the
-round, for the standard server's messages), the message it replies to, its encoded size, when
-it was created, when it left its sender, when its fate was settled, and that fate:
+Every message a run sends gets one row: its id, type, sender, receiver, group (the round, for
+the standard server's messages), the message it replies to, its encoded size, when it was
+created, when it left its sender, when its fate was settled, and that fate:
 
 - ``delivered``: a handler received it;
 - ``expired``: its TTL passed before it arrived;
@@ -10,49 +10,64 @@ it was created, when it left its sender, when its fate was settled, and that fat
 - ``unavailable``: its receiver had stopped or did not exist;
 - ``dropped`` / ``offline``: lost to the receiver's simulated dropout, or to a device that was
   offline with no window left;
-- ``no_room``: the memory budget was spent and a spill file could not be written;
-- ``pending``: still travelling when the run ended.
+- ``no_room``: the memory budget was spent and a spill file could not be written.
 
 ``error`` is the error code a message carries (an error reply: 0 for none), whatever its fate.
-Times are the run's clock: simulated seconds. The file is plain CSV with a header, so any tool
-reads it; ``read_trace`` and ``format_summary`` are what ``fedbus trace`` uses.
+Times are the run's clock: simulated seconds in a simulation, wall-clock seconds since the
+server started in a deployment.
+
+The rows live in ``RUN_DIR/trace/``, in numbered chunks (``000000.npz``, ...): NumPy arrays, one
+per column, the repeated texts (type, group, outcome) stored once with a code per row. Columns
+cost a fraction of a text line per message to write, so the trace can be on by default; chunks
+are written as a run goes (each complete and put in place atomically), so a run that is stopped
+keeps the trace of what it did. ``read_trace`` gives the rows back, ``write_csv`` turns them into
+CSV for any other tool (``fedbus trace RUN_DIR --csv FILE``).
 
 Examples
 --------
+>>> import tempfile
 >>> rows = [
 ...     TraceRow("a1", "train", 0, 1, "1", "", 900, 0.0, 0.0, 0.1, "delivered", 0),
 ...     TraceRow("b2", "train", 1, 0, "1", "a1", 880, 0.1, 2.1, 2.2, "delivered", 0),
 ... ]
->>> print(format_summary(rows).splitlines()[0])
-2 messages, 1,780 bytes: 2 delivered
+>>> run_dir = Path(tempfile.mkdtemp())
+>>> TraceWriter(run_dir).write_rows(rows)
+>>> read_trace(run_dir) == rows
+True
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-import math
 import os
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass, fields
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy as np
+
+from fedbus.data.datasets import read_npz
 from fedbus.errors import InvalidArgumentError
+from fedbus.run.outputs import atomic_file, save_arrays
 from fedbus.runtime.simulation import TraceEntry
 
 __all__ = [
+    "CHUNK_ROWS",
     "OUTCOMES",
-    "TRACE_FILE",
+    "TRACE_DIR",
     "TraceRow",
-    "filter_rows",
-    "format_summary",
+    "TraceWriter",
+    "chunk_paths",
+    "csv_lines",
     "read_trace",
+    "trace_digest",
     "trace_rows",
-    "write_trace",
+    "write_csv",
 ]
 
-TRACE_FILE = "trace.csv"
+TRACE_DIR = "trace"
 
 #: What can become of a message (``held`` is a step on the way, not an outcome).
 OUTCOMES = (
@@ -63,7 +78,6 @@ OUTCOMES = (
     "dropped",
     "offline",
     "no_room",
-    "pending",
 )
 # The simulation's events that settle a message, and the outcome each one is.
 _OUTCOME_OF_EVENT = {
@@ -76,15 +90,14 @@ _OUTCOME_OF_EVENT = {
     "offline": "offline",
     "no_room": "no_room",
 }
-# Rows listed under "not delivered and errors" before the rest are counted only.
-_LISTED = 10
-# Nodes listed as the slowest.
-_SLOWEST = 5
 
 
-@dataclass(frozen=True, slots=True)
-class TraceRow:
-    """One message of a run, as ``trace.csv`` holds it (times in the run's clock, seconds)."""
+class TraceRow(NamedTuple):
+    """One message of a run (times in the run's clock, seconds).
+
+    A named tuple rather than a dataclass: a run makes one per message, and a tuple is both
+    the cheapest object to build and what the writers take apart.
+    """
 
     message_id: str
     type: str
@@ -100,9 +113,24 @@ class TraceRow:
     error: int
 
 
-_COLUMNS = tuple(field.name for field in fields(TraceRow))
-_INTS = frozenset({"src", "dst", "bytes", "error"})
-_FLOATS = frozenset({"created", "sent", "settled"})
+_COLUMNS = TraceRow._fields
+# How each column is stored: texts repeated across rows as codes into a list of names.
+_CODED = ("type", "group", "outcome")
+_TEXTS = ("message_id", "reply_to")
+_INTEGERS = {"src": np.int64, "dst": np.int64, "bytes": np.int64, "error": np.int32}
+_FLOATS = ("created", "sent", "settled")
+_NAMES = ".names"
+_CHUNK_SUFFIX = ".npz"
+_VALID = "a trace chunk is an .npz archive a fedbus run wrote into RUN_DIR/trace/"
+#: Rows a chunk holds before a run writes it (simulations write at round ends).
+CHUNK_ROWS = 65_536
+
+# One row as a CSV line; times are written by ``repr``, a float's shortest exact form, so a
+# trace read back compares equal and two runs' traces compare byte for byte (``fedbus verify``).
+_LINE = "%s,%s,%d,%d,%s,%s,%d,%s,%s,%s,%s,%d\n"
+_SEPARATORS = len(_COLUMNS) - 1
+_LINES_PER_WRITE = 8192
+_TIMES_KEPT = 65_536
 
 
 def trace_rows(entries: Iterable[TraceEntry]) -> Iterator[TraceRow]:
@@ -112,199 +140,239 @@ def trace_rows(entries: Iterable[TraceEntry]) -> Iterator[TraceRow]:
     message without a recorded departure (refused as it was sent, or an error reply the runtime
     made) counts as sent when it was created, with size 0.
     """
-    for entry in entries:
-        outcome = _OUTCOME_OF_EVENT.get(entry.event)
-        if outcome is None:
-            continue
-        metadata = entry.metadata
-        yield TraceRow(
-            metadata.message_id,
-            metadata.message_type,
-            metadata.src_node_id,
-            metadata.dst_node_id,
-            metadata.group_id,
-            metadata.reply_to_message_id,
-            0 if entry.size is None else entry.size,
-            metadata.created_at,
-            metadata.created_at if entry.sent is None else entry.sent,
-            entry.time,
-            outcome,
-            entry.error,
-        )
+    outcome_of = _OUTCOME_OF_EVENT.get
+    for time, event, metadata, sent, size, error in entries:
+        outcome = outcome_of(event)
+        if outcome is not None:
+            created = metadata.created_at
+            yield TraceRow(
+                metadata.message_id,
+                metadata.message_type,
+                metadata.src_node_id,
+                metadata.dst_node_id,
+                metadata.group_id,
+                metadata.reply_to_message_id,
+                0 if size is None else size,
+                created,
+                created if sent is None else sent,
+                time,
+                outcome,
+                error,
+            )
 
 
-def write_trace(path: str | os.PathLike[str], rows: Iterable[TraceRow]) -> int:
-    """Write ``rows`` to ``path`` as CSV with a header; return how many were written."""
-    count = 0
-    with open(path, "w", encoding="utf-8", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(_COLUMNS)
-        for row in rows:
-            writer.writerow(astuple(row))
-            count += 1
-    return count
+class TraceWriter:
+    """Appends rows to ``RUN_DIR/trace/`` as numbered chunks, each written atomically.
+
+    ``start`` is the number of the first chunk to write: a resumed run passes the number of
+    chunks its checkpoint kept, so that chunks written after it (rounds that run again) are
+    replaced.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, start: int = 0) -> None:
+        self.directory = Path(run_dir) / TRACE_DIR
+        self.chunks = start
+        self.rows = 0
+
+    def write_entries(self, entries: Sequence[TraceEntry]) -> None:
+        """Write the rows of a simulation's trace entries as one chunk (none if no rows)."""
+        outcome_of = _OUTCOME_OF_EVENT.get
+        settled = [entry for entry in entries if entry[1] in _OUTCOME_OF_EVENT]
+        if not settled:
+            return
+        times, events, metadata, sents, sizes, errors = zip(*settled, strict=True)
+        created = [item.created_at for item in metadata]
+        columns: dict[str, Sequence[Any]] = {
+            "message_id": [item.message_id for item in metadata],
+            "type": [item.message_type for item in metadata],
+            "src": [item.src_node_id for item in metadata],
+            "dst": [item.dst_node_id for item in metadata],
+            "group": [item.group_id for item in metadata],
+            "reply_to": [item.reply_to_message_id for item in metadata],
+            "bytes": [0 if size is None else size for size in sizes],
+            "created": created,
+            "sent": [
+                made if sent is None else sent for made, sent in zip(created, sents, strict=True)
+            ],
+            "settled": times,
+            "outcome": [outcome_of(event) for event in events],
+            "error": errors,
+        }
+        self._write(columns)
+
+    def drain(self, entries: list[TraceEntry], *, at_least: int = CHUNK_ROWS) -> None:
+        """Write ``entries`` as one chunk and empty the list, once it holds ``at_least``.
+
+        A run calls this at each round's end with the simulation's own list, so the trace is
+        on disk as the run goes and its memory stays bounded, and once more at the end with
+        ``at_least=1``.
+        """
+        if entries and len(entries) >= at_least:
+            self.write_entries(entries)
+            entries.clear()
+
+    def write_rows(self, rows: Sequence[TraceRow]) -> None:
+        """Write ``rows`` as one chunk (none if there are no rows)."""
+        if rows:
+            self._write(dict(zip(_COLUMNS, zip(*rows, strict=True), strict=True)))
+
+    def _write(self, columns: dict[str, Sequence[Any]]) -> None:
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+        for name in _CODED:
+            names: dict[str, int] = {}
+            codes = [names.setdefault(text, len(names)) for text in columns[name]]
+            arrays[name] = np.array(codes, dtype=np.int32)
+            arrays[name + _NAMES] = _texts(list(names))
+        for name in _TEXTS:
+            arrays[name] = _texts(columns[name])
+        for name, dtype in _INTEGERS.items():
+            arrays[name] = np.array(columns[name], dtype=dtype)
+        for name in _FLOATS:
+            arrays[name] = np.array(columns[name], dtype=np.float64)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.directory / f"{self.chunks:06d}{_CHUNK_SUFFIX}") as file:
+            save_arrays(file, arrays)
+        self.chunks += 1
+        self.rows += len(arrays["src"])
 
 
-def read_trace(path: str | os.PathLike[str]) -> list[TraceRow]:
-    """The rows of a ``trace.csv`` (a run directory's, or the file itself).
+def _texts(values: Sequence[str]) -> np.ndarray[Any, Any]:
+    """Texts as a fixed-width array: bytes when they are ASCII (ids are), else unicode."""
+    try:
+        return np.array(values, dtype=np.bytes_)
+    except UnicodeEncodeError:
+        return np.array(values, dtype=np.str_)
+
+
+def chunk_paths(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The trace chunks of a run directory, in order."""
+    directory = Path(run_dir) / TRACE_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(
+        path for path in directory.iterdir() if path.suffix == _CHUNK_SUFFIX and path.stem.isdigit()
+    )
+
+
+def read_trace(run_dir: str | os.PathLike[str]) -> list[TraceRow]:
+    """The rows of a run directory's trace, in the order they were written.
 
     Raises
     ------
     InvalidArgumentError
-        No such file, or a line that is not a trace row (the message gives its number).
+        No trace, or a chunk that is not one (the message names the file and what is wrong).
     """
-    target = Path(path)
-    if target.is_dir():
-        target = target / TRACE_FILE
-    try:
-        text = target.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    paths = chunk_paths(run_dir)
+    if not paths:
         raise InvalidArgumentError(
-            f"{target}: no trace; a run writes trace.csv into its run directory unless "
+            f"{Path(run_dir) / TRACE_DIR}: no trace; a run writes its trace there unless "
             "run.trace = false"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"{target}: cannot read the trace ({exc})") from exc
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or tuple(header) != _COLUMNS:
-        raise InvalidArgumentError(
-            f"{target}: not a fedbus trace; expected the header {','.join(_COLUMNS)}"
         )
-    return [_parse(values, target, number) for number, values in enumerate(reader, start=2)]
+    rows: list[TraceRow] = []
+    for path in paths:
+        rows.extend(_read_chunk(path))
+    return rows
 
 
-def _parse(values: list[str], path: Path, line: int) -> TraceRow:
-    if len(values) != len(_COLUMNS):
-        raise InvalidArgumentError(
-            f"{path}, line {line}: {len(values)} values, expected {len(_COLUMNS)}"
-        )
-    parsed: list[object] = []
-    for name, value in zip(_COLUMNS, values, strict=True):
-        try:
-            if name in _INTS:
-                parsed.append(int(value))
-            elif name in _FLOATS:
-                number = float(value)
-                if not math.isfinite(number):
-                    raise ValueError(value)
-                parsed.append(number)
-            else:
-                parsed.append(value)
-        except ValueError:
+def _read_chunk(path: Path) -> list[TraceRow]:
+    with read_npz(path, _VALID) as archive:
+        arrays = {name: archive[name] for name in archive}
+    expected = {*_COLUMNS, *(name + _NAMES for name in _CODED)}
+    if set(arrays) != expected:
+        missing = sorted(expected - set(arrays)) or sorted(set(arrays) - expected)
+        raise InvalidArgumentError(f"{path}: not a fedbus trace chunk ({missing[0]!r}); {_VALID}")
+    length = len(arrays["message_id"])
+    columns: dict[str, list[Any]] = {}
+    for name in _COLUMNS:
+        array = arrays[name]
+        if array.ndim != 1 or len(array) != length:
             raise InvalidArgumentError(
-                f"{path}, line {line}: {name} = {value!r} is not a number"
-            ) from None
-    return TraceRow(*parsed)  # type: ignore[arg-type]
-
-
-def filter_rows(
-    rows: Iterable[TraceRow],
-    *,
-    node: int | None = None,
-    message_type: str | None = None,
-    server_round: int | None = None,
-) -> list[TraceRow]:
-    """The rows sent or received by ``node``, of ``message_type``, in ``server_round``."""
-    group = None if server_round is None else str(server_round)
-    return [
-        row
-        for row in rows
-        if (node is None or node in (row.src, row.dst))
-        and (message_type is None or row.type == message_type)
-        and (group is None or row.group == group)
-    ]
-
-
-def format_summary(rows: Sequence[TraceRow]) -> str:
-    """What ``fedbus trace`` prints: totals, per type, per node, slowest nodes, failures."""
-    if not rows:
-        return "no messages"
-    total = sum(row.bytes for row in rows)
-    lines = [
-        f"{len(rows):,} messages, {total:,} bytes: {_outcomes(Counter(r.outcome for r in rows))}"
-    ]
-    lines += ["", *_per_type(rows), "", *_per_node(rows)]
-    slowest = _slowest(rows)
-    if slowest:
-        lines += ["", *slowest]
-    failures = [row for row in rows if row.outcome != "delivered" or row.error]
-    if failures:
-        lines += ["", f"not delivered or errors ({len(failures):,}):"]
-        for row in failures[:_LISTED]:
-            error = f", error {row.error}" if row.error else ""
-            lines.append(
-                f"  {row.settled:10.3f} s  {row.type} {row.src} -> {row.dst} (group "
-                f"{row.group or '-'}): {row.outcome}{error}  id {row.message_id}"
+                f"{path}: column {name!r} is not one value per message ({length})"
             )
-        if len(failures) > _LISTED:
-            lines.append(f"  ... and {len(failures) - _LISTED:,} more")
-    return "\n".join(lines)
-
-
-def _outcomes(counts: Counter[str]) -> str:
-    return ", ".join(f"{counts[name]:,} {name}" for name in OUTCOMES if counts[name])
-
-
-def _per_type(rows: Sequence[TraceRow]) -> list[str]:
-    by_type: dict[str, list[TraceRow]] = defaultdict(list)
-    for row in rows:
-        by_type[row.type].append(row)
-    lines = [f"{'type':<20} {'messages':>9} {'bytes':>14} {'errors':>7}  outcomes"]
-    for name in sorted(by_type):
-        group = by_type[name]
-        errors = sum(1 for row in group if row.error)
-        outcomes = _outcomes(Counter(row.outcome for row in group))
-        total = sum(row.bytes for row in group)
-        lines.append(f"{name:<20} {len(group):>9,} {total:>14,} {errors:>7,}  {outcomes}")
-    return lines
-
-
-def _per_node(rows: Sequence[TraceRow]) -> list[str]:
-    sent: Counter[int] = Counter()
-    received: Counter[int] = Counter()
-    bytes_sent: Counter[int] = Counter()
-    bytes_received: Counter[int] = Counter()
-    failed: Counter[int] = Counter()
-    for row in rows:
-        sent[row.src] += 1
-        bytes_sent[row.src] += row.bytes
-        received[row.dst] += 1
-        bytes_received[row.dst] += row.bytes
-        if row.outcome != "delivered" or row.error:
-            failed[row.src] += 1
-    nodes = sorted(set(sent) | set(received))
-    lines = [
-        f"{'node':>6} {'sent':>7} {'received':>9} {'bytes sent':>14} {'bytes received':>15} "
-        f"{'failed':>7}"
+    for name in _CODED:
+        names = _text_list(arrays[name + _NAMES], path, name + _NAMES)
+        codes = arrays[name]
+        if codes.dtype.kind != "i" or (length and (codes.min() < 0 or codes.max() >= len(names))):
+            raise InvalidArgumentError(f"{path}: column {name!r} holds codes without a name")
+        columns[name] = [names[code] for code in codes.tolist()]
+    for name in _TEXTS:
+        columns[name] = _text_list(arrays[name], path, name)
+    for name in _INTEGERS:
+        if arrays[name].dtype.kind not in "iu":
+            raise InvalidArgumentError(f"{path}: column {name!r} is not integers")
+        columns[name] = arrays[name].tolist()
+    for name in _FLOATS:
+        array = arrays[name]
+        if array.dtype.kind != "f" or not np.isfinite(array).all():
+            raise InvalidArgumentError(f"{path}: column {name!r} is not finite numbers")
+        columns[name] = array.tolist()
+    return [
+        TraceRow._make(values) for values in zip(*(columns[name] for name in _COLUMNS), strict=True)
     ]
-    shown = nodes if len(nodes) <= 2 * _LISTED else nodes[:_LISTED]
-    for node in shown:
-        lines.append(
-            f"{node:>6} {sent[node]:>7,} {received[node]:>9,} {bytes_sent[node]:>14,} "
-            f"{bytes_received[node]:>15,} {failed[node]:>7,}"
-        )
-    if len(shown) < len(nodes):
-        lines.append(f"  ... and {len(nodes) - len(shown):,} more nodes (--node N shows one)")
-    return lines
 
 
-def _slowest(rows: Sequence[TraceRow]) -> list[str]:
-    """Nodes by their mean answer time: a request's departure to its reply's arrival."""
-    requests = {row.message_id: row for row in rows if not row.reply_to}
-    waits: dict[int, list[float]] = defaultdict(list)
+def _text_list(array: np.ndarray[Any, Any], path: Path, name: str) -> list[str]:
+    if array.dtype.kind == "U":
+        return [str(text) for text in array.tolist()]
+    if array.dtype.kind == "S":
+        try:
+            return [text.decode("ascii") for text in array.tolist()]
+        except UnicodeDecodeError:
+            pass
+    raise InvalidArgumentError(f"{path}: column {name!r} is not text")
+
+
+def write_csv(path: str | os.PathLike[str], rows: Iterable[TraceRow]) -> int:
+    """Write ``rows`` to ``path`` as CSV with a header; return how many were written."""
+    count = 0
+    with open(path, "w", encoding="utf-8", newline="") as file:
+        lines: list[str] = []
+        for line in csv_lines(rows):
+            lines.append(line)
+            count += 1
+            if len(lines) == _LINES_PER_WRITE:
+                file.writelines(lines)
+                lines.clear()
+        file.writelines(lines)
+    return count - 1  # the header
+
+
+def csv_lines(rows: Iterable[TraceRow]) -> Iterator[str]:
+    """The header, then one CSV line per row (each ending in a line feed)."""
+    yield ",".join(_COLUMNS) + "\n"
+    # Writing a float is most of a line's cost, and a round's messages share their times
+    # (a request goes to every sampled client at once): each time is formatted once.
+    times: dict[float, str] = {}
     for row in rows:
-        request = requests.get(row.reply_to) if row.reply_to else None
-        if request is not None and row.outcome == "delivered" and row.src == request.dst:
-            waits[row.src].append(row.settled - request.sent)
-    if not waits:
-        return []
-    ranked = sorted(waits, key=lambda node: -sum(waits[node]) / len(waits[node]))
-    lines = ["slowest nodes (mean time from a request's departure to its answer's arrival):"]
-    for node in ranked[:_SLOWEST]:
-        times = waits[node]
-        lines.append(
-            f"  node {node}: {sum(times) / len(times):.3f} s over {len(times):,} answers, "
-            f"longest {max(times):.3f} s"
+        if len(times) > _TIMES_KEPT:
+            times.clear()
+        created, sent, settled = row[7:10]
+        # Formatting the line directly is several times cheaper than the csv module; a type
+        # or group holding a comma, quote or line break (rare: they are chosen by whoever
+        # wrote the handlers) goes through the csv module to be quoted.
+        line = _LINE % (
+            *row[:7],
+            times.get(created) or times.setdefault(created, repr(created)),
+            times.get(sent) or times.setdefault(sent, repr(sent)),
+            times.get(settled) or times.setdefault(settled, repr(settled)),
+            row[10],
+            row[11],
         )
-    return lines
+        if line.count(",") != _SEPARATORS or '"' in line or "\r" in line or line.count("\n") > 1:
+            line = _quoted(row)
+        yield line
+
+
+def _quoted(row: TraceRow) -> str:
+    buffer = io.StringIO()
+    # With "\r\n" as the terminator, the csv module quotes a field holding either character.
+    csv.writer(buffer, lineterminator="\r\n").writerow(row)
+    return buffer.getvalue()[:-2] + "\n"
+
+
+def trace_digest(run_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 of a run's trace as CSV text: equal for equal rows, however they were chunked."""
+    digest = hashlib.sha256()
+    for line in csv_lines(read_trace(run_dir)):
+        digest.update(line.encode("utf-8"))
+    return digest.hexdigest()

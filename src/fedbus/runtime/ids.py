@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from fedbus.errors import InvalidArgumentError
 
 __all__ = ["MESSAGE_ID_BITS", "MessageIds"]
 
@@ -54,6 +58,26 @@ class MessageIds:
         # A str seed is hashed (SHA-512) whole: the stream depends on the seed alone, not on
         # PYTHONHASHSEED or the process, and shares nothing with NumPy generators of the seed.
         self._generator = None if seed is None else random.Random(f"fedbus.message_ids:{seed}")
+
+    def state(self) -> list[Any] | None:
+        """Where a seeded stream stands, as JSON-serialisable data (None when unseeded)."""
+        if self._generator is None:
+            return None
+        version, internal, gauss = self._generator.getstate()
+        return [version, list(internal), gauss]
+
+    def load_state(self, state: Sequence[Any]) -> None:
+        """Continue a seeded stream from what ``state()`` returned.
+
+        Raises ``InvalidArgumentError`` for an unseeded source or a state that is not one.
+        """
+        if self._generator is None:
+            raise InvalidArgumentError("MessageIds: an unseeded source has no state to restore")
+        try:
+            version, internal, gauss = state
+            self._generator.setstate((version, tuple(internal), gauss))
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"MessageIds: unusable state: {exc}") from exc
 
     def next(self) -> str:
         """A new message id: ``MESSAGE_ID_BITS`` random bits as 32 hex characters."""

@@ -57,7 +57,7 @@ from fedbus.message import (
     RecordDict,
     check_message_type,
 )
-from fedbus.worker.comm import CommManager, TimerHandle
+from fedbus.worker.comm import BackgroundTimers, CommManager, TimerHandle
 from fedbus.worker.mods import (
     MessageContext,
     ModFunction,
@@ -478,6 +478,17 @@ class Worker:
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` after ``delay`` seconds of the runtime's clock (never blocks)."""
         return self._comm().call_later(delay, callback)
+
+    def call_later_background(
+        self, delay: float, callback: Callable[[], None]
+    ) -> TimerHandle | None:
+        """Run ``callback`` after ``delay`` seconds without keeping the run going (a watchdog's
+        timer); None, and nothing scheduled, on a runtime that offers no background timers
+        (the simulation, whose clock moves only from one event to the next)."""
+        comm = self._comm()
+        if not isinstance(comm, BackgroundTimers):
+            return None
+        return comm.call_later_background(delay, callback)
 
     def report_work(self, num_samples: int) -> None:
         """Tell the runtime how many samples the running handler trained on."""

@@ -174,6 +174,7 @@ class AsyncServer(ServerBase):
         self._window: TimerHandle | None = None
         self._window_overdue = False
         self._stopped = False
+        self._wait: object = None  # the watchdog's token for this version's wait
         train_type = strategy.train_message_type
         self.start_sends = (train_type, FINISH)
         self.register_request_types([train_type], (train_type, FINISH))
@@ -199,6 +200,8 @@ class AsyncServer(ServerBase):
             assert self.period is not None
             self._window_overdue = False
             self._window = self.call_later(self.period, self._on_window_end)
+        else:  # a time window is followed once it is overdue: before, waiting is the rule
+            self._wait = self.watchdog.watch(f"model version {self.version + 1}", self._waiting)
 
     def _refill(self) -> None:
         """Send the current model to idle clients until ``concurrency`` are busy."""
@@ -301,6 +304,17 @@ class AsyncServer(ServerBase):
             self._aggregate()
         else:  # extended: the next update closes the window, no timer spins meanwhile
             self._window_overdue = True
+            self._wait = self.watchdog.watch(f"model version {self.version + 1}", self._waiting)
+
+    def _waiting(self) -> tuple[str, list[int]]:
+        """What this version waits for, and the clients training (for the watchdog)."""
+        if self.trigger == "goal":
+            what = (
+                f"for {self.goal - len(self._contributors)} more of its goal of {self.goal} updates"
+            )
+        else:
+            what = f"for an update to close its {self.period:g} s window, which has passed"
+        return what, [request.node_id for request in self._requests.values()]
 
     # -- aggregation ----------------------------------------------------------------------------
     def _aggregate(self) -> None:
@@ -308,6 +322,7 @@ class AsyncServer(ServerBase):
         if self._window is not None:
             self._window.cancel()
             self._window = None
+        self.watchdog.release(self._wait)
         self.arrays, train_metrics = self._aggregator.result()
         record = self._record
         record.clients_replied = len(self._contributors)

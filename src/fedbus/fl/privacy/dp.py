@@ -30,6 +30,7 @@ of the privacy budget: the update noise is set so that both together make ``z``,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -158,6 +159,9 @@ class DifferentialPrivacy(Strategy):
             local=mode == "local",
         )
         self.rng = np.random.default_rng() if rng is None else rng
+        # A seeded generator (a simulation) is part of a checkpoint; noise drawn from the
+        # operating system is not, since whoever read its state could take the noise away.
+        self._seeded = rng is not None
         self._participation: dict[int, int] = {}  # local mode: rounds each client took part in
         self._norm_used: dict[int, float] = {}  # server round -> the clipping norm it used
 
@@ -289,9 +293,17 @@ class DifferentialPrivacy(Strategy):
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray[Any, Any]]:
-        """The inner strategy's state (prefixed ``inner:``) and the clipping norm."""
+        """The inner strategy's state (prefixed ``inner:``), the clipping norm, the rounds each
+        client took part in (local mode) and, for a seeded noise generator, its state."""
         state = {f"inner:{key}": value for key, value in self.inner.state().items()}
         state["dp:clipping_norm"] = np.array(self.clipping_norm)
+        if self._participation:
+            nodes = sorted(self._participation)
+            counts = [self._participation[node] for node in nodes]
+            state["dp:participation"] = np.array([nodes, counts], dtype=np.int64)
+        if self._seeded:
+            text = json.dumps(self.rng.bit_generator.state).encode("utf-8")
+            state["dp:rng"] = np.frombuffer(text, dtype=np.uint8).copy()
         return state
 
     def load_state(self, state: Mapping[str, np.ndarray[Any, Any]]) -> None:
@@ -300,6 +312,17 @@ class DifferentialPrivacy(Strategy):
         self.inner.load_state(inner)
         if "dp:clipping_norm" in state:
             self.clipping_norm = float(state["dp:clipping_norm"])
+        if "dp:participation" in state:
+            nodes, counts = np.asarray(state["dp:participation"]).tolist()
+            self._participation = dict(zip(nodes, counts, strict=True))
+        if "dp:rng" in state and self._seeded:
+            try:
+                text = np.asarray(state["dp:rng"], dtype=np.uint8).tobytes().decode("utf-8")
+                self.rng.bit_generator.state = json.loads(text)
+            except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+                raise InvalidArgumentError(
+                    f"DifferentialPrivacy: unusable noise generator state: {exc}"
+                ) from exc
 
 
 class _PrivateSum:

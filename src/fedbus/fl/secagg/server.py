@@ -221,6 +221,7 @@ class SecAggServer(ServerBase):
             on_close=partial(self._close_stage, state, stage),
             deadline=self.stage_timeout,
             name=f"round {state.number} {kind}",
+            watchdog=self.watchdog,
         )
         messages = []
         for node, content in contents.items():

@@ -79,6 +79,9 @@ _PERMANENT = frozenset(
     }
 )
 _FIRST_BACKOFF = 0.05
+# While connecting keeps failing, what was tried is logged at the first failure, then at most
+# this often: a client retrying for 5 minutes writes 30 lines, not 300.
+_REPORT_EVERY = 10.0
 # After its worker stops, a client waits this long for the server to end the stream.
 _CLOSE_GRACE = 5.0
 
@@ -143,6 +146,56 @@ class _CallFailedError(Exception):
     def __init__(self, code: Any, details: str) -> None:
         super().__init__(f"{getattr(code, 'name', code)}: {details}")
         self.code, self.details = code, details
+
+
+def connect_hint(code: Any, details: str, address: str) -> str:
+    """What to check when connecting to ``address`` failed with status ``code`` and
+    ``details``, judged from the kind of failure; "" when the failure says nothing useful.
+
+    >>> connect_hint(grpc.StatusCode.UNAVAILABLE, "...: Connection refused", "10.0.0.2:9092")
+    'is `fedbus server` running and listening on 10.0.0.2:9092? check --listen on the server'
+    """
+    text = details.lower()
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return "check the token file (--token-file) or the node key (--key, --name)"
+    if "resolving" in text or "domain name not found" in text or "dns" in text:
+        return f"check the host name in {address}"
+    # "Socket closed" during the handshake: a client without TLS meeting a server with it
+    if any(
+        mark in text for mark in ("ssl", "tls", "tsi_", "handshake", "certificate", "socket closed")
+    ):
+        return (
+            "check --root-cert matches the server's certificate (or its CA), or that both "
+            "use --insecure"
+        )
+    if "connection refused" in text:
+        return (
+            f"is `fedbus server` running and listening on {address}? check --listen on the server"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "deadline" in text or "timed out" in text:
+        return "the server may be overloaded or a firewall drops packets"
+    return ""
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """How connecting has gone so far: for the log and the final error."""
+
+    address: str
+    started: float
+    count: int = 0
+    reported: float | None = None
+    last: _CallFailedError | None = None
+
+    def summary(self, now: float) -> str:
+        last = self.last
+        assert last is not None
+        text = (
+            f"{self.count} attempt{'s' if self.count != 1 else ''} in {now - self.started:.1f} "
+            f"s; last error: {last}"
+        )
+        hint = connect_hint(last.code, last.details, self.address)
+        return f"{text}; hint: {hint}" if hint else text
 
 
 class _Session:
@@ -323,41 +376,65 @@ class GrpcClient(Endpoint):
             raise _CallFailedError(exc.code(), exc.details() or "no details") from None
         outbox = Outbox(self._io, self._host.fail, self._limits, self.settings.heartbeat)
         call = channel.stream_stream(METHOD)(metadata=metadata)
+        timeout = self.settings.heartbeat.timeout
         try:
             # A server that accepts the connection but never answers must not hang the client.
-            headers = await asyncio.wait_for(
-                call.initial_metadata(), self.settings.heartbeat.timeout
-            )
+            headers = await asyncio.wait_for(call.initial_metadata(), timeout)
             node_id, run_id = int(headers[NODE_ID_KEY]), int(headers[RUN_ID_KEY])
-        except (KeyError, ValueError, TypeError, TimeoutError, grpc.aio.AioRpcError):
+        except (KeyError, ValueError, TypeError, TimeoutError, grpc.aio.AioRpcError) as exc:
             outbox.close("the connection failed")
             call.cancel()
             code = await call.code()
             if code == grpc.StatusCode.CANCELLED:
                 await self._close_channel()  # the handshake timed out: try a fresh connection
+            if isinstance(exc, TimeoutError):
+                raise _CallFailedError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the server accepted the connection but did not answer within {timeout:g} s",
+                ) from None
             raise _CallFailedError(code, await call.details() or "no details") from None
         return _Session(call, outbox), node_id, run_id
 
     async def _connect(self, timeout: float) -> tuple[_Session, int, int]:
+        """Connect, retrying with backoff for ``timeout`` seconds; log what fails (the first
+        failure, then every ``_REPORT_EVERY`` s) with what to check, and raise ``RunError``
+        with the same summary when the time is up or the server refuses for good."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        attempts = _Attempts(self.address, loop.time())
+        deadline = attempts.started + timeout
         delay = _FIRST_BACKOFF
         while True:
+            attempts.count += 1
             try:
                 async with self._io.connecting:
                     return await self._open()
             except _CallFailedError as failed:
+                attempts.last = failed
                 if failed.code in _PERMANENT:
+                    hint = connect_hint(failed.code, failed.details, self.address)
                     raise RunError(
                         f"the server at {self.address} refused this client: {failed}"
+                        + (f"; hint: {hint}" if hint else "")
                     ) from None
-                last = failed
-            remaining = deadline - loop.time()
+            now = loop.time()
+            remaining = deadline - now
+            if remaining > 0 and (
+                attempts.reported is None or now - attempts.reported >= _REPORT_EVERY
+            ):
+                attempts.reported = now
+                logger.warning(
+                    "node %s: cannot connect to the server at %s yet (%s); retrying for %.0f s "
+                    "more",
+                    self._requested if self._requested is not None else "(new)",
+                    self.address,
+                    attempts.summary(now),
+                    remaining,
+                )
             wait = min(random.uniform(delay / 2, delay), remaining)
             if remaining <= 0 or await self._stop_within(wait):
                 raise RunError(
-                    f"could not connect to the server at {self.address} within {timeout:g} s; "
-                    f"last error: {last}"
+                    f"could not connect to the server at {self.address} within {timeout:g} s: "
+                    f"{attempts.summary(loop.time())}"
                 )
             delay = min(delay * 2, self.settings.max_backoff)
 

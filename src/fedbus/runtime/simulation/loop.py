@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -78,7 +78,14 @@ from fedbus.worker import (
     Worker,
 )
 
-__all__ = ["Simulation", "SimulationResult", "SimulationStats", "TraceEntry", "simulate"]
+__all__ = [
+    "Simulation",
+    "SimulationResult",
+    "SimulationState",
+    "SimulationStats",
+    "TraceEntry",
+    "simulate",
+]
 
 logger = logging.getLogger("fedbus.simulation")
 
@@ -115,9 +122,10 @@ DEFAULT_MEMORY_BUDGET_MB = 256.0
 SPILL_FROM_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEntry:
+class TraceEntry(NamedTuple):
     """One thing that happened to a message, at a simulated time.
+
+    A named tuple: a run records one per message event, and a tuple is the cheapest to build.
 
     ``event`` is ``delivered`` (a handler ran), ``expired`` (its TTL passed first),
     ``unavailable`` (the receiver had stopped), ``undeliverable`` (no such node),
@@ -139,6 +147,74 @@ class TraceEntry:
     size: int | None = None
     #: The error code the message carries (an error reply), 0 for none.
     error: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationState:
+    """Where a simulation stands, taken inside a handler: what a new simulation of the same
+    federation needs to go on from there exactly as this one would (``Simulation.snapshot``,
+    ``Simulation.restore``).
+
+    ``now`` and ``elapsed`` are the event's time and the handler's simulated seconds so far;
+    ``pending`` the messages in flight as (arrival time, order, encoded message): timers are
+    not kept, since they are code (a round's deadline is set again by the round that needs
+    it). Everything but ``pending`` is plain JSON data (``to_json``).
+    """
+
+    now: float
+    elapsed: float
+    dropout_rng: dict[str, Any]
+    ids: list[Any] | None
+    sequence: int
+    pending: list[tuple[float, int, bytes]]
+    departures: dict[str, tuple[float, int]]
+    stats: dict[str, Any]
+    stopped: list[int]
+    started: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the pending messages' bytes, as JSON-serialisable data."""
+        return {
+            "now": self.now,
+            "elapsed": self.elapsed,
+            "dropout_rng": self.dropout_rng,
+            "ids": self.ids,
+            "sequence": self.sequence,
+            "pending": [[time, order] for time, order, _ in self.pending],
+            "departures": {key: list(value) for key, value in self.departures.items()},
+            "stats": self.stats,
+            "stopped": self.stopped,
+            "started": self.started,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], frames: Sequence[bytes]) -> SimulationState:
+        """The state ``to_json`` described, with the pending messages' bytes in order.
+
+        Raises ``InvalidArgumentError`` naming what is missing or malformed.
+        """
+        try:
+            pending = [
+                (float(time), int(order), bytes(frame))
+                for (time, order), frame in zip(data["pending"], frames, strict=True)
+            ]
+            return cls(
+                now=float(data["now"]),
+                elapsed=float(data["elapsed"]),
+                dropout_rng=dict(data["dropout_rng"]),
+                ids=None if data["ids"] is None else list(data["ids"]),
+                sequence=int(data["sequence"]),
+                pending=pending,
+                departures={
+                    str(key): (float(value[0]), int(value[1]))
+                    for key, value in dict(data["departures"]).items()
+                },
+                stats=dict(data["stats"]),
+                stopped=[int(node) for node in data["stopped"]],
+                started=[int(node) for node in data["started"]],
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidArgumentError(f"not a simulation state: {exc!r}") from exc
 
 
 @dataclass(slots=True)
@@ -345,7 +421,9 @@ class Simulation:
         self._queue: list[tuple[float, int, Message | _Timer]] = []
         self._sequence = itertools.count()
         # ids from a stream of their own (dropouts do not move it); routing set when run starts
-        self._rules = DeliveryRules(run_id, MessageIds(seed), self._clock)
+        self._ids = MessageIds(seed)
+        self._rules = DeliveryRules(run_id, self._ids, self._clock)
+        self._restored: SimulationState | None = None
         self._now = 0.0
         self._elapsed = 0.0  # simulated seconds the running handler has used so far
         self._stopped: set[int] = set()
@@ -476,10 +554,15 @@ class Simulation:
             flow.check()
             self._rules.policy = RoutingPolicy.from_flow(flow)
             self.server.on_nodes_registered(self._client_ids)
-            self._run_on(self.server.on_start)
-            if self._factory is None:
-                for node_id in self._client_ids:
-                    self._run_on(self._workers[node_id].on_start)
+            restored = self._restored
+            if restored is None:
+                self._run_on(self.server.on_start)
+                if self._factory is None:
+                    for node_id in self._client_ids:
+                        self._run_on(self._workers[node_id].on_start)
+            else:  # the server goes on inside the handler the state was taken in
+                self._elapsed = restored.elapsed
+                self.server.on_start()
             try:
                 self._loop(until)
             finally:
@@ -489,6 +572,70 @@ class Simulation:
                     self._executor = None
         workers = {**self._portable, **self._workers}
         return SimulationResult(self._now, self.trace, self.server, workers, self.stats)
+
+    # -- stopping and going on ------------------------------------------------------------------
+    def snapshot(self) -> SimulationState:
+        """Where the simulation stands now; call it from inside a handler (a server's callback
+        at a round's end), where a resumed run picks up (``restore``)."""
+        pending = []
+        for when, order, item in self._queue:
+            if isinstance(item, Message):
+                pending.append((when, order, bytes(encode_message(item))))
+        pending.sort()
+        stats = self.stats
+        return SimulationState(
+            now=self._now,
+            elapsed=self._elapsed,
+            dropout_rng=dict(self._rng.bit_generator.state),
+            ids=self._ids.state(),
+            sequence=max((order for _, order, _ in self._queue), default=-1) + 1,
+            pending=pending,
+            departures=dict(self._departures),
+            stats={
+                "messages_sent": stats.messages_sent,
+                "bytes_up": stats.bytes_up,
+                "bytes_down": stats.bytes_down,
+                "events": dict(stats.events),
+            },
+            stopped=sorted(self._stopped),
+            started=sorted(self._started_ids),
+        )
+
+    def restore(self, state: SimulationState) -> None:
+        """Go on from ``state`` (a ``snapshot`` of a run of the same federation) when ``run``
+        starts: the clock, the dropout and message-id streams, the messages in flight, the
+        counters. The server's ``on_start`` runs at the snapshot's moment; it must be built to
+        continue the run (its round, model and sampler: ``fedbus.run.resume``). Clients do not
+        start again."""
+        if self._started:
+            raise InvalidArgumentError("restore a Simulation before it runs")
+        try:
+            self._rng.bit_generator.state = dict(state.dropout_rng)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise InvalidArgumentError(f"simulation state: unusable dropout state: {exc}") from exc
+        if state.ids is not None:
+            self._ids.load_state(state.ids)
+        self._now = state.now
+        for when, order, frame in state.pending:
+            message = decode_message(frame)
+            size = len(frame)
+            if message.metadata.dst_node_id == SERVER_NODE_ID and size >= SPILL_FROM_BYTES:
+                kept = self._keep(message, size, None)
+                if kept is None:
+                    continue
+                message = kept
+            heapq.heappush(self._queue, (when, order, message))
+        self._sequence = itertools.count(state.sequence)
+        if self._record_trace:
+            self._departures.update(state.departures)
+        stats = state.stats
+        self.stats.messages_sent = int(stats["messages_sent"])
+        self.stats.bytes_up = int(stats["bytes_up"])
+        self.stats.bytes_down = int(stats["bytes_down"])
+        self.stats.events.update({str(k): int(v) for k, v in dict(stats["events"]).items()})
+        self._stopped.update(state.stopped)
+        self._started_ids.update(state.started)
+        self._restored = state
 
     def _loop(self, until: float | None) -> None:
         queue = self._queue

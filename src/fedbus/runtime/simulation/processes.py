@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import queue
 import select
+import signal
 import socket
 import struct
 import tempfile
@@ -172,6 +173,12 @@ class ProcessPool:
         context = multiprocessing.get_context("spawn")
         saved = {name: os.environ.get(name) for name in WORKER_ENVIRONMENT}
         os.environ.update(WORKER_ENVIRONMENT)
+        # Ctrl-C is for this process, which stops the run and the workers with it; workers
+        # that got it too would each print a traceback. Started with SIGINT ignored, they keep
+        # it ignored from their first instruction (only the main thread may change it; from
+        # another, a worker ignores it once its own code runs).
+        main_thread = threading.current_thread() is threading.main_thread()
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
         try:
             for _ in range(self.size):
                 ours, theirs = socket.socketpair()
@@ -195,6 +202,8 @@ class ProcessPool:
                         os.setpriority(os.PRIO_PROCESS, process.pid, 19)
                 self._workers.append(_Worker(ours, process))
         finally:
+            if interrupt is not None:
+                signal.signal(signal.SIGINT, interrupt)
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -328,6 +337,7 @@ class _MappedBlocks:
 def _serve(channel: socket.socket, factory: ClientFactory, warm_up: int | None = None) -> None:
     """A worker process: say it is ready (an empty blob, once ``warm_up`` is built), then
     answer tasks until the pool closes the connection."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool's process handles Ctrl-C
     host = ClientHost(factory)
     if warm_up is not None:
         try:
