@@ -3,7 +3,7 @@
 ::
 
     fedbus run [CONFIG] [--set section.key=value ...] [-q] [--resume RUN_DIR]
-               [--dashboard [HOST:PORT]] [--token-file F]
+               [--dashboard [HOST:PORT]] [--dashboard-token-file F]
     fedbus verify RUN_DIR
     fedbus flow [CONFIG] [--set ...] [--output flow.png]
     fedbus plot RUN_DIR [RUN_DIR ...] [--output comparison.png]
@@ -12,6 +12,7 @@
     fedbus dashboard RUN_DIR [RUN_DIR ...] [--listen HOST:PORT] [--token-file F]
     fedbus server [CONFIG] --listen HOST:PORT (--tls-cert F --tls-key F | --insecure)
                   [--resume RUN_DIR] [--min-clients N] [--join-timeout S] [--heartbeat S]
+                  [--dashboard HOST:PORT] [--dashboard-token-file F]
     fedbus client [CONFIG] --server HOST:PORT (--partition K | --data PATH)
                   (--root-cert F | --insecure) [--connect-timeout S] [--heartbeat S]
     fedbus keys (new NAME | register REGISTRY PUBFILE | revoke REGISTRY NAME | list REGISTRY)
@@ -41,6 +42,7 @@ from fedbus.errors import ConfigError, FedbusError, RunError, RunInterruptedErro
 
 if TYPE_CHECKING:  # imported when used: `fedbus plot` need not load gRPC
     from fedbus.run.config import Config
+    from fedbus.run.experiment import DashboardOptions
     from fedbus.runtime.grpc import Heartbeat
 
 __all__ = ["build_parser", "main"]
@@ -213,12 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve a live dashboard of the run (default 127.0.0.1:8050)",
     )
-    run.add_argument(
-        "--token-file",
-        type=Path,
-        help="file holding the token the dashboard asks for (default: "
-        "$FEDBUS_DASHBOARD_TOKEN; required off loopback)",
-    )
+    _dashboard_token_argument(run)
 
     verify = _command(commands, "verify", "check that a simulated run reproduces", _VERIFY)
     verify.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory to check")
@@ -394,6 +391,12 @@ def _server_parser(server: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="CA of client certificates: every node must present one it signed (mutual TLS)",
     )
+    server.add_argument(
+        "--dashboard",
+        metavar="HOST:PORT",
+        help="serve a live dashboard of the run there, e.g. 127.0.0.1:8050",
+    )
+    _dashboard_token_argument(server)
 
 
 def _client_parser(client: argparse.ArgumentParser) -> None:
@@ -445,18 +448,13 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from fedbus.run.experiment import DashboardOptions, run_experiment
+    from fedbus.run.experiment import run_experiment
 
     given = args.config is not None or args.overrides
     config = _load(args) if given or args.resume is None else None
     dashboard = None
     if args.dashboard is not None:
-        from fedbus.run.dashboard.server import dashboard_token
-
-        listen = _ADDRESS.fullmatch(_address(args.dashboard, "--dashboard", any_port=True))
-        assert listen is not None  # _address checked it
-        host, port = listen["ipv6"] or listen["host"], listen["port"] or listen["port4"]
-        dashboard = DashboardOptions(host, int(port), dashboard_token(args.token_file))
+        dashboard = _dashboard_options(args.dashboard, "--dashboard", args.dashboard_token_file)
     result = run_experiment(config, quiet=args.quiet, resume=args.resume, dashboard=dashboard)
     summary = result.summary
     accuracy = summary["final_test_accuracy"]
@@ -478,6 +476,27 @@ def _flow(args: argparse.Namespace) -> None:
     mermaid.write_text(flow.to_mermaid(), encoding="utf-8")
     print(f"\nwrote {picture} and {mermaid}")
     flow.check()
+
+
+def _dashboard_token_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dashboard-token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the token the dashboard asks for (default: "
+        "$FEDBUS_DASHBOARD_TOKEN; required off loopback)",
+    )
+
+
+def _dashboard_options(address: str, option: str, token_file: Path | None) -> DashboardOptions:
+    """Where ``--dashboard`` serves, with its token (``--dashboard-token-file``)."""
+    from fedbus.run.dashboard.server import dashboard_token
+    from fedbus.run.experiment import DashboardOptions
+
+    listen = _ADDRESS.fullmatch(_address(address, option, any_port=True))
+    assert listen is not None  # _address checked it
+    host, port = listen["ipv6"] or listen["host"], listen["port"] or listen["port4"]
+    return DashboardOptions(host, int(port), dashboard_token(token_file))
 
 
 def _verify(args: argparse.Namespace) -> None:
@@ -676,6 +695,9 @@ def _server(args: argparse.Namespace) -> None:
         heartbeat=heartbeat,
         keys=args.keys,
         client_ca=None if args.client_ca is None else read_pem(args.client_ca, "client CA"),
+        dashboard=None
+        if args.dashboard is None
+        else _dashboard_options(args.dashboard, "--dashboard", args.dashboard_token_file),
     )
     result = run_server(config, options)
     accuracy = result.summary["final_test_accuracy"]

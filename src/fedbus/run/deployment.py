@@ -13,6 +13,8 @@ connects it to the server until the federation ends.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from fedbus.data import ClientData, load_csv, load_npz
 from fedbus.data.base import split_client
 from fedbus.errors import ConfigError
 from fedbus.fl import Callback, RoundRecord, ServerBase
+from fedbus.message import Metadata
 from fedbus.run.checkpoint import (
     CHECKPOINT_FILE,
     Checkpointing,
@@ -32,7 +35,8 @@ from fedbus.run.checkpoint import (
     load_strategy_state,
 )
 from fedbus.run.config import Config, config_to_toml
-from fedbus.run.experiment import metrics_line, run_statistics, write_outputs
+from fedbus.run.dashboard import LiveRun, serve_dashboard
+from fedbus.run.experiment import DashboardOptions, metrics_line, run_statistics, write_outputs
 from fedbus.run.federation import (
     build_client,
     build_config_model,
@@ -41,12 +45,16 @@ from fedbus.run.federation import (
 )
 from fedbus.run.outputs import RunDirectory, model_digest, read_metrics
 from fedbus.run.resume import keep_metrics_up_to, resumed_config
+from fedbus.run.trace import TraceRow, TraceWriter, chunk_paths
+from fedbus.run.tracking import Trackers, open_trackers
+from fedbus.run.versions import write_versions
 from fedbus.runtime.grpc import (
     ClientSettings,
     GrpcServer,
     Heartbeat,
     NodeIdentity,
     ReceiveLimits,
+    ServerObserver,
     ServerTls,
     connect_many,
     serve,
@@ -59,6 +67,9 @@ logger = logging.getLogger("fedbus.deployment")
 
 #: The server's audit log in its run directory: joins, refusals, revocations, departures.
 AUDIT_FILE = "audit.jsonl"
+# How often the dashboard's panel of the server's wait is brought up to date (seconds).
+_WAITS_EVERY = 0.5
+_REPLIES = re.compile(r"for (\d+) of (\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,8 @@ class ServerOptions:
     keys: Path | None = None
     #: PEM of the CA that signs client certificates (mutual TLS).
     client_ca: bytes | None = None
+    #: Serve a live dashboard of the run (None: none).
+    dashboard: DashboardOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +146,61 @@ def _open_run(config: Config | None, resume: Path | None) -> tuple[Config, RunDi
     return stored, RunDirectory(resume), completed
 
 
+class _Observer(ServerObserver):
+    """The server's traffic as trace rows (written at each round's end) and, with a dashboard,
+    as what the page shows. Called on the server's I/O thread; rows are taken on the worker's."""
+
+    def __init__(self, started: float, trace: bool, live: LiveRun | None) -> None:
+        self.started, self.trace, self.live = started, trace, live
+        self._rows: list[TraceRow] = []
+        self._lock = threading.Lock()
+
+    def message(self, metadata: Metadata, size: int, outcome: str, error: int) -> None:
+        settled = time.time() - self.started
+        if self.trace:
+            created = metadata.created_at - self.started
+            row = TraceRow(
+                metadata.message_id,
+                metadata.message_type,
+                metadata.src_node_id,
+                metadata.dst_node_id,
+                metadata.group_id,
+                metadata.reply_to_message_id,
+                size,
+                created,
+                created,  # a client's own send time is not known here
+                settled,
+                outcome,
+                error,
+            )
+            with self._lock:
+                self._rows.append(row)
+        if self.live is not None:
+            src, dst = metadata.src_node_id, metadata.dst_node_id
+            self.live.message(src, dst, metadata.message_type, size, outcome, settled, error)
+
+    def connected(self, node_id: int) -> None:
+        if self.live is not None:
+            self.live.node_seen(node_id, connected=True, heartbeat=time.time() - self.started)
+
+    def heard(self, node_id: int) -> None:
+        if self.live is not None:
+            self.live.node_seen(node_id, connected=True, heartbeat=time.time() - self.started)
+
+    def disconnected(self, node_id: int) -> None:
+        if self.live is not None:
+            self.live.node_seen(node_id, connected=False)
+
+    def take_rows(self) -> list[TraceRow]:
+        """The rows settled since the last call."""
+        with self._lock:
+            rows, self._rows = self._rows, []
+        return rows
+
+
 class _RoundLog(Callback):
-    """Metrics line and log line of each completed round (after ``Checkpointing``)."""
+    """Metrics line and log line of each completed round (after ``Checkpointing``), with the
+    trace, the trackers and the dashboard."""
 
     def __init__(self, run_dir: RunDirectory, completed: int, num_rounds: int) -> None:
         self.run_dir, self.offset, self.num_rounds = run_dir, completed, num_rounds
@@ -143,6 +209,14 @@ class _RoundLog(Callback):
         self.earlier = float(previous[0].get("wall_time") or 0.0) if previous else 0.0
         self.started = time.perf_counter()
         self._bytes = (0, 0)
+        self.observer: _Observer | None = None
+        self.trace: TraceWriter | None = None
+        self.trackers = Trackers()
+
+    def write_trace(self) -> None:
+        """Write the rows settled so far as a chunk (at each round's end, and the last)."""
+        if self.observer is not None and self.trace is not None:
+            self.trace.write_rows(self.observer.take_rows())
 
     def elapsed(self) -> float:
         """Seconds the run has taken, earlier lives of a resumed server included."""
@@ -165,6 +239,10 @@ class _RoundLog(Callback):
             bytes_down=down,
         )
         self.run_dir.append_metrics(line)
+        self.trackers.log_round(line)
+        self.write_trace()
+        if self.observer is not None and self.observer.live is not None:
+            self.observer.live.round_ended(line)
         accuracy = "n/a" if record.test_accuracy is None else f"{record.test_accuracy:.4f}"
         logger.info(
             "round %d/%d: test accuracy %s; %d of %d sampled clients replied, %d failed",
@@ -209,6 +287,17 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
     )
     if completed:
         server.strategy.load_state(load_strategy_state(run_dir.path))
+    if not completed:
+        write_versions(run_dir.path)
+    log.trackers = open_trackers(config, run_dir.path)
+    if config.run.trace:  # chunks go on after those of earlier lives
+        log.trace = TraceWriter(run_dir.path, start=len(chunk_paths(run_dir.path)))
+    live = None
+    if options.dashboard is not None:
+        live = LiveRun(run_dir.path.name, run_dir.path, federation.num_rounds)
+        for line in read_metrics(run_dir.path) if completed else []:
+            live.round_ended(line)
+    observer = log.observer = _Observer(time.time() - log.earlier, config.run.trace, live)
     deployment = config.deployment
     keys = options.keys or (Path(deployment.key_registry) if deployment.key_registry else None)
     max_clients = options.max_clients or deployment.max_clients
@@ -235,6 +324,7 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         handshake_timeout=deployment.handshake_timeout,
         audit_log=run_dir.path / AUDIT_FILE,
         check_with=[build_client(config, model, dataset.client(0), 1)],
+        observer=observer,
     )
     logger.info(
         "serving on port %d; run directory %s; waiting for %d clients",
@@ -242,8 +332,62 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         run_dir.path,
         options.min_clients or federation.num_clients,
     )
-    _wait(handle)
-    return _finish(config, run_dir, server, handle, log)
+    page = None
+    done = threading.Event()
+    if live is not None and options.dashboard is not None:
+        dashboard = options.dashboard
+        page = serve_dashboard([live], dashboard.host, dashboard.port, dashboard.token)
+        logger.info("dashboard: %s", page.url)
+        waits = _Waits(server, live, observer.started, federation.round_timeout, log, done)
+        threading.Thread(target=waits.run, name="fedbus-dashboard-waits", daemon=True).start()
+    try:
+        _wait(handle)
+        result = _finish(config, run_dir, server, handle, log)
+    except BaseException:
+        log.write_trace()
+        log.trackers.close(None)
+        if live is not None:
+            live.finished("interrupted", None)
+        raise
+    finally:
+        done.set()
+        if page is not None:
+            page.close()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Waits:
+    """The dashboard's panel of what the server waits for, from its watchdog, twice a second
+    until ``done`` (on a thread of its own: the server's state is only read)."""
+
+    server: ServerBase
+    live: LiveRun
+    started: float
+    round_timeout: float
+    log: _RoundLog
+    done: threading.Event
+
+    def run(self) -> None:
+        while not self.done.wait(_WAITS_EVERY):
+            try:
+                current = self.server.watchdog.current()
+            except RuntimeError:  # the server changed what it waits for while it was read
+                continue
+            if current is None:
+                continue
+            _, since, text, nodes = current
+            counts = _REPLIES.search(text)  # "for 3 of 10 replies"
+            expected = int(counts[2]) if counts else len(nodes)
+            deadline = since + self.round_timeout if self.round_timeout > 0 else None
+            self.live.round_waiting(
+                self.log.offset + len(self.server.history) + 1,
+                nodes,
+                expected - len(nodes) if counts else 0,
+                expected,
+                None if deadline is None else deadline - self.started,
+                since - self.started,
+            )
 
 
 def _wait(handle: GrpcServer) -> None:
@@ -281,7 +425,14 @@ def _finish(
     }
     arrays = server.arrays.to_numpy_dict()
     summary["model_sha256"] = model_digest(arrays)
-    write_outputs(config, run_dir, summary, arrays)
+    log.write_trace()
+    observer = log.observer
+    if observer is not None and observer.live is not None:
+        observer.live.finished("failed" if failure else "finished", summary)
+    try:
+        write_outputs(config, run_dir, summary, arrays)
+    finally:
+        log.trackers.close(summary)
     logger.info("finished: %d rounds; outputs in %s", summary["num_rounds"], run_dir.path)
     return DeploymentResult(run_dir.path, summary)
 

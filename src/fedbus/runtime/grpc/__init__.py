@@ -17,6 +17,7 @@ from fedbus.runtime.grpc.framing import TransportLimits
 from fedbus.runtime.grpc.group import ClientGroup
 from fedbus.runtime.grpc.identity import KeyRegistry, NodeKey, PublicKey
 from fedbus.runtime.grpc.local import LocalResult, run_local
+from fedbus.runtime.grpc.observer import ServerObserver
 from fedbus.runtime.grpc.security import Authenticator, ServerTls
 from fedbus.runtime.grpc.server import GrpcServer, ServerSettings, TransportStats
 from fedbus.runtime.grpc.stream import Heartbeat
@@ -35,6 +36,7 @@ __all__ = [
     "NodeKey",
     "PublicKey",
     "ReceiveLimits",
+    "ServerObserver",
     "ServerSettings",
     "ServerTls",
     "TransportLimits",

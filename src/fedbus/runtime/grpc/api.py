@@ -35,6 +35,7 @@ from fedbus.runtime.grpc.dispatcher import Activity
 from fedbus.runtime.grpc.framing import TransportLimits
 from fedbus.runtime.grpc.group import ClientGroup, connect_group
 from fedbus.runtime.grpc.identity import KeyRegistry
+from fedbus.runtime.grpc.observer import ServerObserver
 from fedbus.runtime.grpc.security import Authenticator, ServerTls
 from fedbus.runtime.grpc.server import GrpcServer, ServerSettings
 from fedbus.runtime.grpc.stream import Heartbeat
@@ -84,6 +85,7 @@ def serve(
     audit_log: str | Path | None = None,
     check_with: Sequence[Worker] = (),
     activity: Activity | None = None,
+    observer: ServerObserver | None = None,
 ) -> GrpcServer:
     """Serve ``server`` as node 0 on ``address`` and return at once (the server runs on).
 
@@ -140,6 +142,9 @@ def serve(
         client to client.
     activity
         Shared pending-work counter (``run_local`` passes one).
+    observer
+        Told of every message's fate and of clients coming and going (``ServerObserver``):
+        ``fedbus server`` records its trace and feeds its dashboard from it.
 
     Returns
     -------
@@ -196,6 +201,7 @@ def serve(
         policy=policy,
         keys=registry,
         audit=AuditLog(audit_log),
+        observer=observer,
     )
     credentials = (
         None

@@ -72,6 +72,7 @@ from fedbus.runtime.grpc.framing import (
 from fedbus.runtime.grpc.host import Endpoint, WorkerHost
 from fedbus.runtime.grpc.identity import Challenges, KeyRegistry
 from fedbus.runtime.grpc.ioloop import IoLoop
+from fedbus.runtime.grpc.observer import OUTCOME_OF_CODE, ServerObserver, error_of
 from fedbus.runtime.grpc.registry import Admission, ClientRegistry, Connection, RefusedError
 from fedbus.runtime.grpc.security import (
     NODE_ID_KEY,
@@ -195,8 +196,11 @@ class GrpcServer(Endpoint):
         keys: KeyRegistry | None = None,
         audit: AuditLog | None = None,
         io: IoLoop | None = None,
+        observer: ServerObserver | None = None,
     ) -> None:
         self.settings = settings
+        #: Told of every message's fate and of clients coming and going (a trace, a dashboard).
+        self.observer = observer or ServerObserver()
         self._io = io or IoLoop.shared()
         self._limits = settings.limits
         self._decode_limits = DecodeLimits(max_message_bytes=settings.limits.max_message_bytes)
@@ -393,6 +397,7 @@ class GrpcServer(Endpoint):
             context.set_details(connection.status[1])
 
     def _audit_join(self, connection: Connection, returning: bool) -> None:
+        self.observer.connected(connection.node_id)
         identity = connection.identity
         logger.info(
             "node %d %s from %s (%s)",
@@ -447,6 +452,7 @@ class GrpcServer(Endpoint):
                 if frame is grpc.aio.EOF:
                     break
                 connection.last_seen = loop.time()
+                self.observer.heard(connection.node_id)
                 if not connection.reassembler.in_progress:
                     size = announced_size(frame)
                     if size:
@@ -518,12 +524,13 @@ class GrpcServer(Endpoint):
         stub = Message.from_metadata(metadata, content=RecordDict())
         refusal = self._host.rules.check_route(stub)  # what it may not send is refused as such
         if refusal is not None:
-            self._host.fail(stub, refusal.code, f"refused: {refusal.reason}")
+            self._fail(stub, size, refusal.code, f"refused: {refusal.reason}")
         elif metadata.dst_node_id == SERVER_NODE_ID and metadata.reply_to_message_id:
+            self.observer.message(metadata, size, "no_room", 0)
             error = Error(ErrorCode.RESOURCE_EXHAUSTED, reason)
             self._host.deliver(Message.from_metadata(metadata, error=error))
         else:
-            self._host.fail(stub, ErrorCode.RESOURCE_EXHAUSTED, reason)
+            self._fail(stub, size, ErrorCode.RESOURCE_EXHAUSTED, reason)
 
     def _complete(self, connection: Connection, encoded: memoryview) -> None:
         """A message is whole: in memory, it stays counted until its buffer is freed."""
@@ -544,6 +551,12 @@ class GrpcServer(Endpoint):
         if connection.reserved:
             self._budget.release(connection.reserved, connection.reserved_in_memory)
             connection.reserved = 0
+
+    def _fail(self, message: Message, size: int, code: ErrorCode, reason: str) -> None:
+        """Refuse ``message`` (its sender gets the error reply) and tell the observer."""
+        outcome = OUTCOME_OF_CODE.get(int(code), "refused")
+        self.observer.message(message.metadata, size, outcome, error_of(message))
+        self._host.fail(message, code, reason)
 
     def _on_message(self, connection: Connection, encoded: memoryview) -> None:
         message = decode_message(encoded, limits=self._decode_limits)
@@ -566,17 +579,19 @@ class GrpcServer(Endpoint):
                 message_id=metadata.message_id,
                 src_node_id=connection.node_id,
             )
-            self._host.fail(message, ErrorCode.UNAUTHENTICATED, f"refused: the message {problem}")
+            size = len(encoded)
+            self._fail(message, size, ErrorCode.UNAUTHENTICATED, f"refused: the message {problem}")
             return
         rules = self._host.rules
         refusal = rules.check_route(message)
         if refusal is not None:
             logger.warning("refused a message of node %d: %s", connection.node_id, refusal.reason)
             self._count_refusal()
-            self._host.fail(message, refusal.code, f"refused: {refusal.reason}")
+            self._fail(message, len(encoded), refusal.code, f"refused: {refusal.reason}")
         elif (refusal := rules.check_arrived(message)) is not None:
-            self._host.fail(message, refusal.code, refusal.reason)
+            self._fail(message, len(encoded), refusal.code, refusal.reason)
         elif metadata.dst_node_id == SERVER_NODE_ID:
+            self.observer.message(metadata, len(encoded), "delivered", error_of(message))
             self._host.deliver(message)
         else:
             self._forward(message, (encoded,))  # relayed as it came, never re-encoded
@@ -598,11 +613,13 @@ class GrpcServer(Endpoint):
     # -- routing --------------------------------------------------------------------------
     def _route(self, message: Message) -> None:
         """A message of the server worker (or a runtime error reply) for a client."""
-        refusal = self._host.rules.check_size(encoded_size(message))
+        size = encoded_size(message)
+        refusal = self._host.rules.check_size(size)
         if refusal is not None:
-            self._host.fail(message, refusal.code, refusal.reason)
+            self._fail(message, size, refusal.code, refusal.reason)
             return
         if message.metadata.dst_node_id == SERVER_NODE_ID:
+            self.observer.message(message.metadata, size, "delivered", error_of(message))
             self._host.deliver(message)
             return
         self._forward(message, encode_for_stream(message))
@@ -610,13 +627,15 @@ class GrpcServer(Endpoint):
     def _forward(self, message: Message, encoded: EncodedParts) -> None:
         node_id = message.metadata.dst_node_id
         connection = self._clients.get(node_id)
+        size = encoded_length(encoded)
         if connection is None or not connection.outbox.put(message, encoded):
             reason = f"node {node_id} is not connected"
-            self._host.fail(message, ErrorCode.NODE_UNAVAILABLE, reason)
+            self._fail(message, size, ErrorCode.NODE_UNAVAILABLE, reason)
             return
+        self.observer.message(message.metadata, size, "delivered", error_of(message))
         with self._stats_lock:
             self._stats.messages_out += 1
-            self._stats.bytes_out += encoded_length(encoded)
+            self._stats.bytes_out += size
 
     # -- leaving --------------------------------------------------------------------------
     def _disconnect(self, connection: Connection, reason: str) -> None:
@@ -627,6 +646,7 @@ class GrpcServer(Endpoint):
         if self._clients.remove(connection):
             logger.info("node %d disconnected: %s", connection.node_id, reason)
             node_id = connection.node_id
+            self.observer.disconnected(node_id)
             self._audit.record("leave", node_id=node_id, reason=reason)
             self._host.post(lambda: self._departed(node_id))
         connection.closed_because = connection.closed_because or reason
