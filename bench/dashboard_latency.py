@@ -9,6 +9,11 @@ clock on both sides. Before each round the bench waits a random 0-300 ms, so a r
 any point of the page's polling period. Both transports are measured: the event stream
 (the default) and polling every 200 ms (``?transport=poll``).
 
+It then measures the same latency for a real simulated federation of 1,000 clients, all
+sampled every round, run by ``run_experiment(..., dashboard=...)`` as ``fedbus run --dashboard``
+runs it: the simulation and the page's server then share this process (and its interpreter
+lock), and the rounds end as fast as the simulation makes them, not at a pace of the bench's.
+
 It also times ``LiveRun.message`` alone (microseconds per call, 1,000 clients) and a
 snapshot of 1,000 nodes.
 
@@ -19,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +37,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
+from fedbus.run.config import load_config
 from fedbus.run.dashboard import LiveRun, serve_dashboard
+from fedbus.run.experiment import DashboardOptions, run_experiment
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -84,6 +94,63 @@ def latencies(driver: Any, transport: str, rounds: int, clients: int) -> list[fl
     return found
 
 
+def simulated(driver: Any, rounds: int, clients: int, output: str) -> list[float]:
+    """Milliseconds from each round's end to the page showing it, for a simulated federation
+    of ``clients`` clients (all sampled) served by ``run_experiment``'s own dashboard."""
+    ended: dict[int, float] = {}
+    page_open, page_done = threading.Event(), threading.Event()
+    original_end, original_finish = LiveRun.round_ended, LiveRun.finished
+
+    def round_ended(run: LiveRun, line: Mapping[str, Any]) -> None:
+        ended[int(line["round"])] = time.time() * 1000.0
+        original_end(run, line)
+        if int(line["round"]) == 1:
+            page_open.wait(120)  # the page is open before the rounds race on
+
+    def finished(run: LiveRun, state: str, summary: Mapping[str, Any] | None) -> None:
+        original_finish(run, state, summary)
+        page_done.wait(120)  # keep serving until the page has shown every round
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = load_config(
+        None,
+        [
+            f"federation.num_clients={clients}",
+            f"federation.clients_per_round={clients}",
+            f"federation.num_rounds={rounds}",
+            f"run.output_dir={output}",
+            "run.plot=false",
+        ],
+    )
+    LiveRun.round_ended = round_ended  # type: ignore[method-assign]
+    LiveRun.finished = finished  # type: ignore[method-assign]
+    try:
+        runner = threading.Thread(
+            target=run_experiment,
+            args=(config,),
+            kwargs={"quiet": True, "dashboard": DashboardOptions("127.0.0.1", port)},
+        )
+        runner.start()
+        while 1 not in ended:
+            time.sleep(0.01)
+        driver.get(f"http://127.0.0.1:{port}/")
+        shown = "const r = (window.__fedbusRendered || {})[0]; return r ? r[arguments[0]] : null;"
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(shown, 1))
+        page_open.set()
+        WebDriverWait(driver, 600, poll_frequency=0.05).until(
+            lambda d: d.execute_script(shown, rounds)
+        )
+        drawn = driver.execute_script("return (window.__fedbusRendered || {})[0];")
+        page_done.set()
+        runner.join()
+    finally:
+        LiveRun.round_ended, LiveRun.finished = original_end, original_finish  # type: ignore[method-assign]
+    # round 1 waited for the page to open; the others ended while it was open
+    return [float(drawn[str(r)]) - ended[r] for r in range(2, rounds + 1) if str(r) in drawn]
+
+
 def message_cost(clients: int, calls: int) -> float:
     """Microseconds per LiveRun.message call, best of 5."""
     best = float("inf")
@@ -132,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 found = latencies(driver, transport, args.rounds, args.clients)
                 label = "event stream" if transport == "events" else "polling every 200 ms"
                 print(describe(label, found))
+            with tempfile.TemporaryDirectory() as output:
+                found = simulated(driver, args.rounds, args.clients, output)
+            print(describe(f"simulated, {args.clients:,} clients", found))
         finally:
             driver.quit()
     return 0

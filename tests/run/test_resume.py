@@ -121,6 +121,8 @@ def test_an_interrupted_run_writes_its_completed_rounds_and_says_how_to_go_on(
     monkeypatch.undo()
     assert main(["run", "-q", "--resume", str(run_dir)]) == 0
     assert "round 3" not in capsys.readouterr().err
+    assert main(["run", "-q", "--resume", str(run_dir)]) == 2
+    assert "the run has finished" in capsys.readouterr().err
     rounds = {row.group for row in read_trace(run_dir) if row.type != "finish"}
     assert rounds == {str(r) for r in range(1, 7)}
     assert verify_run(run_dir).identical

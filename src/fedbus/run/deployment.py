@@ -45,7 +45,7 @@ from fedbus.run.federation import (
 )
 from fedbus.run.outputs import RunDirectory, model_digest, read_metrics
 from fedbus.run.resume import keep_metrics_up_to, resumed_config
-from fedbus.run.trace import TraceRow, TraceWriter, chunk_paths
+from fedbus.run.trace import TraceRow, TraceWriter, chunk_paths, row_of
 from fedbus.run.tracking import Trackers, open_trackers
 from fedbus.run.versions import write_versions
 from fedbus.runtime.grpc import (
@@ -156,27 +156,14 @@ class _Observer(ServerObserver):
         self._lock = threading.Lock()
 
     def message(self, metadata: Metadata, size: int, outcome: str, error: int) -> None:
-        settled = time.time() - self.started
+        now = time.time()
         if self.trace:
-            created = metadata.created_at - self.started
-            row = TraceRow(
-                metadata.message_id,
-                metadata.message_type,
-                metadata.src_node_id,
-                metadata.dst_node_id,
-                metadata.group_id,
-                metadata.reply_to_message_id,
-                size,
-                created,
-                created,  # a client's own send time is not known here
-                settled,
-                outcome,
-                error,
-            )
+            # a client's own send time is not known here: its creation stands for it
+            row = row_of(metadata, size, None, now, outcome, error, epoch=self.started)
             with self._lock:
                 self._rows.append(row)
         if self.live is not None:
-            src, dst = metadata.src_node_id, metadata.dst_node_id
+            src, dst, settled = metadata.src_node_id, metadata.dst_node_id, now - self.started
             self.live.message(src, dst, metadata.message_type, size, outcome, settled, error)
 
     def connected(self, node_id: int) -> None:

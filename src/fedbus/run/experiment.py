@@ -211,6 +211,7 @@ def run_experiment(
     if resume is not None:
         config = resumed_config(Path(resume), config)
         check_resumable(config)
+        _check_unfinished(Path(resume), config)
         point = load_resume_point(Path(resume))
         if point is None and _metric_lines(RunDirectory(Path(resume))):
             raise ConfigError(
@@ -367,6 +368,21 @@ def _interrupted(
         f"interrupted after round {completed} of {total}; the summary, model and curves of "
         f"the completed rounds are in {where}\n{advice}"
     )
+
+
+def _check_unfinished(path: Path, config: Config) -> None:
+    """Raise ``ConfigError`` when the run in ``path`` has nothing left to do."""
+    run_dir = RunDirectory(path)
+    if run_dir.summary_path.exists() and not run_dir.read_summary().get("interrupted"):
+        raise ConfigError(
+            f"--resume {path}: the run has finished (summary.json); nothing to resume"
+        )
+    total = config.federation.num_rounds
+    if len(_metric_lines(run_dir)) >= total:
+        raise ConfigError(
+            f"--resume {path}: all {total} rounds had completed when it stopped; the last "
+            "model is in its checkpoint.npz"
+        )
 
 
 def _metric_lines(run_dir: RunDirectory) -> list[dict[str, Any]]:

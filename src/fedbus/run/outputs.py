@@ -107,15 +107,20 @@ def _to_json(record: Mapping[str, Any], *, indent: int | None = None) -> str:
 
 
 @contextmanager
-def atomic_file(target: Path) -> Iterator[IO[bytes]]:
-    """Write to a temporary file beside ``target``, then put it in place in one step."""
+def atomic_file(target: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """Write to a temporary file beside ``target``, then put it in place in one step.
+
+    ``durable`` forces the bytes to disk first (``fsync``), so that even a power cut leaves
+    the old file or the new one; without it, a crash of the process still does.
+    """
     # a unique name opened with "x", not mkstemp: mkstemp's files are private (0600)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with temporary.open("xb") as file:
             yield file
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)

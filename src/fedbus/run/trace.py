@@ -50,6 +50,7 @@ import numpy as np
 
 from fedbus.data.datasets import read_npz
 from fedbus.errors import InvalidArgumentError
+from fedbus.message import Metadata
 from fedbus.run.outputs import atomic_file, save_arrays
 from fedbus.runtime.simulation import TraceEntry
 
@@ -62,6 +63,7 @@ __all__ = [
     "chunk_paths",
     "csv_lines",
     "read_trace",
+    "row_of",
     "trace_digest",
     "trace_rows",
     "write_csv",
@@ -144,21 +146,36 @@ def trace_rows(entries: Iterable[TraceEntry]) -> Iterator[TraceRow]:
     for time, event, metadata, sent, size, error in entries:
         outcome = outcome_of(event)
         if outcome is not None:
-            created = metadata.created_at
-            yield TraceRow(
-                metadata.message_id,
-                metadata.message_type,
-                metadata.src_node_id,
-                metadata.dst_node_id,
-                metadata.group_id,
-                metadata.reply_to_message_id,
-                0 if size is None else size,
-                created,
-                created if sent is None else sent,
-                time,
-                outcome,
-                error,
-            )
+            yield row_of(metadata, 0 if size is None else size, sent, time, outcome, error)
+
+
+def row_of(
+    metadata: Metadata,
+    size: int,
+    sent: float | None,
+    settled: float,
+    outcome: str,
+    error: int,
+    *,
+    epoch: float = 0.0,
+) -> TraceRow:
+    """The row of a message: ``sent`` None means when it was created; times are taken from
+    ``epoch`` (a deployment's start, on the wall clock; 0 in a simulation)."""
+    created = metadata.created_at - epoch
+    return TraceRow(
+        metadata.message_id,
+        metadata.message_type,
+        metadata.src_node_id,
+        metadata.dst_node_id,
+        metadata.group_id,
+        metadata.reply_to_message_id,
+        size,
+        created,
+        created if sent is None else sent - epoch,
+        settled - epoch,
+        outcome,
+        error,
+    )
 
 
 class TraceWriter:
@@ -230,7 +247,9 @@ class TraceWriter:
         for name in _FLOATS:
             arrays[name] = np.array(columns[name], dtype=np.float64)
         self.directory.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.directory / f"{self.chunks:06d}{_CHUNK_SUFFIX}") as file:
+        # Put in place atomically, not forced to disk: a trace is worth no fsync per chunk.
+        path = self.directory / f"{self.chunks:06d}{_CHUNK_SUFFIX}"
+        with atomic_file(path, durable=False) as file:
             save_arrays(file, arrays)
         self.chunks += 1
         self.rows += len(arrays["src"])
@@ -238,6 +257,12 @@ class TraceWriter:
 
 def _texts(values: Sequence[str]) -> np.ndarray[Any, Any]:
     """Texts as a fixed-width array: bytes when they are ASCII (ids are), else unicode."""
+    lengths = list(map(len, values))
+    width = lengths[0] if lengths else 0
+    if width and min(lengths) == max(lengths):
+        joined = "".join(values)
+        if joined.isascii():  # message ids: one copy of them all, not one per id
+            return np.frombuffer(joined.encode("ascii"), dtype=f"S{width}")
     try:
         return np.array(values, dtype=np.bytes_)
     except UnicodeEncodeError:

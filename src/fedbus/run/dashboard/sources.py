@@ -422,7 +422,7 @@ class RunDirSource:
     'finished'
     """
 
-    # "trace": RUN_DIR/trace/ (its chunks), or trace.csv as older runs wrote it
+    # "trace": RUN_DIR/trace/, its chunks
     _FILES = ("config.toml", "metrics.jsonl", "summary.json", "trace")
 
     def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
@@ -500,8 +500,7 @@ def _signature(path: Path) -> tuple[Any, ...] | None:
                 chunks = tuple(sorted((e.name, _stat(Path(e.path))) for e in entries))
         except OSError:
             pass
-        legacy = _stat(path.with_name("trace.csv"))
-        return None if not chunks and legacy is None else (chunks, legacy)
+        return chunks or None
     return _stat(path)
 
 

@@ -217,6 +217,11 @@ class SimulationState:
             raise InvalidArgumentError(f"not a simulation state: {exc!r}") from exc
 
 
+# Builds a TraceEntry from a tuple of its fields: half the cost of calling the class, which
+# matters once per message.
+_new_entry = tuple.__new__
+
+
 @dataclass(slots=True)
 class SimulationStats:
     """Counters of a simulation; bytes are encoded sizes (what a network would carry).
@@ -1027,7 +1032,8 @@ class Simulation:
             departure = departures.get(key) if event == "held" else departures.pop(key, None)
             sent, size = (None, None) if departure is None else departure
             error = int(message.error.code) if message.has_error() else 0
-            self.trace.append(TraceEntry(self._now, event, metadata, sent, size, error))
+            entry = (self._now, event, metadata, sent, size, error)
+            self.trace.append(_new_entry(TraceEntry, entry))
 
     @property
     def now(self) -> float:
