@@ -9,8 +9,8 @@ clock on both sides. Before each round the bench waits a random 0-300 ms, so a r
 any point of the page's polling period. Both transports are measured: the event stream
 (the default) and polling every 200 ms (``?transport=poll``).
 
-It then measures the same latency for a real simulated federation of 1,000 clients, all
-sampled every round, run by ``run_experiment(..., dashboard=...)`` as ``fedbus run --dashboard``
+It then measures the same latency for a real simulated federation of 1,000 clients (MNIST-1D),
+all sampled every round, run by ``run_experiment(..., dashboard=...)`` as ``fedbus run --dashboard``
 runs it: the simulation and the page's server then share this process (and its interpreter
 lock), and the rounds end as fast as the simulation makes them, not at a pace of the bench's.
 
@@ -117,6 +117,7 @@ def simulated(driver: Any, rounds: int, clients: int, output: str) -> list[float
     config = load_config(
         None,
         [
+            "data.dataset=mnist1d",  # enough samples for 1,000 clients
             f"federation.num_clients={clients}",
             f"federation.clients_per_round={clients}",
             f"federation.num_rounds={rounds}",
@@ -127,13 +128,20 @@ def simulated(driver: Any, rounds: int, clients: int, output: str) -> list[float
     LiveRun.round_ended = round_ended  # type: ignore[method-assign]
     LiveRun.finished = finished  # type: ignore[method-assign]
     try:
-        runner = threading.Thread(
-            target=run_experiment,
-            args=(config,),
-            kwargs={"quiet": True, "dashboard": DashboardOptions("127.0.0.1", port)},
-        )
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                run_experiment(config, quiet=True, dashboard=DashboardOptions("127.0.0.1", port))
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+        runner = threading.Thread(target=run)
         runner.start()
         while 1 not in ended:
+            if failed or not runner.is_alive():
+                raise SystemExit(f"the simulated run failed: {failed}")
             time.sleep(0.01)
         driver.get(f"http://127.0.0.1:{port}/")
         shown = "const r = (window.__fedbusRendered || {})[0]; return r ? r[arguments[0]] : null;"
