@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedbus.cli import main
 from fedbus.fl import RoundRecord
@@ -67,6 +68,7 @@ def test_the_dashboard_of_a_run_refuses_a_bad_address(
 @pytest.mark.slow
 def test_a_deployment_writes_its_trace_and_serves_its_dashboard(fleet: Fleet) -> None:
     config = write_config(fleet.root / "fed.toml", rounds=3, epochs=5)
+    config.write_text(config.read_text() + "\n[tracking]\ntensorboard = true\n")
     port, page = free_port(), free_port()
     server = fleet.server(config, port, "--insecure", "--dashboard", f"127.0.0.1:{page}")
     clients = [fleet.client(config, port, k, "--insecure") for k in range(4)]
@@ -101,3 +103,7 @@ def test_a_deployment_writes_its_trace_and_serves_its_dashboard(fleet: Fleet) ->
     assert sum(row.bytes for row in rows if row.src == 0) == summary["bytes_down"]
     assert {row.group for row in rows if row.type == "train"} == {"1", "2", "3"}
     assert all(row.settled >= 0 for row in rows)
+    # the server's trackers got every round
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [event.step for event in events.Tensors("test_accuracy")] == [1, 2, 3]
