@@ -331,10 +331,14 @@ def _interrupted(
         log.trace.drain(federation.simulation.trace, at_least=1)
     lines = _metric_lines(run_dir)
     point = load_resume_point(run_dir.path) if lines else None
-    # the model of the last completed round: the checkpoint's (the server may have been
-    # interrupted half way through the next aggregation), else the server's own
-    arrays = point.arrays if point is not None else federation.server.arrays.to_numpy_dict()
     completed = len(lines)
+    # the model of the last completed round: the checkpoint's when it is from that round (the
+    # server may have been interrupted half way through the next aggregation), else the
+    # server's own
+    if point is not None and point.completed == completed:
+        arrays = point.arrays
+    else:
+        arrays = federation.server.arrays.to_numpy_dict()
     total = config.federation.num_rounds
     failure = f"interrupted after round {completed} of {total}"
     summary = run_summary(
