@@ -221,10 +221,12 @@ def test_ctrl_c_on_fedbus_run_then_resume_gives_the_uninterrupted_model(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=environment,
+        start_new_session=True,  # a process group of its own, as a terminal's job has
     )
     try:
         run_dir = _wait_for_rounds(tmp_path / "stopped", 2, process)
-        process.send_signal(signal.SIGINT)
+        # What Ctrl-C in a terminal does: SIGINT to the whole group, worker processes included.
+        os.killpg(process.pid, signal.SIGINT)
         _, error = process.communicate(timeout=DEADLINE)
     finally:
         if process.poll() is None:
