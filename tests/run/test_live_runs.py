@@ -107,3 +107,17 @@ def test_a_deployment_writes_its_trace_and_serves_its_dashboard(fleet: Fleet) ->
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
     assert [event.step for event in events.Tensors("test_accuracy")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_server_whose_clients_never_join_says_so(fleet: Fleet) -> None:
+    config = write_config(fleet.root / "fed.toml")
+    server = fleet.server(config, free_port(), "--insecure", "--join-timeout", "1")
+
+    assert fleet.finish(server) == 1
+    log = fleet.log(server)
+    assert "metrics.jsonl" not in log
+    assert "only 0 of min_clients=5 clients joined within join_timeout=1.0 s" in log, log
+    summary = json.loads((run_dir_of(fleet.root) / "summary.json").read_text(encoding="utf-8"))
+    assert summary["num_rounds"] == 0
+    assert summary["failure"]

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from functools import partial
 
 from fedbus.errors import FedbusError, InvalidArgumentError
-from fedbus.fl.watchdog import Watchdog
-from fedbus.message import Message
+from fedbus.fl.watchdog import WaitingFor, Watchdog
+from fedbus.message import Message, now
 from fedbus.worker import TimerHandle, Worker
 
 __all__ = ["RequestGroup"]
@@ -112,6 +112,7 @@ class RequestGroup:
         self._deadline = (
             None if deadline is None else worker.call_later(deadline, self._on_deadline)
         )
+        self._deadline_at = None if deadline is None else now() + deadline
         self._watchdog = watchdog
         self._wait = None if watchdog is None or rolling else watchdog.watch(name, self.waiting)
 
@@ -141,12 +142,14 @@ class RequestGroup:
         """Requests sent and not yet answered or given up."""
         return len(self.pending)
 
-    def waiting(self) -> tuple[str, list[int]]:
-        """What the group waits for, and the nodes it waits on (for the watchdog's warning)."""
+    def waiting(self) -> WaitingFor:
+        """What the group waits for, and the nodes it waits on (the watchdog's warning, a
+        dashboard): replies so far of those sent, and when the group's deadline falls."""
         what = f"for {len(self.pending)} of {self.sent} replies"
         if self.enough is not None and self.enough < self.sent:
             what += f" ({self.enough - self.replied} more close it)"
-        return what, list(self.pending.values())
+        nodes = list(self.pending.values())
+        return WaitingFor(what, nodes, self.replied, self.sent, self._deadline_at)
 
     # -- what comes back ----------------------------------------------------------------------
     def _answered(self, reply: Message) -> None:

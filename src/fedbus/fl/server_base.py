@@ -30,7 +30,7 @@ from fedbus.fl.record import RoundRecord
 from fedbus.fl.settings import TrainingSettings
 from fedbus.fl.strategy.base import Aggregator, Strategy
 from fedbus.fl.updates import check_finite
-from fedbus.fl.watchdog import Watchdog
+from fedbus.fl.watchdog import WaitingFor, Watchdog
 from fedbus.message import ArrayRecord, Message, RecordDict, now
 from fedbus.worker import CLIENT_ROLE, TimerHandle, Worker
 
@@ -239,12 +239,14 @@ class ServerBase(Worker):
             self.watchdog.release(self._joining)
             self.begin_training()
 
-    def _waiting_for_clients(self) -> tuple[str, list[int]]:
+    def _waiting_for_clients(self) -> WaitingFor:
         known = len(self._clients)
-        return (
+        return WaitingFor(
             f"for {self.min_clients - known} more clients to join before training starts "
             f"({known} of min_clients={self.min_clients} known)",
             [],
+            known,
+            self.min_clients,
         )
 
     # -- events: the watchdog looks before each ---------------------------------------------------

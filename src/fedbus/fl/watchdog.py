@@ -24,7 +24,8 @@ it only reads the clock and the server's state.
 Example
 -------
 >>> watchdog = Watchdog(server, period=60.0)  # doctest: +SKIP
->>> wait = watchdog.watch("round 3 train", lambda: ("for 2 of 5 replies", [4, 9]))  # doctest: +SKIP
+>>> waiting = lambda: WaitingFor("for 2 of 5 replies", [4, 9])
+>>> wait = watchdog.watch("round 3 train", waiting)  # doctest: +SKIP
 >>> watchdog.release(wait)  # the round ended  # doctest: +SKIP
 """
 
@@ -36,19 +37,44 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 from fedbus.errors import InvalidArgumentError
 from fedbus.message import now
 from fedbus.worker import TimerHandle, Worker
 
-__all__ = ["MAX_NAMED_NODES", "Waiting", "Watchdog"]
+__all__ = ["MAX_NAMED_NODES", "Wait", "Waiting", "WaitingFor", "Watchdog"]
 
 logger = logging.getLogger("fedbus.server")
 
 #: Nodes named in one warning; the others are counted ("and 180 more").
 MAX_NAMED_NODES = 20
-#: What a wait is for, and the nodes it waits on: ``("for 3 of 10 replies", [4, 9, 12])``.
-Waiting = Callable[[], tuple[str, Sequence[int]]]
+
+
+class WaitingFor(NamedTuple):
+    """What a wait is for, in words and in numbers: ``("for 3 of 10 replies", [4, 9, 12])``,
+    and, when the wait counts answers, how many came (``done``) of how many it needs or was
+    sent (``of``), and the runtime-clock time it gives up at (``deadline``)."""
+
+    what: str
+    nodes: Sequence[int]
+    done: int | None = None
+    of: int | None = None
+    deadline: float | None = None
+
+
+#: Says what a wait is for now (called only when someone asks: a warning, a dashboard).
+Waiting = Callable[[], WaitingFor]
+
+
+class Wait(NamedTuple):
+    """The wait a watchdog follows, as ``Watchdog.current`` reports it."""
+
+    label: str
+    since: float
+    waiting: WaitingFor
+
+
 # A clock reading above this is a wall clock (seconds since 1970, past 1973): it is shown as a
 # time of day. No simulation runs three years of simulated time.
 _WALL_CLOCK = 1e8
@@ -119,14 +145,13 @@ class Watchdog:
         if wait is not None and wait.timer is not None:
             wait.timer.cancel()
 
-    def current(self) -> tuple[str, float, str, list[int]] | None:
-        """The wait followed now, as (label, since, what it waits for, the nodes awaited), or
-        None (nothing followed, or the watchdog is off): what a live dashboard shows."""
+    def current(self) -> Wait | None:
+        """The wait followed now, or None (nothing followed, or the watchdog is off): what a
+        live dashboard shows."""
         wait = self._current
         if wait is None:
             return None
-        text, nodes = wait.waiting()
-        return wait.label, wait.since, text, [int(node) for node in nodes]
+        return Wait(wait.label, wait.since, wait.waiting())
 
     def check(self) -> None:
         """Warn if the wait followed is due for a warning (the server calls this before it
@@ -154,7 +179,7 @@ class Watchdog:
         logger.warning("%s", self._describe(wait, at))
 
     def _describe(self, wait: _Wait, at: float) -> str:
-        what, nodes = wait.waiting()
+        what, nodes, *_ = wait.waiting()
         text = f"{wait.label} has waited {_seconds(at - wait.since)} (since {_moment(wait.since)}) "
         text += what
         if not nodes:

@@ -13,7 +13,6 @@ connects it to the server until the federation ends.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,7 +68,6 @@ logger = logging.getLogger("fedbus.deployment")
 AUDIT_FILE = "audit.jsonl"
 # How often the dashboard's panel of the server's wait is brought up to date (seconds).
 _WAITS_EVERY = 0.5
-_REPLIES = re.compile(r"for (\d+) of (\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +323,7 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
         dashboard = options.dashboard
         page = serve_dashboard([live], dashboard.host, dashboard.port, dashboard.token)
         logger.info("dashboard: %s", page.url)
-        waits = _Waits(server, live, observer.started, federation.round_timeout, log, done)
+        waits = _Waits(server, live, observer.started, log, done)
         threading.Thread(target=waits.run, name="fedbus-dashboard-waits", daemon=True).start()
     try:
         _wait(handle)
@@ -351,7 +349,6 @@ class _Waits:
     server: ServerBase
     live: LiveRun
     started: float
-    round_timeout: float
     log: _RoundLog
     done: threading.Event
 
@@ -363,17 +360,15 @@ class _Waits:
                 continue
             if current is None:
                 continue
-            _, since, text, nodes = current
-            counts = _REPLIES.search(text)  # "for 3 of 10 replies"
-            expected = int(counts[2]) if counts else len(nodes)
-            deadline = since + self.round_timeout if self.round_timeout > 0 else None
+            waiting = current.waiting
+            deadline = waiting.deadline
             self.live.round_waiting(
                 self.log.offset + len(self.server.history) + 1,
-                nodes,
-                expected - len(nodes) if counts else 0,
-                expected,
+                waiting.nodes,
+                waiting.done or 0,
+                len(waiting.nodes) if waiting.of is None else waiting.of,
                 None if deadline is None else deadline - self.started,
-                since - self.started,
+                current.since - self.started,
             )
 
 
@@ -392,7 +387,8 @@ def _finish(
     failure = server.failure or (None if handle.error is None else str(handle.error))
     if failure is None and not server.finished:
         failure = f"the server stopped after {log.offset + len(server.history)} rounds"
-    metrics = read_metrics(run_dir.path)
+    # none when no round completed (the clients never all joined)
+    metrics = read_metrics(run_dir.path) if run_dir.metrics_path.exists() else []
     accuracy = next(
         (m["test_accuracy"] for m in reversed(metrics) if m.get("test_accuracy") is not None),
         None,

@@ -301,11 +301,11 @@ def _run(
         )
         if server.last_failure:
             failure += f"; last handler failure: {server.last_failure}"
-        waiting = server.watchdog.current()
-        if waiting is not None:  # a wait no event will ever end: clients that never answer
-            label, _, text, nodes = waiting
+        wait = server.watchdog.current()
+        if wait is not None:  # a wait no event will ever end: clients that never answer
+            what, nodes, *_ = wait.waiting
             shown = ", ".join(map(str, nodes[:20])) + (" ..." if len(nodes) > 20 else "")
-            failure += f"; {label} was waiting {text}" + (f" (nodes {shown})" if nodes else "")
+            failure += f"; {wait.label} was waiting {what}" + (f" (nodes {shown})" if nodes else "")
     arrays = server.arrays.to_numpy_dict()
     summary = run_summary(lines, server, arrays, wall_time=log.wall_time(), failure=failure)
     summary.update(

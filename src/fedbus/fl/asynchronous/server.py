@@ -38,6 +38,7 @@ from fedbus.fl.requests import RequestGroup
 from fedbus.fl.server_base import ServerBase, mean_wait
 from fedbus.fl.settings import SharedOptions, TrainingSettings, settings_from_options
 from fedbus.fl.strategy.base import Aggregator, Strategy
+from fedbus.fl.watchdog import WaitingFor
 from fedbus.message import ArrayRecord, ConfigRecord, Message, RecordDict, now
 from fedbus.worker import SERVER_NODE_ID, TimerHandle
 
@@ -306,15 +307,15 @@ class AsyncServer(ServerBase):
             self._window_overdue = True
             self._wait = self.watchdog.watch(f"model version {self.version + 1}", self._waiting)
 
-    def _waiting(self) -> tuple[str, list[int]]:
+    def _waiting(self) -> WaitingFor:
         """What this version waits for, and the clients training (for the watchdog)."""
+        training = [request.node_id for request in self._requests.values()]
         if self.trigger == "goal":
-            what = (
-                f"for {self.goal - len(self._contributors)} more of its goal of {self.goal} updates"
-            )
-        else:
-            what = f"for an update to close its {self.period:g} s window, which has passed"
-        return what, [request.node_id for request in self._requests.values()]
+            done = len(self._contributors)
+            what = f"for {self.goal - done} more of its goal of {self.goal} updates"
+            return WaitingFor(what, training, done, self.goal)
+        what = f"for an update to close its {self.period:g} s window, which has passed"
+        return WaitingFor(what, training)
 
     # -- aggregation ----------------------------------------------------------------------------
     def _aggregate(self) -> None:
