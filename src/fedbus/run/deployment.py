@@ -42,7 +42,7 @@ from fedbus.run.federation import (
     build_model_and_data,
     build_server,
 )
-from fedbus.run.outputs import RunDirectory, model_digest, read_metrics
+from fedbus.run.outputs import RunDirectory, model_digest
 from fedbus.run.resume import keep_metrics_up_to, resumed_config
 from fedbus.run.trace import TraceRow, TraceWriter, chunk_paths, row_of
 from fedbus.run.tracking import Trackers, open_trackers
@@ -190,8 +190,7 @@ class _RoundLog(Callback):
     def __init__(self, run_dir: RunDirectory, completed: int, num_rounds: int) -> None:
         self.run_dir, self.offset, self.num_rounds = run_dir, completed, num_rounds
         self.handle: GrpcServer | None = None
-        previous = read_metrics(run_dir.path)[-1:] if completed else []
-        self.earlier = float(previous[0].get("wall_time") or 0.0) if previous else 0.0
+        self.earlier = run_dir.wall_time_so_far() if completed else 0.0
         self.started = time.perf_counter()
         self._bytes = (0, 0)
         self.observer: _Observer | None = None
@@ -280,7 +279,7 @@ def run_server(config: Config | None, options: ServerOptions) -> DeploymentResul
     live = None
     if options.dashboard is not None:
         live = LiveRun(run_dir.path.name, run_dir.path, federation.num_rounds)
-        for line in read_metrics(run_dir.path) if completed else []:
+        for line in run_dir.rounds_so_far() if completed else []:
             live.round_ended(line)
     observer = log.observer = _Observer(time.time() - log.earlier, config.run.trace, live)
     deployment = config.deployment
@@ -387,8 +386,7 @@ def _finish(
     failure = server.failure or (None if handle.error is None else str(handle.error))
     if failure is None and not server.finished:
         failure = f"the server stopped after {log.offset + len(server.history)} rounds"
-    # none when no round completed (the clients never all joined)
-    metrics = read_metrics(run_dir.path) if run_dir.metrics_path.exists() else []
+    metrics = run_dir.rounds_so_far()  # none when the clients never all joined
     accuracy = next(
         (m["test_accuracy"] for m in reversed(metrics) if m.get("test_accuracy") is not None),
         None,

@@ -22,7 +22,7 @@ from fedbus.fl import RoundRecord, ServerBase
 from fedbus.run.config import Config, config_to_toml
 from fedbus.run.dashboard import LiveRun, serve_dashboard
 from fedbus.run.federation import Federation, build_federation
-from fedbus.run.outputs import RunDirectory, model_digest, read_metrics
+from fedbus.run.outputs import RunDirectory, model_digest
 from fedbus.run.plot import write_curves
 from fedbus.run.progress import RoundProgress
 from fedbus.run.resume import (
@@ -213,7 +213,7 @@ def run_experiment(
         check_resumable(config)
         _check_unfinished(Path(resume), config)
         point = load_resume_point(Path(resume))
-        if point is None and _metric_lines(RunDirectory(Path(resume))):
+        if point is None and RunDirectory(Path(resume)).rounds_so_far():
             raise ConfigError(
                 f"--resume {resume}: rounds completed but no checkpoint was written "
                 "(run.checkpoint_every = 0); run it again from the start"
@@ -253,7 +253,7 @@ def run_experiment(
     if dashboard is not None:
         log.live = LiveRun(run_dir.path.name, run_dir.path, config.federation.num_rounds)
         if resume is not None:
-            for line in _metric_lines(run_dir):
+            for line in run_dir.rounds_so_far():
                 log.live.round_ended(line)
         handle = serve_dashboard([log.live], dashboard.host, dashboard.port, dashboard.token)
         print(f"dashboard: {handle.url}", flush=True)
@@ -293,7 +293,7 @@ def _run(
         log.trace.drain(outcome.trace, at_least=1)
     log.feed_dashboard(None)
     failure = server.failure
-    lines = _metric_lines(run_dir)
+    lines = run_dir.rounds_so_far()
     if failure is None and not server.finished:
         failure = (
             f"the simulation ran out of events after {len(lines)} of "
@@ -329,7 +329,7 @@ def _interrupted(
     """Ctrl-C: write what the completed rounds made, say how to go on, raise RunInterruptedError."""
     if log.trace is not None:  # the interrupted round's messages too; a resume replaces them
         log.trace.drain(federation.simulation.trace, at_least=1)
-    lines = _metric_lines(run_dir)
+    lines = run_dir.rounds_so_far()
     point = load_resume_point(run_dir.path) if lines else None
     completed = len(lines)
     # the model of the last completed round: the checkpoint's when it is from that round (the
@@ -382,16 +382,11 @@ def _check_unfinished(path: Path, config: Config) -> None:
             f"--resume {path}: the run has finished (summary.json); nothing to resume"
         )
     total = config.federation.num_rounds
-    if len(_metric_lines(run_dir)) >= total:
+    if len(run_dir.rounds_so_far()) >= total:
         raise ConfigError(
             f"--resume {path}: all {total} rounds had completed when it stopped; the last "
             "model is in its checkpoint.npz"
         )
-
-
-def _metric_lines(run_dir: RunDirectory) -> list[dict[str, Any]]:
-    """The lines of the rounds completed so far (none before the first round ends)."""
-    return read_metrics(run_dir.path) if run_dir.metrics_path.exists() else []
 
 
 def run_summary(

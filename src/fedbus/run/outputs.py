@@ -239,6 +239,16 @@ class RunDirectory:
         with self.metrics_path.open("a", encoding="utf-8") as file:
             file.write(line)
 
+    def rounds_so_far(self) -> list[dict[str, Any]]:
+        """The ``metrics.jsonl`` lines written so far: none before the first round ends."""
+        return read_metrics(self.path) if self.metrics_path.exists() else []
+
+    def wall_time_so_far(self) -> float:
+        """Seconds the run had taken when its last round ended (0 before the first): where a
+        resumed run's clock of wall time goes on from."""
+        lines = self.rounds_so_far()
+        return float(lines[-1].get("wall_time") or 0.0) if lines else 0.0
+
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
         """Write ``summary.json`` atomically; it must have every key of ``SUMMARY_KEYS``."""
         missing = [key for key in SUMMARY_KEYS if key not in summary]

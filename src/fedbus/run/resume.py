@@ -44,7 +44,7 @@ from fedbus.run.checkpoint import (
     save_checkpoint,
 )
 from fedbus.run.config import Config, config_to_toml, load_config
-from fedbus.run.outputs import CONFIG_FILE, METRICS_FILE, atomic_file, load_model, read_metrics
+from fedbus.run.outputs import CONFIG_FILE, METRICS_FILE, RunDirectory, atomic_file, load_model
 from fedbus.run.trace import chunk_paths
 from fedbus.runtime.simulation import Simulation, SimulationState
 
@@ -204,15 +204,15 @@ def reopen(run_dir: Path, completed: int, trace_chunks: int) -> float:
     keep_metrics_up_to(run_dir, completed)
     for path in chunk_paths(run_dir)[trace_chunks:]:
         path.unlink()
-    lines = read_metrics(run_dir) if (run_dir / METRICS_FILE).exists() else []
-    return float(lines[-1].get("wall_time") or 0.0) if lines else 0.0
+    return RunDirectory(run_dir).wall_time_so_far()
 
 
 def keep_metrics_up_to(run_dir: Path, completed: int) -> None:
     """Drop the metric lines of rounds after ``completed``: those rounds run again."""
     if not (run_dir / METRICS_FILE).exists():
         return
-    lines = [line for line in read_metrics(run_dir) if int(line.get("round", 0)) <= completed]
+    done = RunDirectory(run_dir).rounds_so_far()
+    lines = [line for line in done if int(line.get("round", 0)) <= completed]
     text = "".join(json.dumps(line) + "\n" for line in lines)
     with atomic_file(run_dir / METRICS_FILE) as file:
         file.write(text.encode("utf-8"))
